@@ -1,0 +1,24 @@
+# CDSSL: crystal denoising self-supervised learning on MatGL MEGNet.
+# Run: snakemake --cores all --configfile config/demo.yaml
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/graphs.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/analysis.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True
+
+
+rule figures:
+    input:
+        analysis_targets(),

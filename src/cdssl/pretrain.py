@@ -1,0 +1,168 @@
+"""CDSSL pretext task: recover each edge's original length from a shaken crystal."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .config import model_kwargs
+from .graphs import GraphBatch, GraphCache
+from .models import build_megnet, encode
+from .training import HistoryModule, checkpoint_callback, make_trainer, prepare_checkpoint_dir, write_history
+from .utils import LOG
+
+ZERO_STD = 1e-6  # float32 distances equal to ~1e-7 A count as "all the same length"
+
+
+def perturb(pos: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Positions shaken by isotropic Gaussian noise N(0, sigma^2 I); edges are not touched."""
+    noise = torch.randn(pos.shape, generator=generator, device=pos.device, dtype=pos.dtype)
+    return pos + sigma * noise
+
+
+def edge_lengths(pos: torch.Tensor, batch: GraphBatch) -> torch.Tensor:
+    src, dst = batch.edge_index
+    return (pos[dst] + batch.pbc_offshift - pos[src]).norm(dim=1)
+
+
+def standardise_per_graph(values: torch.Tensor, graph: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    """(v - mean) / std within each graph (population std); zeros where std is 0."""
+    ones = torch.ones_like(values)
+    count = torch.zeros(num_graphs, dtype=values.dtype, device=values.device).index_add_(0, graph, ones)
+    mean = torch.zeros_like(count).index_add_(0, graph, values) / count
+    centred = values - mean[graph]
+    var = torch.zeros_like(count).index_add_(0, graph, centred**2) / count
+    std = var.sqrt()
+    safe = torch.where(std > ZERO_STD, std, torch.ones_like(std))
+    return torch.where(std[graph] > ZERO_STD, centred / safe[graph], torch.zeros_like(centred))
+
+
+def denoising_target(batch: GraphBatch) -> torch.Tensor:
+    return standardise_per_graph(edge_lengths(batch.pos, batch), batch.edge_batch, batch.num_graphs)
+
+
+class DenoisingModule(HistoryModule):
+    """MEGNet encoder + a linear head on the last block's edge features."""
+
+    def __init__(
+        self,
+        sizes: dict,
+        cutoff: float,
+        sigma: float,
+        lr: float,
+        val_seed: int = 0,
+        history_csv: str | None = None,
+    ):
+        super().__init__(history_csv)
+        self.save_hyperparameters(ignore=["history_csv"])
+        self.model = build_megnet(sizes, cutoff)
+        self.head = nn.Linear(sizes["hidden_layer_sizes_conv"][-1], 1)
+        self.sigma = sigma
+        self.lr = lr
+        self.val_seed = val_seed
+
+    def forward(self, batch: GraphBatch, pos: torch.Tensor) -> torch.Tensor:
+        _, edge, _ = encode(self.model, batch, pos)
+        return self.head(edge).squeeze(-1)
+
+    def _step(self, batch: GraphBatch, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        target = denoising_target(batch)
+        pred = self(batch, perturb(batch.pos, self.sigma, generator))
+        return pred, target
+
+    def training_step(self, batch: GraphBatch, batch_idx: int) -> torch.Tensor:
+        pred, target = self._step(batch, None)  # fresh noise every time a graph is seen
+        loss = nn.functional.mse_loss(pred, target)
+        n = torch.tensor(float(target.numel()), device=pred.device)
+        self.accumulate(
+            train_se=loss.detach() * n, train_ae=(pred - target).abs().sum(), n_train=n
+        )
+        return loss
+
+    def validation_step(self, batch: GraphBatch, batch_idx: int) -> None:
+        # the same noise every epoch, so validation losses of different epochs compare
+        gen = torch.Generator(device=batch.pos.device).manual_seed(self.val_seed * 100003 + batch_idx)
+        pred, target = self._step(batch, gen)
+        err = pred - target
+        n = torch.tensor(float(target.numel()), device=pred.device)
+        self.accumulate(val_se=(err**2).sum(), val_ae=err.abs().sum(), n_val=n)
+        self.log("val_loss", nn.functional.mse_loss(pred, target), batch_size=batch.num_graphs, sync_dist=True)
+
+    def epoch_row(self, s: dict[str, float]) -> dict[str, float]:
+        return {
+            "train_loss": s["train_se"] / s["n_train"],
+            "train_mae": s["train_ae"] / s["n_train"],
+            "val_loss": s["val_se"] / s["n_val"],
+            "val_mae": s["val_ae"] / s["n_val"],
+            "grad_norm": s.get("grad_norm", float("nan")) / max(s.get("n_grad", 1.0), 1.0),
+        }
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def pretrain_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/validation split of the pretraining graphs."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(val_fraction * n)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def loaders(cache: GraphCache, train: np.ndarray, val: np.ndarray, batch_size: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    return (
+        DataLoader(train.tolist(), batch_size=batch_size, shuffle=True, collate_fn=cache.collate, generator=gen),
+        DataLoader(val.tolist(), batch_size=batch_size, shuffle=False, collate_fn=cache.collate),
+    )
+
+
+def run_pretraining(
+    graphs: str | Path,
+    config: dict,
+    history_csv: str | Path,
+    split_csv: str | Path,
+    ckpt_dir: str | Path,
+) -> None:
+    """Pretrain, resuming from ``ckpt_dir/last.ckpt`` when it holds the same settings."""
+    pc = config["pretrain"]
+    cutoff = config["graph"]["cutoff"]
+    sizes = model_kwargs(config, "ssl")
+    L.seed_everything(pc["seed"], workers=True, verbose=False)
+    cache = GraphCache.load(graphs, cutoff)
+    train, val = pretrain_split(len(cache), pc["val_fraction"], pc["seed"])
+    LOG.info("pretraining on %d graphs, validating on %d (seed %d)", len(train), len(val), pc["seed"])
+    write_split(cache, train, val, split_csv)
+    settings = {
+        "graphs": str(graphs), "n_graphs": len(cache), "sizes": sizes, "cutoff": cutoff,
+        **{k: pc[k] for k in ("sigma", "batch_size", "lr", "val_fraction", "seed")},
+    }
+    resume = prepare_checkpoint_dir(ckpt_dir, settings)
+    module = DenoisingModule(sizes, cutoff, pc["sigma"], pc["lr"], pc["seed"], str(history_csv))
+    train_dl, val_dl = loaders(cache, train, val, pc["batch_size"], pc["seed"])
+    trainer = make_trainer(
+        pc["epochs"], config["accelerator"], [checkpoint_callback(ckpt_dir, "val_loss")],
+        devices=pc.get("devices", 1), strategy=pc.get("strategy", "auto"),
+    )
+    start = time.monotonic()
+    trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
+    if trainer.is_global_zero and module.history:
+        # a rerun that resumes an already finished run trains nothing: write the log anyway
+        write_history(module.history, history_csv)
+    LOG.info("pretraining finished in %.1f s", time.monotonic() - start)
+
+
+def write_split(cache: GraphCache, train: np.ndarray, val: np.ndarray, path: str | Path) -> None:
+    import pandas as pd
+
+    from .utils import atomic_path
+
+    split = np.array(["train"] * len(cache), dtype=object)
+    split[val] = "val"
+    with atomic_path(path, suffix=".csv") as tmp:
+        pd.DataFrame({"id": cache.ids, "split": split}).to_csv(tmp, index=False)

@@ -1,0 +1,32 @@
+def encoder_input(wildcards):
+    # sl and sl_large never wait for pretraining
+    return {"encoder": f"{R}/pretrain/encoder"} if wildcards.mode == "ssl" else {}
+
+
+rule finetune:
+    input:
+        unpack(encoder_input),
+        graphs=f"{R}/graphs/{{dataset}}/graphs.pt",
+    output:
+        metrics=f"{R}/finetune/{{dataset}}/{{fraction}}/{{seed}}/{{mode}}/metrics.json",
+        predictions=f"{R}/finetune/{{dataset}}/{{fraction}}/{{seed}}/{{mode}}/predictions.csv",
+        history=f"{R}/finetune/{{dataset}}/{{fraction}}/{{seed}}/{{mode}}/history.csv",
+    params:
+        ckpt_dir=f"{R}/checkpoints/finetune/{{dataset}}/{{fraction}}/{{seed}}/{{mode}}",
+        settings=lambda wc: {
+            "finetune": {k: v for k, v in FT.items() if k not in ("datasets", "fractions", "seeds", "modes")},
+            "models": config["models"],
+        },
+    threads: config["threads"]
+    resources:
+        gpu=lambda wc: 1 if config["accelerator"] != "cpu" else 0,
+        mem_mb=8000,
+        runtime=240,
+    log:
+        f"{R}/logs/finetune/{{dataset}}/{{fraction}}/{{seed}}/{{mode}}.log",
+    benchmark:
+        f"{R}/benchmarks/finetune/{{dataset}}/{{fraction}}/{{seed}}/{{mode}}.tsv"
+    conda:
+        "../../envs/cdssl.yaml"
+    script:
+        "../scripts/finetune.py"

@@ -1,0 +1,19 @@
+rule graphs:
+    input:
+        table=f"{R}/data/{{dataset}}.json.gz",
+    output:
+        graphs=f"{R}/graphs/{{dataset}}/graphs.pt",
+        skipped=f"{R}/graphs/{{dataset}}/skipped.csv",
+    params:
+        graph=graph_params(),
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+    log:
+        f"{R}/logs/graphs/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/graphs/{{dataset}}.tsv"
+    conda:
+        "../../envs/cdssl.yaml"
+    script:
+        "../scripts/graphs.py"

@@ -1,0 +1,45 @@
+rule pretrain:
+    input:
+        graphs=f"{R}/graphs/{PRE}/graphs.pt",
+    output:
+        history=f"{R}/pretrain/history.csv",
+        split=f"{R}/pretrain/split.csv",
+    params:
+        # Outside the declared outputs: Snakemake must not delete them before a rerun,
+        # or a killed pretraining could not resume.
+        ckpt_dir=f"{R}/checkpoints/pretrain",
+        settings=lambda wc: {
+            "pretrain": config["pretrain"],
+            "model": config["models"]["large"],
+        },
+    threads: config["threads"]
+    resources:
+        gpu=lambda wc: 1 if config["accelerator"] != "cpu" else 0,
+        mem_mb=16000,
+        runtime=2880,
+    log:
+        f"{R}/logs/pretrain.log",
+    benchmark:
+        f"{R}/benchmarks/pretrain.tsv"
+    conda:
+        "../../envs/cdssl.yaml"
+    script:
+        "../scripts/pretrain.py"
+
+
+rule select_checkpoint:
+    input:
+        history=f"{R}/pretrain/history.csv",
+    output:
+        selected=f"{R}/pretrain/selected.json",
+        encoder=directory(f"{R}/pretrain/encoder"),
+    params:
+        ckpt_dir=f"{R}/checkpoints/pretrain",
+    log:
+        f"{R}/logs/select_checkpoint.log",
+    benchmark:
+        f"{R}/benchmarks/select_checkpoint.tsv"
+    conda:
+        "../../envs/cdssl.yaml"
+    script:
+        "../scripts/select_checkpoint.py"
