@@ -43,28 +43,25 @@ def finetune_metrics(dataset=None):
     )
 
 
+def encoder_input(wildcards):
+    # sl and sl_large never wait for pretraining
+    return {"encoder": f"{R}/pretrain/encoder"} if wildcards.mode == "ssl" else {}
+
+
 def graph_params():
     return {"cutoff": float(config["graph"]["cutoff"])}
 
 
-def threads_for(wildcards):
-    return config["threads"]
-
-
 def analysis_targets():
-    return []
-
-
-def _analysis_targets_todo():
     return [
         f"{R}/analysis/jobs.csv",
         f"{R}/analysis/cells.csv",
         f"{R}/analysis/summary.json",
         f"{R}/analysis/fig3_pretraining.png",
         f"{R}/analysis/fig4_finetune.png",
+        f"{R}/analysis/fig4",
         f"{R}/analysis/probe.csv",
-        f"{R}/analysis/fig5_umap.png",
-    ]
+    ] + ([f"{R}/analysis/fig5_umap.png"] if config["analysis"]["umap"] else [])
 
 
 def all_targets():

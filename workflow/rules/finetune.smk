@@ -1,8 +1,3 @@
-def encoder_input(wildcards):
-    # sl and sl_large never wait for pretraining
-    return {"encoder": f"{R}/pretrain/encoder"} if wildcards.mode == "ssl" else {}
-
-
 rule finetune:
     input:
         unpack(encoder_input),
@@ -14,7 +9,11 @@ rule finetune:
     params:
         ckpt_dir=f"{R}/checkpoints/finetune/{{dataset}}/{{fraction}}/{{seed}}/{{mode}}",
         settings=lambda wc: {
-            "finetune": {k: v for k, v in FT.items() if k not in ("datasets", "fractions", "seeds", "modes")},
+            "finetune": {
+                k: v
+                for k, v in FT.items()
+                if k not in ("datasets", "fractions", "seeds", "modes")
+            },
             "models": config["models"],
         },
     threads: config["threads"]

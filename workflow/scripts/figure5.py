@@ -1,0 +1,9 @@
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)
+from _bootstrap import start
+
+log = start(snakemake)
+from cdssl.analysis import figure5
+
+figure5(snakemake.input.embeddings, snakemake.output.png)
