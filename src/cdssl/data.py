@@ -46,10 +46,14 @@ def load_matminer(name: str, data_dir: str | None) -> pd.DataFrame:
     home = matminer_data_home(data_dir)
     home.mkdir(parents=True, exist_ok=True)
     filename = f"{name}.{meta['file_type']}"
+    staged = (home / filename).exists()
     try:
         return load_dataset(name, data_home=str(home))
     except Exception as exc:  # matminer raises requests/OSError/ValueError variously
-        staged = (home / filename).exists()
+        if not staged and (home / filename).exists():
+            # matminer checks hashes only right after a download: a broken partial file
+            # left here would be read as valid by every later run
+            (home / filename).unlink()
         hint = (
             f"the staged file {home / filename} could not be read"
             if staged

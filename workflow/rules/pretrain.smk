@@ -13,6 +13,8 @@ rule pretrain:
             "model": config["models"]["large"],
         },
     threads: config["threads"]
+    # pretraining is the critical path: every ssl job waits on it
+    priority: 50
     resources:
         gpu=lambda wc: 1 if config["accelerator"] != "cpu" else 0,
         mem_mb=16000,
@@ -35,6 +37,7 @@ rule select_checkpoint:
         encoder=directory(f"{R}/pretrain/encoder"),
     params:
         ckpt_dir=f"{R}/checkpoints/pretrain",
+    priority: 50
     log:
         f"{R}/logs/select_checkpoint.log",
     benchmark:

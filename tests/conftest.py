@@ -1,0 +1,65 @@
+"""Shared fixtures: small slices of the real embedded data, and tiny configs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "data" / "matminer"
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def test_config() -> dict:
+    from cdssl.config import load_config
+
+    return load_config(ROOT / "config" / "test.yaml")
+
+
+@pytest.fixture
+def config(test_config) -> dict:
+    return copy.deepcopy(test_config)
+
+
+@pytest.fixture(scope="session")
+def dielectric() -> pd.DataFrame:
+    """The real embedded dataset, through matminer's own loader."""
+    from cdssl.data import load_matminer
+
+    return load_matminer("matbench_dielectric", str(DATA_DIR))
+
+
+@pytest.fixture(scope="session")
+def small_table(dielectric) -> pd.DataFrame:
+    """40 real structures with at most 8 sites, as the data stage writes them."""
+    import numpy as np
+
+    from cdssl.data import COLUMNS
+
+    small = dielectric[dielectric["structure"].map(len) <= 8].head(40)
+    return pd.DataFrame(
+        {
+            "id": [f"mb-dielectric-{i + 1:04d}" for i in small.index],
+            "structure": [s.as_dict() for s in small["structure"]],
+            "target": np.log10(small["n"].to_numpy()),
+        }
+    )[COLUMNS]
+
+
+@pytest.fixture(scope="session")
+def small_cache_path(small_table, tmp_path_factory) -> Path:
+    from cdssl.graphs import build_cache, save_cache
+
+    cache, skipped = build_cache(small_table, 5.0)
+    assert skipped.empty
+    path = tmp_path_factory.mktemp("graphs") / "graphs.pt"
+    save_cache(cache, path)
+    return path

@@ -1,0 +1,72 @@
+import copy
+
+import pytest
+import yaml
+
+from cdssl.config import ConfigError, load_config, model_kwargs, validate_config
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "test.yaml"])
+def test_shipped_configs_are_valid(root, name):
+    config = load_config(root / "config" / name)
+    assert set(config["finetune"]["datasets"]) <= set(config["datasets"])
+
+
+def test_paper_config_holds_the_paper_numbers(root):
+    c = load_config(root / "config" / "config.yaml")
+    assert c["finetune"]["fractions"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    assert c["finetune"]["seeds"] == [0, 1, 2]
+    assert len(c["finetune"]["datasets"]) == 7 and len(c["datasets"]) == 8
+    assert c["pretrain"]["sigma"] == 0.5 and c["pretrain"]["epochs"] == 4096 and c["pretrain"]["batch_size"] == 256
+    assert c["finetune"]["epochs"] == 96 and c["finetune"]["batch_size"] == 128 and c["finetune"]["lr"] == 1e-3
+    assert model_kwargs(c, "ssl")["hidden_layer_sizes_conv"] == (128, 128, 64)
+    assert model_kwargs(c, "sl")["hidden_layer_sizes_conv"] == (64, 64, 32)
+    assert model_kwargs(c, "sl_large") == model_kwargs(c, "ssl")
+    assert c["datasets"]["matbench_phonons"]["transform"] == "log10"
+
+
+def _write(tmp_path, config):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda c: c["finetune"].update(epohcs=3), "epohcs"),
+        (lambda c: c.update(treads=2), "treads"),
+        (lambda c: c["finetune"].update(fractions=[0.1, 1.5]), "finetune.fractions.1"),
+        (lambda c: c["finetune"].update(fractions=[0.0]), "finetune.fractions.0"),
+        (lambda c: c["finetune"].update(datasets=["nope"]), "nope"),
+        (lambda c: c["pretrain"].update(dataset="missing_set"), "missing_set"),
+        (lambda c: c["pretrain"].pop("sigma"), "sigma"),
+        (lambda c: c["finetune"].update(modes=["ssl", "dgl"]), "finetune.modes.1"),
+        (lambda c: c["datasets"]["dielectric"].update(file="x.csv"), "exactly one of"),
+        (lambda c: c["finetune"].update(fractions=[0.75]), "exceeds"),
+    ],
+)
+def test_bad_config_names_key_and_file(tmp_path, test_config, mutate, expected):
+    config = copy.deepcopy(test_config)
+    mutate(config)
+    path = _write(tmp_path, config)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert expected in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_defaults_are_filled(test_config):
+    config = copy.deepcopy(test_config)
+    del config["accelerator"]
+    config["datasets"]["dielectric"].pop("units")
+    validate_config(config)
+    assert config["accelerator"] == "auto"
+    assert config["datasets"]["dielectric"]["units"] == ""
+
+
+def test_pools_of_one_source_must_agree(test_config):
+    config = copy.deepcopy(test_config)
+    config["datasets"]["dielectric"]["pool"]["seed"] = 7
+    with pytest.raises(ConfigError, match="disagrees"):
+        validate_config(config, "x.yaml")

@@ -1,0 +1,131 @@
+"""Data and graph stages on real structures plus broken inputs written here."""
+
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from pymatgen.core import Lattice, Structure
+from pymatgen.io.cif import CifWriter
+
+from cdssl.data import DataError, build_table, clean_targets, load_matminer, read_table, take_pool, write_table
+from cdssl.graphs import GraphCache, UnknownElementError, build_cache
+
+
+def test_embedded_data_loads_through_matminer(dielectric):
+    assert len(dielectric) == 4764
+    assert list(dielectric.columns) == ["structure", "n"]
+    assert isinstance(dielectric["structure"].iloc[0], Structure)
+
+
+def test_missing_dataset_offline_names_file_and_directory(tmp_path, monkeypatch):
+    # a closed local proxy makes the real matminer download fail fast, network or not
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    with pytest.raises(DataError) as err:
+        load_matminer("matbench_phonons", str(tmp_path / "mm"))
+    msg = str(err.value)
+    assert "matbench_phonons.json.gz" in msg and str(tmp_path / "mm") in msg and "place it" in msg
+    assert not (tmp_path / "mm" / "matbench_phonons.json.gz").exists()
+
+
+def test_clean_targets_counts_every_dropped_row():
+    values, counts = clean_targets(pd.Series([1.0, np.nan, -2.0, 0.0, np.inf, "x", 100.0]), "log10")
+    assert counts == {"missing": 1, "non_numeric": 1, "non_finite": 1, "non_positive_for_log10": 2}
+    assert values.iloc[0] == 0.0 and values.iloc[6] == 2.0
+    assert values.notna().sum() == 2
+
+
+def _cif(structure: Structure) -> str:
+    return str(CifWriter(structure))
+
+
+@pytest.fixture(scope="module")
+def broken_csv(tmp_path_factory, dielectric):
+    good = dielectric["structure"].iloc[1]
+    nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    disordered = Structure(Lattice.cubic(3.6), [{"Fe": 0.5, "Ni": 0.5}], [[0, 0, 0]])
+    lonely = Structure(Lattice.cubic(12.0), ["Na", "Cl", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0.6]])
+    rows = [
+        ("good-1", _cif(good), 2.0),
+        ("good-2", _cif(nacl), 1.5),
+        ("garbage", "data_broken\n_cell_length_a what\nthis is not a CIF", 1.2),
+        ("partial", _cif(disordered), 1.3),
+        ("isolated", _cif(lonely), 1.4),
+        ("nan-label", _cif(nacl), float("nan")),
+        ("negative", _cif(nacl), -3.0),
+    ]
+    path = tmp_path_factory.mktemp("user") / "mine.csv"
+    pd.DataFrame(rows, columns=["name", "cif", "y"]).to_csv(path, index=False)
+    return path
+
+
+def test_user_csv_drops_bad_labels_with_counts(broken_csv, caplog):
+    entry = {"file": str(broken_csv), "structure_column": "cif", "id_column": "name", "target": "y", "transform": "log10"}
+    with caplog.at_level(logging.WARNING, logger="cdssl"):
+        logging.getLogger("cdssl").propagate = True
+        table = build_table("mine", entry)
+    assert list(table["id"]) == ["good-1", "good-2", "garbage", "partial", "isolated"]
+    assert "dropped 1 row(s) with missing target" in caplog.text
+    assert "dropped 1 row(s) with non positive for log10 target" in caplog.text
+    assert math.isclose(table["target"].iloc[0], math.log10(2.0))
+
+
+def test_graph_stage_skips_bad_structures_with_reasons(broken_csv):
+    table = build_table("mine", {"file": str(broken_csv), "structure_column": "cif", "id_column": "name", "target": "y"})
+    cache, skipped = build_cache(table, 5.0, processes=2)
+    # nan-label never reaches the graph stage; without log10 the negative target is valid
+    assert cache["ids"] == ["good-1", "good-2", "negative"]
+    reasons = dict(zip(skipped["id"], skipped["reason"]))
+    assert reasons["garbage"].startswith("unparsable")
+    assert reasons["partial"].startswith("disordered: site 0")
+    assert reasons["isolated"].startswith("isolated atom: site 0 (Na)")
+    assert set(reasons) == {"garbage", "partial", "isolated"}
+
+
+def test_unknown_element_is_an_error_naming_it(small_table):
+    po = Structure(Lattice.cubic(3.4), ["Po"], [[0, 0, 0]])
+    table = pd.concat([small_table.head(2), pd.DataFrame([{"id": "po", "structure": po.as_dict(), "target": 0.1}])])
+    with pytest.raises(UnknownElementError, match="structure po: element Po"):
+        build_cache(table, 5.0)
+
+
+def test_table_round_trip_and_pools_are_disjoint(tmp_path, small_table):
+    write_table(small_table, tmp_path / "t.json.gz")
+    back = read_table(tmp_path / "t.json.gz")
+    assert back["id"].tolist() == small_table["id"].tolist()
+    assert np.allclose(back["target"], small_table["target"])
+    spec = {"seed": 3, "sizes": {"a": 15, "b": 20}}
+    a = take_pool(small_table, {**spec, "take": "a"})
+    b = take_pool(small_table, {**spec, "take": "b"})
+    assert len(a) == 15 and len(b) == 20 and not set(a["id"]) & set(b["id"])
+    with pytest.raises(DataError, match="need 41 rows"):
+        take_pool(small_table, {"seed": 0, "sizes": {"a": 41}, "take": "a"})
+
+
+def test_demo_pools_come_from_the_real_loader(root):
+    base = {"matminer": "matbench_dielectric", "target": "n", "transform": "log10", "max_sites": 6}
+    sizes = {"pretrain": 30, "labelled": 20}
+    pre = build_table("u", {**base, "target": None, "pool": {"seed": 0, "sizes": sizes, "take": "pretrain"}}, str(root / "data/matminer"))
+    lab = build_table("l", {**base, "pool": {"seed": 0, "sizes": sizes, "take": "labelled"}}, str(root / "data/matminer"))
+    assert len(pre) == 30 and len(lab) == 20 and not set(pre["id"]) & set(lab["id"])
+    assert pre["target"].isna().all() and lab["target"].notna().all()
+    assert all(len(s["sites"]) <= 6 for s in lab["structure"])
+
+
+def test_cache_batches_reproduce_matgl_own_prediction(small_table, small_cache_path):
+    """Precomputed geometry must give MEGNet exactly what MatGL's own path gives it."""
+    import torch
+
+    from cdssl.models import build_megnet, predict
+
+    torch.manual_seed(0)
+    sizes = dict(dim_node_embedding=16, dim_edge_embedding=100, dim_state_embedding=2, nblocks=3,
+                 hidden_layer_sizes_input=(64, 32), hidden_layer_sizes_conv=(64, 64, 32),
+                 hidden_layer_sizes_output=(32, 16), nlayers_set2set=1, niters_set2set=2, activation_type="softplus2")
+    model = build_megnet(sizes, 5.0).eval()
+    cache = GraphCache.load(small_cache_path, 5.0)
+    ours = predict(model, cache.collate([0, 3, 7])).detach()
+    theirs = torch.stack([model.predict_structure(Structure.from_dict(small_table["structure"].iloc[i])) for i in (0, 3, 7)])
+    assert torch.allclose(ours, theirs.reshape(-1), atol=1e-5)

@@ -1,0 +1,70 @@
+"""Fine-tuning: splits, initialisation of each mode, determinism."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cdssl.finetune import finetune_split, initial_model, run_finetune
+from cdssl.models import encoder_state
+
+
+def test_splits_share_test_and_nest_training():
+    n = 500
+    splits = {f: finetune_split(n, 1, f, 0.2, 0.1) for f in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)}
+    tests = {tuple(s[2]) for s in splits.values()}
+    vals = {tuple(s[1]) for s in splits.values()}
+    assert len(tests) == 1 and len(vals) == 1
+    previous = set()
+    for f, (train, val, test) in sorted(splits.items()):
+        assert len(train) == round(f * n)
+        assert previous <= set(train)
+        assert not set(train) & set(test) and not set(train) & set(val) and not set(val) & set(test)
+        previous = set(train)
+    assert not np.array_equal(finetune_split(n, 2, 0.1, 0.2, 0.1)[2], splits[0.1][2])
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory, test_config):
+    """A real exported encoder whose weights differ from any fresh initialisation."""
+    from cdssl.config import model_kwargs
+    from cdssl.models import build_megnet
+
+    torch.manual_seed(123)
+    model = build_megnet(model_kwargs(test_config, "ssl"), 5.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    path = tmp_path_factory.mktemp("enc") / "encoder"
+    model.save(path)
+    return path, encoder_state(model)
+
+
+def test_ssl_starts_from_the_selected_weights_and_sl_does_not(config, encoder_dir):
+    path, pretrained = encoder_dir
+    torch.manual_seed(0)
+    ssl = initial_model(config, "ssl", path)
+    for key, value in encoder_state(ssl).items():
+        assert torch.equal(value, pretrained[key]), key
+    sl_large = initial_model(config, "sl_large", None)
+    same_shape = [k for k, v in encoder_state(sl_large).items() if "weight" in k]
+    assert all(not torch.equal(encoder_state(sl_large)[k], pretrained[k]) for k in same_shape)
+    sl = initial_model(config, "sl", None)
+    assert sum(p.numel() for p in sl.parameters()) < sum(p.numel() for p in ssl.parameters())
+
+
+def test_same_seed_gives_identical_metrics(tmp_path, small_cache_path, config):
+    config["finetune"].update(epochs=2, batch_size=8)
+    config["datasets"]["dielectric"]["units"] = "log10(n)"
+    results = []
+    for run in ("a", "b"):
+        d = tmp_path / run
+        m = run_finetune(small_cache_path, config, "dielectric", 0.5, 0, "sl", None,
+                         d / "m.json", d / "p.csv", d / "h.csv", d / "ckpt")
+        results.append(m)
+    for key in ("test_mae", "val_mae", "best_epoch", "n_train"):
+        assert results[0][key] == results[1][key]
+    assert results[0]["n_train"] == 20 and results[0]["device"] == "cpu"
+    saved = json.loads((tmp_path / "a" / "m.json").read_text())
+    assert saved["test_mae"] == results[0]["test_mae"] and saved["mode"] == "sl" and saved["seed"] == 0

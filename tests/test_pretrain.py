@@ -1,0 +1,113 @@
+"""The pretext task on real structures: perturbation, targets, learning, selection."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cdssl.config import model_kwargs
+from cdssl.graphs import GraphCache
+from cdssl.pretrain import (
+    DenoisingModule,
+    denoising_target,
+    edge_lengths,
+    perturb,
+    pretrain_split,
+    run_pretraining,
+    standardise_per_graph,
+)
+
+
+@pytest.fixture(scope="module")
+def cache(small_cache_path):
+    return GraphCache.load(small_cache_path, 5.0)
+
+
+def test_perturbation_moves_positions_but_not_edges(cache):
+    batch = cache.collate(list(range(8)))
+    edges_before = batch.edge_index.clone()
+    shift_before = batch.pbc_offshift.clone()
+    noisy = perturb(batch.pos, 0.5, torch.Generator().manual_seed(1))
+    step = (noisy - batch.pos).norm(dim=1)
+    assert (step > 0).all()
+    # per-coordinate noise has the configured scale
+    assert abs(float((noisy - batch.pos).std()) - 0.5) < 0.05
+    assert torch.equal(batch.edge_index, edges_before) and torch.equal(batch.pbc_offshift, shift_before)
+    # the same edges now have other lengths; the originals are untouched
+    assert not torch.allclose(edge_lengths(noisy, batch), edge_lengths(batch.pos, batch))
+
+
+def test_original_lengths_match_pymatgen(small_table, cache):
+    from pymatgen.core import Structure
+
+    s = Structure.from_dict(small_table["structure"].iloc[0])
+    batch = cache.collate([0])
+    ours = np.sort(edge_lengths(batch.pos, batch).numpy())
+    ref = np.sort([n.nn_distance for site in s.get_all_neighbors(5.0) for n in site])
+    assert np.allclose(ours, ref, atol=1e-4)
+
+
+def test_per_graph_standardisation_and_zero_std():
+    values = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0, 7.0])
+    graph = torch.tensor([0, 0, 0, 1, 1, 1, 2])
+    out = standardise_per_graph(values, graph, 3)
+    g0 = out[:3]
+    assert torch.allclose(g0.mean(), torch.tensor(0.0), atol=1e-6)
+    assert torch.allclose(g0.std(unbiased=False), torch.tensor(1.0), atol=1e-6)
+    assert torch.equal(out[3:], torch.zeros(4))  # all equal lengths, and a single edge
+
+
+def test_denoising_target_is_standardised_per_graph(cache):
+    batch = cache.collate(list(range(6)))
+    target = denoising_target(batch)
+    for g in range(6):
+        t = target[batch.edge_batch == g]
+        assert abs(float(t.mean())) < 1e-5 and abs(float(t.std(unbiased=False)) - 1) < 1e-4
+
+
+def test_a_few_steps_lower_the_loss(cache, test_config):
+    torch.manual_seed(0)
+    module = DenoisingModule(model_kwargs(test_config, "ssl"), 5.0, 0.5, 1e-3)
+    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
+    batch = cache.collate(list(range(16)))
+    gen = torch.Generator().manual_seed(0)
+
+    def loss():
+        pred, target = module._step(batch, torch.Generator().manual_seed(0))
+        return torch.nn.functional.mse_loss(pred, target)
+
+    first = float(loss())
+    for _ in range(25):
+        opt.zero_grad()
+        pred, target = module._step(batch, gen)
+        torch.nn.functional.mse_loss(pred, target).backward()
+        opt.step()
+    assert float(loss()) < 0.8 * first
+
+
+def test_split_is_seeded_and_disjoint():
+    a_tr, a_va = pretrain_split(100, 0.2, 0)
+    b_tr, b_va = pretrain_split(100, 0.2, 0)
+    assert np.array_equal(a_va, b_va) and len(a_va) == 20
+    assert not set(a_tr) & set(a_va) and len(a_tr) + len(a_va) == 100
+    assert not np.array_equal(pretrain_split(100, 0.2, 1)[1], a_va)
+
+
+def test_pretraining_run_logs_every_epoch_and_selection_exports_for_matgl(tmp_path, small_cache_path, config):
+    import matgl
+
+    from cdssl.models import encoder_state
+    from cdssl.selection import select_checkpoint
+
+    config["pretrain"].update(epochs=3, batch_size=16)
+    run_pretraining(small_cache_path, config, tmp_path / "h.csv", tmp_path / "split.csv", tmp_path / "ckpt")
+    h = pd.read_csv(tmp_path / "h.csv")
+    assert h["epoch"].tolist() == [0, 1, 2]
+    assert {"train_loss", "train_mae", "val_loss", "val_mae", "grad_norm"} <= set(h.columns)
+    assert (h["grad_norm"] > 0).all()
+    record = select_checkpoint(tmp_path / "h.csv", tmp_path / "ckpt", config, tmp_path / "sel.json", tmp_path / "enc")
+    assert record["epoch"] == int(h["val_loss"].idxmin())
+    loaded = matgl.load_model(tmp_path / "enc")
+    ckpt = torch.load(record["checkpoint"], weights_only=False)["state_dict"]
+    for key, value in encoder_state(loaded).items():
+        assert torch.equal(value, ckpt["model." + key]), key
