@@ -18,7 +18,6 @@ rule finetune:
         },
     threads: config["threads"]
     resources:
-        gpu=lambda wc: 1 if config["accelerator"] != "cpu" else 0,
         mem_mb=8000,
         runtime=240,
     log:

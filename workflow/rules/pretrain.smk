@@ -16,7 +16,6 @@ rule pretrain:
     # pretraining is the critical path: every ssl job waits on it
     priority: 50
     resources:
-        gpu=lambda wc: 1 if config["accelerator"] != "cpu" else 0,
         mem_mb=16000,
         runtime=2880,
     log:

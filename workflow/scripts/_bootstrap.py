@@ -5,6 +5,8 @@ through ``snakemake.scriptdir`` rather than ``__file__``; this also serves ``--u
 environments, where the package is not pip-installed.
 """
 
+import os
+import platform
 import sys
 from pathlib import Path
 
@@ -15,4 +17,10 @@ def start(smk):
 
     log = setup_logging(smk.log[0] if smk.log else None)
     set_threads(smk.threads)
+    log.info("rule %s on %s, %d thread(s), SLURM job %s", smk.rule, platform.node(), smk.threads, slurm_job_id())
     return log
+
+
+def slurm_job_id():
+    """The SLURM job id, or 'none' for a local run; the SLURM test reads it from the logs."""
+    return os.environ.get("SLURM_JOB_ID") or os.environ.get("SLURM_JOBID") or "none"

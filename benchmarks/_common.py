@@ -1,0 +1,72 @@
+"""Shared setup for the benchmarks: same real structures for both paths, environment print."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+TABLE2 = dict(
+    dim_node_embedding=16, dim_edge_embedding=100, dim_state_embedding=2, nblocks=3,
+    hidden_layer_sizes_input=(128, 64), hidden_layer_sizes_conv=(128, 128, 64),
+    hidden_layer_sizes_output=(64, 32), nlayers_set2set=1, niters_set2set=2, activation_type="softplus2",
+)
+TABLE3 = {**TABLE2, "hidden_layer_sizes_input": (64, 32), "hidden_layer_sizes_conv": (64, 64, 32),
+          "hidden_layer_sizes_output": (32, 16)}
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc)
+    p.add_argument("--n", type=int, default=1000, help="structures from the embedded data")
+    p.add_argument("--max-sites", type=int, default=12)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return p
+
+
+def device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def environment(args, dev=None) -> None:
+    import torch
+
+    print(f"# python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
+          f"torch threads {torch.get_num_threads()}, device {dev or 'cpu'}"
+          + (f" ({torch.cuda.get_device_name(dev)})" if dev is not None and dev.type == "cuda" else ""))
+    print(f"# {args.n} structures of matbench_dielectric with <= {args.max_sites} sites")
+
+
+def table(n: int, max_sites: int):
+    """(ids, pymatgen dicts, targets): the first ``n`` small structures, through the data stage."""
+    from cdssl.data import build_table
+
+    entry = {"matminer": "matbench_dielectric", "target": "n", "transform": "log10", "max_sites": max_sites}
+    t = build_table("bench", entry, str(ROOT / "data" / "matminer")).head(n)
+    return t
+
+
+def timed(fn, repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def report(rows: list[tuple[str, float, str]], baseline: str, unit: str) -> None:
+    base = dict((name, value) for name, value, _ in rows)[baseline]
+    print(f"{'path':<44} {unit:>14} {'ratio':>7}")
+    for name, value, _ in rows:
+        print(f"{name:<44} {value:>14.1f} {value / base:>7.2f}x")

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# A real single-node SLURM cluster on localhost, for the tests (SPEC section 7).
+#   tools/slurm_cluster.sh install   apt-get the daemons (root only)
+#   tools/slurm_cluster.sh start     write /etc/slurm/slurm.conf, start munged, slurmctld, slurmd
+#   tools/slurm_cluster.sh stop      stop the daemons by their pid files
+# slurm.conf must live at /etc/slurm/slurm.conf: the Snakemake job step strips SLURM_*
+# variables, so SLURM_CONF would not reach it.
+set -euo pipefail
+STATE=${CDSSL_SLURM_STATE:-/tmp/cdssl-slurm}
+HOST=$(hostname -s)
+CPUS=$(nproc)
+MEM=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
+
+install() {
+  command -v slurmctld >/dev/null && command -v munged >/dev/null && return 0
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null 2>&1 || {
+    apt-get update >/dev/null 2>&1
+    apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+  }
+}
+
+start() {
+  mkdir -p "$STATE"/{ctld,d} /etc/slurm /run/munge /var/log/slurm
+  cat > /etc/slurm/slurm.conf <<CONF
+ClusterName=cdssl
+SlurmctldHost=${HOST}
+SlurmUser=root
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+# without slurmdbd the executor polls squeue: finished jobs must stay visible a while
+MinJobAge=300
+ReturnToService=2
+StateSaveLocation=${STATE}/ctld
+SlurmdSpoolDir=${STATE}/d
+SlurmctldPidFile=${STATE}/slurmctld.pid
+SlurmdPidFile=${STATE}/slurmd.pid
+SlurmctldLogFile=${STATE}/slurmctld.log
+SlurmdLogFile=${STATE}/slurmd.log
+NodeName=${HOST} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${MEM} State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+  if [ ! -s /etc/munge/munge.key ]; then
+    mkdir -p /etc/munge
+    dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+  fi
+  chown -R munge:munge /etc/munge /run/munge
+  chmod 0400 /etc/munge/munge.key
+  pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
+  slurmctld
+  slurmd
+  for _ in $(seq 1 60); do
+    if sinfo -h -o %t 2>/dev/null | grep -q -E '^idle'; then
+      echo "slurm up: $(sinfo -h -o '%N %t %c CPUs')"
+      return 0
+    fi
+    sleep 1
+  done
+  echo "slurm did not become idle; see ${STATE}/*.log" >&2
+  sinfo >&2 || true
+  return 1
+}
+
+stop() {
+  for daemon in slurmd slurmctld; do
+    if [ -f "$STATE/$daemon.pid" ]; then
+      kill "$(cat "$STATE/$daemon.pid")" 2>/dev/null || true
+    fi
+  done
+  sleep 1
+}
+
+"$@"
