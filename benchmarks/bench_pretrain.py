@@ -24,10 +24,9 @@ def main() -> None:
     args = p.parse_args()
     import torch
     from matgl.ext.pymatgen import Structure2Graph
-    from matgl.graph.data import MGLDataset, collate_fn_graph
+    from matgl.graph.data import MGLDataLoader, MGLDataset, collate_fn_graph
     from pymatgen.core import Structure
-    from torch_geometric.loader import DataLoader as PyGLoader
-
+    
     from cdssl.graphs import GraphCache, build_cache, element_types
     from cdssl.models import build_megnet
     from cdssl.pretrain import DenoisingModule, perturb, standardise_per_graph
@@ -60,7 +59,8 @@ def main() -> None:
         ds = MGLDataset(structures=[Structure.from_dict(s) for s in t["structure"]],
                         converter=Structure2Graph(element_types(), 5.0), labels={"y": t["target"].tolist()},
                         root=tmp, save_cache=False)
-        loader = PyGLoader(ds, batch_size=args.batch, shuffle=False, collate_fn=collate_fn_graph)
+        loader, _ = MGLDataLoader(ds, ds, collate_fn=collate_fn_graph, batch_size=args.batch,
+                                  num_workers=0)
         plain_batches = list(loader)
 
     def plain_step(batch) -> int:

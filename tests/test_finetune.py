@@ -68,3 +68,27 @@ def test_same_seed_gives_identical_metrics(tmp_path, small_cache_path, config):
     assert results[0]["n_train"] == 20 and results[0]["device"] == "cpu"
     saved = json.loads((tmp_path / "a" / "m.json").read_text())
     assert saved["test_mae"] == results[0]["test_mae"] and saved["mode"] == "sl" and saved["seed"] == 0
+
+
+def test_cli_finetunes_a_user_csv(tmp_path, small_table, root):
+    import pandas as pd
+    from pymatgen.core import Structure
+    from pymatgen.io.cif import CifWriter
+
+    from cdssl.cli import finetune_main
+
+    csv = tmp_path / "mine.csv"
+    pd.DataFrame({
+        "name": small_table["id"],
+        "cif": [str(CifWriter(Structure.from_dict(s))) for s in small_table["structure"]],
+        "n": 10 ** small_table["target"],
+    }).to_csv(csv, index=False)
+    metrics = finetune_main([
+        "--data", str(csv), "--structure-column", "cif", "--id-column", "name", "--target", "n",
+        "--transform", "log10", "--units", "log10(n)", "--mode", "sl", "--epochs", "1",
+        "--config", str(root / "config/test.yaml"), "--out", str(tmp_path / "run"),
+    ])
+    assert metrics["n_train"] == 28 and metrics["units"] == "log10(n)"
+    predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert len(predictions) == metrics["n_test"] == 8
+    assert set(predictions["id"]) <= set(small_table["id"])

@@ -70,10 +70,10 @@ class PropertyModule(HistoryModule):
 
     def epoch_row(self, s: dict[str, float]) -> dict[str, float]:
         return {
-            "train_loss": s["train_se"] / s["n_train"],
-            "train_mae": s["train_ae"] / s["n_train"],
-            "val_mae": s["val_ae"] / s["n_val"],
-            "grad_norm": s.get("grad_norm", float("nan")) / max(s.get("n_grad", 1.0), 1.0),
+            "train_loss": self.ratio(s, "train_se", "n_train"),
+            "train_mae": self.ratio(s, "train_ae", "n_train"),
+            "val_mae": self.ratio(s, "val_ae", "n_val"),
+            "grad_norm": self.ratio(s, "grad_norm", "n_grad"),
         }
 
     def configure_optimizers(self):

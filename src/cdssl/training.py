@@ -62,6 +62,11 @@ class HistoryModule(L.LightningModule):
     def epoch_row(self, sums: dict[str, float]) -> dict[str, float]:
         raise NotImplementedError
 
+    @staticmethod
+    def ratio(sums: dict[str, float], key: str, count: str) -> float:
+        """sums[key] / sums[count]; NaN when that loop did not run (e.g. no validation)."""
+        return sums[key] / sums[count] if sums.get(count) else float("nan")
+
     def on_train_epoch_end(self) -> None:
         row = {"epoch": self.current_epoch, **self.epoch_row(self._reduced())}
         row["epoch_seconds"] = time.monotonic() - self._epoch_start

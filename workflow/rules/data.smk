@@ -4,6 +4,8 @@ rule data:
     params:
         entry=lambda wc: config["datasets"][wc.dataset],
         data_dir=config["data_dir"],
+    # the critical path (graphs -> pretraining -> every ssl job) goes first
+    priority: 50
     log:
         f"{R}/logs/data/{{dataset}}.log",
     benchmark:

@@ -7,6 +7,8 @@ rule graphs:
     params:
         graph=graph_params(),
     threads: workflow.cores
+    # the critical path (graphs -> pretraining -> every ssl job) goes first
+    priority: 50
     resources:
         mem_mb=8000,
     log:

@@ -1,0 +1,69 @@
+"""The whole demo DAG: wall time and peak memory (all processes of the run, summed).
+
+    .venv/bin/python benchmarks/bench_demo.py --cores 2 --results results
+Runs ``snakemake --cores N --configfile config/demo.yaml`` from an empty results
+directory and samples the resident memory of snakemake and every child twice a second.
+Budget (SPEC section 8): <= 20 minutes and <= 4 GB on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tree_rss(proc: psutil.Process) -> tuple[int, int]:
+    total = biggest = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            rss = p.memory_info().rss
+        except psutil.Error:
+            continue
+        total += rss
+        biggest = max(biggest, rss)
+    return total, biggest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--cores", type=int, default=os.cpu_count())
+    ap.add_argument("--results", default="results/bench-demo", help="results_dir; emptied first")
+    args = ap.parse_args()
+    results = ROOT / args.results
+    shutil.rmtree(results, ignore_errors=True)
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--configfile", "config/demo.yaml",
+           "--config", f"results_dir={args.results}"]
+    log_path = ROOT / f"{args.results.rstrip('/')}.snakemake.log"
+    print(f"# {os.cpu_count()} CPUs, --cores {args.cores}; {' '.join(cmd[2:])}; output in {log_path}")
+    start = time.monotonic()
+    # to a file, never a pipe: an unread pipe fills up and blocks snakemake
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    ps = psutil.Process(proc.pid)
+    peak_total = peak_single = 0
+    while proc.poll() is None:
+        total, single = tree_rss(ps)
+        peak_total, peak_single = max(peak_total, total), max(peak_single, single)
+        time.sleep(0.5)
+    wall = time.monotonic() - start
+    log.close()
+    if proc.returncode:
+        print(log_path.read_text()[-3000:])
+        raise SystemExit(f"demo failed with exit code {proc.returncode}")
+    print(f"{'measure':<36} {'value':>10} {'budget':>10} {'ratio':>7}")
+    print(f"{'wall time (min)':<36} {wall / 60:>10.1f} {20:>10} {wall / 60 / 20:>7.2f}")
+    print(f"{'peak RSS, all processes (GB)':<36} {peak_total / 1e9:>10.2f} {4:>10} {peak_total / 1e9 / 4:>7.2f}")
+    print(f"{'peak RSS, largest process (GB)':<36} {peak_single / 1e9:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

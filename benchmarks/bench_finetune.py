@@ -1,0 +1,70 @@
+"""Fine-tuning step: graphs/s of the cdssl PropertyModule vs MatGL's ModelLightningModule.
+
+    .venv/bin/python benchmarks/bench_finetune.py --n 1000 --batch 128
+Same structures, same MEGNet (Table 2 by default, --small for Table 3), batch, Adam, MSE
+on standardised targets; both trained by a Lightning Trainer for the same epochs with
+validation and checkpointing off, so the ratio is the data path and the step itself.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+from _common import TABLE2, TABLE3, device, environment, parser, report, table
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--small", action="store_true", help="Table 3 sizes (the SL baseline)")
+    args = p.parse_args()
+    import lightning as L
+    import torch
+    from matgl.ext.pymatgen import Structure2Graph
+    from matgl.graph.data import MGLDataLoader, MGLDataset, collate_fn_graph
+    from matgl.utils.training import ModelLightningModule
+    from pymatgen.core import Structure
+    from torch.utils.data import DataLoader
+    
+    from cdssl.finetune import PropertyModule
+    from cdssl.graphs import GraphCache, build_cache, element_types
+    from cdssl.models import build_megnet
+
+    torch.set_num_threads(args.threads)
+    dev = device(args.device)
+    environment(args, dev)
+    sizes = TABLE3 if args.small else TABLE2
+    t = table(args.n, args.max_sites)
+    y = torch.tensor(t["target"].to_numpy(), dtype=torch.float32)
+    mean, std = float(y.mean()), float(y.std())
+
+    def fit(module, loader) -> float:
+        trainer = L.Trainer(max_epochs=args.epochs, accelerator="gpu" if dev.type == "cuda" else "cpu", devices=1,
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0)
+        start = time.perf_counter()
+        trainer.fit(module, loader)
+        return args.epochs * len(t) / (time.perf_counter() - start)
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = MGLDataset(structures=[Structure.from_dict(s) for s in t["structure"]],
+                        converter=Structure2Graph(element_types(), 5.0), labels={"y": t["target"].tolist()},
+                        root=tmp, save_cache=False)
+        plain_loader, _ = MGLDataLoader(ds, ds, collate_fn=collate_fn_graph, batch_size=args.batch,
+                                        num_workers=0)
+        plain = fit(ModelLightningModule(model=build_megnet(sizes, 5.0), data_mean=mean, data_std=std, lr=1e-3,
+                                         loss="mse_loss"), plain_loader)
+
+    torch.manual_seed(0)
+    cache = GraphCache(build_cache(t, 5.0, 1)[0])
+    loader = DataLoader(list(range(len(cache))), batch_size=args.batch, shuffle=True, collate_fn=cache.collate)
+    ours = fit(PropertyModule(build_megnet(sizes, 5.0), mean, std, 1e-3), loader)
+    report([("MatGL ModelLightningModule", plain, ""), ("cdssl PropertyModule", ours, "")],
+           "MatGL ModelLightningModule", "graphs/s")
+
+
+if __name__ == "__main__":
+    main()
