@@ -70,3 +70,18 @@ def report(rows: list[tuple[str, float, str]], baseline: str, unit: str) -> None
     print(f"{'path':<44} {unit:>14} {'ratio':>7}")
     for name, value, _ in rows:
         print(f"{name:<44} {value:>14.1f} {value / base:>7.2f}x")
+
+
+def matgl_loader(t, batch_size: int, root: str):
+    """MatGL's own data path: MGLDataset of Structure2Graph graphs and its (shuffling) MGLDataLoader."""
+    from matgl.ext.pymatgen import Structure2Graph
+    from matgl.graph.data import MGLDataLoader, MGLDataset, collate_fn_graph
+    from pymatgen.core import Structure
+
+    from cdssl.graphs import element_types
+
+    ds = MGLDataset(structures=[Structure.from_dict(s) for s in t["structure"]],
+                    converter=Structure2Graph(element_types(), 5.0), labels={"y": t["target"].tolist()},
+                    root=root, save_cache=False)
+    loader, _ = MGLDataLoader(ds, ds, collate_fn=collate_fn_graph, batch_size=batch_size, num_workers=0)
+    return loader

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 
-from _common import TABLE2, TABLE3, device, environment, parser, report, table
+from _common import TABLE2, TABLE3, device, matgl_loader, environment, parser, report, table
 
 
 def main() -> None:
@@ -22,14 +22,11 @@ def main() -> None:
     args = p.parse_args()
     import lightning as L
     import torch
-    from matgl.ext.pymatgen import Structure2Graph
-    from matgl.graph.data import MGLDataLoader, MGLDataset, collate_fn_graph
     from matgl.utils.training import ModelLightningModule
-    from pymatgen.core import Structure
     from torch.utils.data import DataLoader
     
     from cdssl.finetune import PropertyModule
-    from cdssl.graphs import GraphCache, build_cache, element_types
+    from cdssl.graphs import GraphCache, build_cache
     from cdssl.models import build_megnet
 
     torch.set_num_threads(args.threads)
@@ -50,11 +47,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        ds = MGLDataset(structures=[Structure.from_dict(s) for s in t["structure"]],
-                        converter=Structure2Graph(element_types(), 5.0), labels={"y": t["target"].tolist()},
-                        root=tmp, save_cache=False)
-        plain_loader, _ = MGLDataLoader(ds, ds, collate_fn=collate_fn_graph, batch_size=args.batch,
-                                        num_workers=0)
+        plain_loader = matgl_loader(t, args.batch, tmp)
         plain = fit(ModelLightningModule(model=build_megnet(sizes, 5.0), data_mean=mean, data_std=std, lr=1e-3,
                                          loss="mse_loss"), plain_loader)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import tempfile
 import time
 
-from _common import TABLE2, device, environment, parser, report, table
+from _common import TABLE2, device, matgl_loader, environment, parser, report, table
 
 
 def main() -> None:
@@ -23,11 +23,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=0, help="0: one pass over the data")
     args = p.parse_args()
     import torch
-    from matgl.ext.pymatgen import Structure2Graph
-    from matgl.graph.data import MGLDataLoader, MGLDataset, collate_fn_graph
-    from pymatgen.core import Structure
     
-    from cdssl.graphs import GraphCache, build_cache, element_types
+    from cdssl.graphs import GraphCache, build_cache
     from cdssl.models import build_megnet
     from cdssl.pretrain import DenoisingModule, perturb, standardise_per_graph
 
@@ -35,7 +32,6 @@ def main() -> None:
     dev = device(args.device)
     environment(args, dev)
     t = table(args.n, args.max_sites)
-    n_batches = None
 
     def run(step, batches) -> float:
         for b in batches[:2]:  # warm-up
@@ -56,11 +52,7 @@ def main() -> None:
     head = torch.nn.Linear(64, 1).to(dev)
     opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=1e-3)
     with tempfile.TemporaryDirectory() as tmp:
-        ds = MGLDataset(structures=[Structure.from_dict(s) for s in t["structure"]],
-                        converter=Structure2Graph(element_types(), 5.0), labels={"y": t["target"].tolist()},
-                        root=tmp, save_cache=False)
-        loader, _ = MGLDataLoader(ds, ds, collate_fn=collate_fn_graph, batch_size=args.batch,
-                                  num_workers=0)
+        loader = matgl_loader(t, args.batch, tmp)
         plain_batches = list(loader)
 
     def plain_step(batch) -> int:

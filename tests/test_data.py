@@ -129,3 +129,21 @@ def test_cache_batches_reproduce_matgl_own_prediction(small_table, small_cache_p
     ours = predict(model, cache.collate([0, 3, 7])).detach()
     theirs = torch.stack([model.predict_structure(Structure.from_dict(small_table["structure"].iloc[i])) for i in (0, 3, 7)])
     assert torch.allclose(ours, theirs.reshape(-1), atol=1e-5)
+
+
+def test_cached_density_and_volume_match_pymatgen(small_table, small_cache_path):
+    cache = GraphCache.load(small_cache_path, 5.0)
+    for i in (0, 5, 17):
+        s = Structure.from_dict(small_table["structure"].iloc[i])
+        assert math.isclose(cache.data["density"][i].item(), s.density, rel_tol=1e-5)
+        assert math.isclose(cache.data["volume"][i].item(), s.volume, rel_tol=1e-5)
+
+
+def test_fast_parser_agrees_with_pymatgen_and_defers_disorder(small_table):
+    from cdssl.graphs import _ordered_from_dict, parse_structure
+
+    d = small_table["structure"].iloc[3]
+    assert parse_structure(d) == Structure.from_dict(d)
+    disordered = Structure(Lattice.cubic(3.6), [{"Fe": 0.5, "Ni": 0.5}], [[0, 0, 0]]).as_dict()
+    assert _ordered_from_dict(disordered) is None
+    assert not parse_structure(disordered).is_ordered

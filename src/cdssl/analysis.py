@@ -148,32 +148,37 @@ def _title(dataset: str, sub: pd.DataFrame) -> str:
     return dataset
 
 
+def _panel(ax, sub: pd.DataFrame, dataset: str, modes: list[str]) -> None:
+    units = sub["units"].iloc[0] if isinstance(sub["units"].iloc[0], str) else ""
+    _bars(ax, sub, modes)
+    ax.set_ylabel(f"test MAE ({units})" if units else "test MAE")
+    ax.set_title(_title(dataset, sub), fontsize=10)
+    ax.legend(fontsize=7)
+
+
 def figure4(cells_csv, modes: list[str], out_png, per_dataset_dir) -> list[Path]:
+    """One multi-panel figure plus one file per dataset."""
     plt = _plt()
     cells = pd.read_csv(cells_csv)
     datasets = list(dict.fromkeys(cells["dataset"]))
+    per_dataset_dir = Path(per_dataset_dir)
+    per_dataset_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for dataset in datasets:
+        sub = cells[cells["dataset"] == dataset].sort_values("fraction")
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        _panel(ax, sub, dataset, modes)
+        fig.tight_layout()
+        path = per_dataset_dir / f"{dataset}.png"
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120)
+        plt.close(fig)
+        written.append(path)
     ncols = min(3, len(datasets))
     nrows = int(np.ceil(len(datasets) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.8 * nrows), squeeze=False)
-    written = []
-    per_dataset_dir = Path(per_dataset_dir)
-    per_dataset_dir.mkdir(parents=True, exist_ok=True)
     for ax, dataset in zip(axes.flat, datasets):
-        sub = cells[cells["dataset"] == dataset].sort_values("fraction")
-        units = sub["units"].iloc[0] if isinstance(sub["units"].iloc[0], str) else ""
-        for target_ax in (ax, None):
-            if target_ax is None:
-                single, target_ax = plt.subplots(figsize=(5.5, 3.8))
-            _bars(target_ax, sub, modes)
-            target_ax.set_ylabel(f"test MAE ({units})" if units else "test MAE")
-            target_ax.set_title(_title(dataset, sub), fontsize=10)
-            target_ax.legend(fontsize=7)
-        single.tight_layout()
-        path = per_dataset_dir / f"{dataset}.png"
-        with atomic_path(path, suffix=".png") as tmp:
-            single.savefig(tmp, dpi=120)
-        plt.close(single)
-        written.append(path)
+        _panel(ax, cells[cells["dataset"] == dataset].sort_values("fraction"), dataset, modes)
     for ax in list(axes.flat)[len(datasets) :]:
         ax.set_visible(False)
     total = int(cells["ssl_wins_sl"].sum()) if "ssl_wins_sl" in cells else 0
