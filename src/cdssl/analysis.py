@@ -143,9 +143,12 @@ def _bars(ax, cells: pd.DataFrame, modes: list[str]) -> None:
 
 
 def _title(dataset: str, sub: pd.DataFrame) -> str:
-    if "ssl_wins_sl" in sub:
-        return f"{dataset}: SSL lower in {int(sub['ssl_wins_sl'].sum())}/{len(sub)}"
-    return dataset
+    wins = [
+        f"{int(sub[f'ssl_wins_{base}'].sum())}/{len(sub)} vs {MODE_LABELS[base].split(' (')[0]}"
+        for base in BASELINES
+        if f"ssl_wins_{base}" in sub
+    ]
+    return f"{dataset}: SSL lower in " + ", ".join(wins) if wins else dataset
 
 
 def _panel(ax, sub: pd.DataFrame, dataset: str, modes: list[str]) -> None:
@@ -182,7 +185,10 @@ def figure4(cells_csv, modes: list[str], out_png, per_dataset_dir) -> list[Path]
     for ax in list(axes.flat)[len(datasets) :]:
         ax.set_visible(False)
     total = int(cells["ssl_wins_sl"].sum()) if "ssl_wins_sl" in cells else 0
-    fig.suptitle(f"Figure 4: test MAE, mean and standard error over seeds (SSL lower in {total}/{len(cells)} cells)")
+    fig.suptitle(
+        f"Figure 4: test MAE, mean and standard error over seeds\nSSL lower than SL in {total} of {len(cells)} cells",
+        fontsize=10,
+    )
     fig.tight_layout()
     with atomic_path(out_png, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120)
@@ -278,7 +284,7 @@ def figure5(embeddings_npz, out_png, seed: int = 0) -> None:
     fig.colorbar(sc, ax=ax, label="density (g/cm$^3$)")
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
-    ax.set_title(f"Figure 5: pretrained embeddings of {len(z)} validation structures")
+    ax.set_title(f"Figure 5: pretrained embeddings of\n{len(z)} validation structures", fontsize=10)
     fig.tight_layout()
     with atomic_path(out_png, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120)
