@@ -62,6 +62,12 @@ class DenoisingModule(HistoryModule):
         super().__init__(history_csv)
         self.save_hyperparameters(ignore=["history_csv"])
         self.model = build_megnet(sizes, cutoff)
+        # The edge loss never reaches the readout, nor the last block's node and state
+        # updates (a MEGNet block updates edges first). Frozen, they get no gradient that
+        # DDP would wait for; fine-tuning trains all parameters again.
+        last = self.model.blocks[-1].conv
+        for module in (self.model.node_s2s, self.model.edge_s2s, self.model.output_proj, last.node_func, last.state_func):
+            module.requires_grad_(False)
         self.head = nn.Linear(sizes["hidden_layer_sizes_conv"][-1], 1)
         self.sigma = sigma
         self.lr = lr
@@ -104,7 +110,7 @@ class DenoisingModule(HistoryModule):
         }
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
 
 
 def pretrain_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -151,7 +151,9 @@ def make_trainer(
 ) -> L.Trainer:
     accel = resolve_accelerator(accelerator)
     if accel == "cpu" and strategy == "ddp":
-        strategy = "ddp_spawn" if devices > 1 else "auto"
+        # forked workers inherit the graph cache; spawn would pickle it through shared
+        # memory, which small /dev/shm mounts refuse. GPUs keep Lightning's "ddp".
+        strategy = "ddp_fork" if devices > 1 else "auto"
     return L.Trainer(
         max_epochs=max_epochs,
         accelerator=accel,
