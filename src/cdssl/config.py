@@ -14,7 +14,6 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-MODES = ("ssl", "sl", "sl_large")
 
 
 class ConfigError(ValueError):

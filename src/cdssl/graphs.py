@@ -225,9 +225,6 @@ class GraphCache:
     def targets(self) -> torch.Tensor:
         return self.data["target"]
 
-    def n_edges(self) -> torch.Tensor:
-        return self.edge_ptr[1:] - self.edge_ptr[:-1]
-
     def collate(self, indices: list[int] | torch.Tensor) -> GraphBatch:
         idx = torch.as_tensor(indices, dtype=torch.long)
         d = self.data
