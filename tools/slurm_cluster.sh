@@ -21,6 +21,8 @@ install() {
 }
 
 start() {
+  # a fresh cluster every time: jobs left in a saved state would keep the node busy
+  rm -rf "$STATE"
   mkdir -p "$STATE"/{ctld,d} /etc/slurm /run/munge /var/log/slurm
   cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=cdssl
@@ -53,8 +55,8 @@ CONF
   chown -R munge:munge /etc/munge /run/munge
   chmod 0400 /etc/munge/munge.key
   pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
-  slurmctld
-  slurmd
+  slurmctld -c
+  slurmd -c
   for _ in $(seq 1 60); do
     if sinfo -h -o %t 2>/dev/null | grep -q -E '^idle'; then
       echo "slurm up: $(sinfo -h -o '%N %t %c CPUs')"
