@@ -183,7 +183,6 @@ class GraphBatch:
     pbc_offshift: torch.Tensor
     batch: torch.Tensor
     target: torch.Tensor
-    index: torch.Tensor
     num_graphs: int
 
     def to(self, device, non_blocking: bool = False) -> GraphBatch:
@@ -241,7 +240,6 @@ class GraphCache:
             pbc_offshift=d["pbc_offshift"][edge_sel],
             batch=torch.repeat_interleave(torch.arange(len(idx)), n_nodes),
             target=d["target"][idx].float(),
-            index=idx,
             num_graphs=len(idx),
         )
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -15,7 +16,7 @@ from .config import model_kwargs
 from .graphs import GraphBatch, GraphCache
 from .models import build_megnet, encode
 from .training import HistoryModule, checkpoint_callback, make_trainer, prepare_checkpoint_dir, write_history
-from .utils import LOG
+from .utils import LOG, atomic_path
 
 ZERO_STD = 1e-6  # float32 distances equal to ~1e-7 A count as "all the same length"
 
@@ -164,10 +165,6 @@ def run_pretraining(
 
 
 def write_split(cache: GraphCache, train: np.ndarray, val: np.ndarray, path: str | Path) -> None:
-    import pandas as pd
-
-    from .utils import atomic_path
-
     split = np.array(["train"] * len(cache), dtype=object)
     split[val] = "val"
     with atomic_path(path, suffix=".csv") as tmp:
