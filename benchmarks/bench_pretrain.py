@@ -11,6 +11,7 @@ same comparison runs there.
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 
@@ -20,10 +21,14 @@ from _common import TABLE2, device, matgl_loader, environment, parser, report, t
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=0, help="0: one pass over the data")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the cdssl step with torch.compile(dynamic=True) on its forward")
+    p.add_argument("--profile", action="store_true",
+                   help="also print torch.profiler's op table for one pass of the cdssl step")
+    p.add_argument("--passes", type=int, default=3, help="passes over the data; the median rate is reported")
     args = p.parse_args()
     import torch
-    
+
     from cdssl.graphs import GraphCache, build_cache
     from cdssl.models import build_megnet
     from cdssl.pretrain import DenoisingModule, perturb, standardise_per_graph
@@ -33,18 +38,22 @@ def main() -> None:
     environment(args, dev)
     t = table(args.n, args.max_sites)
 
-    def run(step, batches) -> float:
-        for b in batches[:2]:  # warm-up
+    def run(step, batches, label: str = "") -> float:
+        start = time.perf_counter()
+        for b in batches[:2]:  # warm-up (and compilation, if any)
             step(b)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
-        graphs = 0
-        for b in batches:
-            graphs += step(b)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return graphs / (time.perf_counter() - start)
+        if label:
+            print(f"# {label}: {time.perf_counter() - start:.1f} s of warm-up, not counted in graphs/s")
+        rates = []
+        for _ in range(args.passes):
+            start = time.perf_counter()
+            graphs = sum(step(b) for b in batches)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            rates.append(graphs / (time.perf_counter() - start))
+        return statistics.median(rates)
 
     # plain MatGL
     torch.manual_seed(0)
@@ -77,23 +86,44 @@ def main() -> None:
     plain = run(plain_step, plain_batches)
 
     # cdssl
-    torch.manual_seed(0)
     cache = GraphCache(build_cache(t, 5.0, 1)[0])
-    module = DenoisingModule(TABLE2, 5.0, 0.5, 1e-3).to(dev)
-    opt2 = torch.optim.Adam(module.parameters(), lr=1e-3)
     order = list(range(len(cache)))
+    batches = [order[i : i + args.batch] for i in range(0, len(order), args.batch)]
 
-    def ours_step(idx) -> int:
-        batch = cache.collate(idx).to(dev)
-        loss = module.training_step(batch, 0)
-        opt2.zero_grad()
-        loss.backward()
-        opt2.step()
-        return batch.num_graphs
+    def ours(compiled: bool) -> float:
+        torch.manual_seed(0)
+        module = DenoisingModule(TABLE2, 5.0, 0.5, 1e-3).to(dev)
+        if compiled:
+            # graph sizes change every batch: one symbolic-shape compile instead of one per size
+            module.forward = torch.compile(module.forward, dynamic=True)
+        opt = torch.optim.Adam([q for q in module.parameters() if q.requires_grad], lr=1e-3)
 
-    ours = run(ours_step, [order[i : i + args.batch] for i in range(0, len(order), args.batch)])
-    report([("plain MatGL loop (MEGNet.forward + head)", plain, ""), ("cdssl DenoisingModule step", ours, "")],
-           "plain MatGL loop (MEGNet.forward + head)", "graphs/s")
+        def step(idx) -> int:
+            batch = cache.collate(idx).to(dev)
+            loss = module.training_step(batch, 0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return batch.num_graphs
+
+        rate = run(step, batches, "torch.compile" if compiled else "")
+        if args.profile and not compiled:
+            from torch.profiler import profile
+
+            with profile() as prof:
+                for b in batches:
+                    step(b)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+            every = cache.collate(order)
+            print(f"# per structure: {every.edge_index.shape[1] / len(order):.1f} edges, "
+                  f"{every.pos.shape[0] / len(order):.1f} atoms")
+        return rate
+
+    base = "plain MatGL loop (MEGNet.forward + head)"
+    rows = [(base, plain, ""), ("cdssl DenoisingModule step", ours(False), "")]
+    if args.compile:
+        rows.append(("cdssl step, torch.compile", ours(True), ""))
+    report(rows, base, "graphs/s")
 
 
 if __name__ == "__main__":
