@@ -82,6 +82,7 @@ def test_figures_are_written(tmp_path):
     pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [1, 0.8, 0.7], "val_loss": [1, 0.9, 0.95],
                   "train_mae": [1, 0.8, 0.7], "val_mae": [1, 0.9, 0.95], "grad_norm": [1, 1, 1]}).to_csv(tmp_path / "h.csv")
     (tmp_path / "sel.json").write_text(json.dumps({"epoch": 1}))
-    figure3(tmp_path / "h.csv", tmp_path / "sel.json", tmp_path / "fig3.png")
+    (tmp_path / "ref.json").write_text(json.dumps({"val_loss_noisy_distances": 0.97}))
+    figure3(tmp_path / "h.csv", tmp_path / "sel.json", tmp_path / "ref.json", tmp_path / "fig3.png")
     for png in (tmp_path / "fig4.png", tmp_path / "fig4" / "A.png", tmp_path / "fig3.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

@@ -1,5 +1,7 @@
 """The pretext task on real structures: perturbation, targets, learning, selection."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,8 @@ from cdssl.pretrain import (
     DenoisingModule,
     denoising_target,
     edge_lengths,
+    loaders,
+    no_learning_reference,
     perturb,
     pretrain_split,
     run_pretraining,
@@ -85,6 +89,34 @@ def test_a_few_steps_lower_the_loss(cache, test_config):
     assert float(loss()) < 0.8 * first
 
 
+def test_no_learning_reference_uses_the_validation_noise(cache, test_config):
+    train, val = pretrain_split(len(cache), 0.2, 0)
+    _, val_dl = loaders(cache, train, val, 8, 0)
+    assert no_learning_reference(val_dl, 0.0, 0)["val_loss_noisy_distances"] == 0.0
+    ref = no_learning_reference(val_dl, 0.5, 0)
+    # every graph's targets have mean 0 and (population) variance 1
+    assert ref["val_loss_zeros"] == pytest.approx(1.0, abs=1e-5)
+    assert 0.1 < ref["val_loss_noisy_distances"] < 1.0
+    # validation_step sees the same shaken crystals: a module whose answer is the
+    # noisy distances' own standardisation scores exactly the reference
+    module = DenoisingModule(model_kwargs(test_config, "ssl"), 5.0, 0.5, 1e-3)
+    module.forward = lambda batch, pos: standardise_per_graph(edge_lengths(pos, batch), batch.edge_batch,
+                                                              batch.num_graphs)
+    for i, batch in enumerate(val_dl):
+        module.validation_step(batch, i)
+    row = module.epoch_row({k: float(v) for k, v in module._sums.items()})
+    assert row["val_loss"] == pytest.approx(ref["val_loss_noisy_distances"], rel=1e-5)
+
+
+def test_measuring_the_reference_leaves_training_unchanged(tmp_path, small_cache_path, config):
+    config["pretrain"].update(epochs=1, batch_size=16)
+    for name, ref in (("a", None), ("b", tmp_path / "ref.json")):
+        run_pretraining(small_cache_path, config, tmp_path / f"{name}.csv", tmp_path / f"{name}_split.csv",
+                        tmp_path / f"{name}_ckpt", reference_json=ref)
+    columns = ["train_loss", "val_loss", "grad_norm"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv")[columns], pd.read_csv(tmp_path / "b.csv")[columns])
+
+
 def test_split_is_seeded_and_disjoint():
     a_tr, a_va = pretrain_split(100, 0.2, 0)
     b_tr, b_va = pretrain_split(100, 0.2, 0)
@@ -100,8 +132,11 @@ def test_pretraining_run_logs_every_epoch_and_selection_exports_for_matgl(tmp_pa
     from cdssl.selection import select_checkpoint
 
     config["pretrain"].update(epochs=3, batch_size=16)
-    run_pretraining(small_cache_path, config, tmp_path / "h.csv", tmp_path / "split.csv", tmp_path / "ckpt")
+    run_pretraining(small_cache_path, config, tmp_path / "h.csv", tmp_path / "split.csv", tmp_path / "ckpt",
+                    reference_json=tmp_path / "ref.json")
     h = pd.read_csv(tmp_path / "h.csv")
+    reference = json.loads((tmp_path / "ref.json").read_text())
+    assert reference["sigma"] == 0.5 and 0 < reference["val_loss_noisy_distances"] < reference["val_loss_zeros"]
     assert h["epoch"].tolist() == [0, 1, 2]
     assert {"train_loss", "train_mae", "val_loss", "val_mae", "grad_norm"} <= set(h.columns)
     assert (h["grad_norm"] > 0).all()

@@ -101,7 +101,7 @@ def _plt():
     return plt
 
 
-def figure3(history_csv, selected_json, out_png) -> None:
+def figure3(history_csv, selected_json, reference_json, out_png) -> None:
     plt = _plt()
     h = pd.read_csv(history_csv)
     best = json.loads(Path(selected_json).read_text())["epoch"]
@@ -109,6 +109,8 @@ def figure3(history_csv, selected_json, out_png) -> None:
     axes[0].plot(h["epoch"], h["train_loss"], label="train")
     axes[0].plot(h["epoch"], h["val_loss"], label="validation")
     axes[0].set_ylabel("MSE loss (standardised distance)")
+    noisy = json.loads(Path(reference_json).read_text())["val_loss_noisy_distances"]
+    axes[0].axhline(noisy, color="tab:red", ls=":", lw=1, label=f"noisy distances as answer ({noisy:.3f})")
     axes[1].plot(h["epoch"], h["train_mae"], label="train")
     axes[1].plot(h["epoch"], h["val_mae"], label="validation")
     axes[1].set_ylabel("MAE (standardised distance)")

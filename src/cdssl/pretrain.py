@@ -16,7 +16,7 @@ from .config import model_kwargs
 from .graphs import GraphBatch, GraphCache
 from .models import build_megnet, encode
 from .training import HistoryModule, checkpoint_callback, make_trainer, prepare_checkpoint_dir, write_history
-from .utils import LOG, atomic_path
+from .utils import LOG, atomic_path, write_json
 
 ZERO_STD = 1e-6  # float32 distances equal to ~1e-7 A count as "all the same length"
 
@@ -46,6 +46,29 @@ def standardise_per_graph(values: torch.Tensor, graph: torch.Tensor, num_graphs:
 
 def denoising_target(batch: GraphBatch) -> torch.Tensor:
     return standardise_per_graph(edge_lengths(batch.pos, batch), batch.edge_batch, batch.num_graphs)
+
+
+def validation_generator(device: torch.device, val_seed: int, batch_idx: int) -> torch.Generator:
+    # the same noise every epoch, so validation losses of different epochs compare
+    return torch.Generator(device=device).manual_seed(val_seed * 100003 + batch_idx)
+
+
+def no_learning_reference(val_loader: DataLoader, sigma: float, val_seed: int) -> dict[str, float]:
+    """Validation loss of two answers that need no training, on the validation noise.
+
+    ``noisy_distances``: the standardised edge lengths of the shaken crystal itself, what
+    the input already says; ``zeros``: each graph's mean distance. A pretrained network
+    is only worth its epochs below the first.
+    """
+    se_noisy = se_zero = n = 0.0
+    for batch_idx, batch in enumerate(val_loader):
+        target = denoising_target(batch)
+        shaken = perturb(batch.pos, sigma, validation_generator(batch.pos.device, val_seed, batch_idx))
+        noisy = standardise_per_graph(edge_lengths(shaken, batch), batch.edge_batch, batch.num_graphs)
+        se_noisy += float(((noisy - target) ** 2).sum())
+        se_zero += float((target**2).sum())
+        n += target.numel()
+    return {"val_loss_noisy_distances": se_noisy / n, "val_loss_zeros": se_zero / n, "sigma": sigma, "n_edges": int(n)}
 
 
 class DenoisingModule(HistoryModule):
@@ -93,9 +116,7 @@ class DenoisingModule(HistoryModule):
         return loss
 
     def validation_step(self, batch: GraphBatch, batch_idx: int) -> None:
-        # the same noise every epoch, so validation losses of different epochs compare
-        gen = torch.Generator(device=batch.pos.device).manual_seed(self.val_seed * 100003 + batch_idx)
-        pred, target = self._step(batch, gen)
+        pred, target = self._step(batch, validation_generator(batch.pos.device, self.val_seed, batch_idx))
         err = pred - target
         n = torch.tensor(float(target.numel()), device=pred.device)
         self.accumulate(val_se=(err**2).sum(), val_ae=err.abs().sum(), n_val=n)
@@ -135,8 +156,12 @@ def run_pretraining(
     history_csv: str | Path,
     split_csv: str | Path,
     ckpt_dir: str | Path,
+    reference_json: str | Path | None = None,
 ) -> None:
-    """Pretrain, resuming from ``ckpt_dir/last.ckpt`` when it holds the same settings."""
+    """Pretrain, resuming from ``ckpt_dir/last.ckpt`` when it holds the same settings.
+
+    ``reference_json`` receives :func:`no_learning_reference` on the validation split.
+    """
     pc = config["pretrain"]
     cutoff = config["graph"]["cutoff"]
     sizes = model_kwargs(config, "ssl")
@@ -152,6 +177,14 @@ def run_pretraining(
     resume = prepare_checkpoint_dir(ckpt_dir, settings)
     module = DenoisingModule(sizes, cutoff, pc["sigma"], pc["lr"], pc["seed"], str(history_csv))
     train_dl, val_dl = loaders(cache, train, val, pc["batch_size"], pc["seed"])
+    if reference_json is not None:
+        # a DataLoader iterator draws its base seed from the global generator: without
+        # fork_rng, measuring the reference would change the training noise that follows
+        with torch.random.fork_rng(devices=[]):
+            reference = no_learning_reference(val_dl, pc["sigma"], pc["seed"])
+        LOG.info("validation loss without learning: noisy distances %.4f, zeros %.4f",
+                 reference["val_loss_noisy_distances"], reference["val_loss_zeros"])
+        write_json(reference, reference_json)
     trainer = make_trainer(
         pc["epochs"], config["accelerator"], [checkpoint_callback(ckpt_dir, "val_loss")],
         devices=pc.get("devices", 1), strategy=pc.get("strategy", "auto"),

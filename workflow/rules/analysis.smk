@@ -31,6 +31,7 @@ rule figure3:
     input:
         history=f"{R}/pretrain/history.csv",
         selected=f"{R}/pretrain/selected.json",
+        reference=f"{R}/pretrain/reference.json",
     output:
         png=report(
             f"{R}/analysis/fig3_pretraining.png",

@@ -4,6 +4,7 @@ rule pretrain:
     output:
         history=f"{R}/pretrain/history.csv",
         split=f"{R}/pretrain/split.csv",
+        reference=f"{R}/pretrain/reference.json",
     params:
         # Outside the declared outputs: Snakemake must not delete them before a rerun,
         # or a killed pretraining could not resume.

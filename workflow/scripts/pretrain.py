@@ -13,6 +13,7 @@ try:
         history_csv=snakemake.output.history,
         split_csv=snakemake.output.split,
         ckpt_dir=snakemake.params.ckpt_dir,
+        reference_json=snakemake.output.reference,
     )
 except Exception:
     log.exception("pretraining failed")
