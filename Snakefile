@@ -1,8 +1,6 @@
 # CDSSL: crystal denoising self-supervised learning on MatGL MEGNet.
 # Run: snakemake --cores all --configfile config/demo.yaml
-
-
-configfile: "config/config.yaml"
+# Without --configfile the paper's config/config.yaml is used (see workflow/rules/common.smk).
 
 
 include: "workflow/rules/common.smk"

@@ -52,7 +52,7 @@ def table(n: int, max_sites: int):
     from cdssl.data import build_table
 
     entry = {"matminer": "matbench_dielectric", "target": "n", "transform": "log10", "max_sites": max_sites}
-    t = build_table("bench", entry, str(ROOT / "data" / "matminer")).head(n)
+    t = build_table("bench", entry, str(ROOT / "data" / "matminer"))[0].head(n)
     return t
 
 

@@ -31,10 +31,12 @@ def test_missing_dataset_offline_names_file_and_directory(tmp_path, monkeypatch)
 
 
 def test_clean_targets_counts_every_dropped_row():
-    values, counts = clean_targets(pd.Series([1.0, np.nan, -2.0, 0.0, np.inf, "x", 100.0]), "log10")
+    values, counts, reasons = clean_targets(pd.Series([1.0, np.nan, -2.0, 0.0, np.inf, "x", 100.0]), "log10")
     assert counts == {"missing": 1, "non_numeric": 1, "non_finite": 1, "non_positive_for_log10": 2}
     assert values.iloc[0] == 0.0 and values.iloc[6] == 2.0
     assert values.notna().sum() == 2
+    assert reasons.tolist() == [None, "target missing", "target not positive (transform log10)",
+                                "target not positive (transform log10)", "target not finite", "target not a number", None]
 
 
 def _cif(structure: Structure) -> str:
@@ -65,7 +67,7 @@ def test_user_csv_drops_bad_labels_with_counts(broken_csv, caplog):
     entry = {"file": str(broken_csv), "structure_column": "cif", "id_column": "name", "target": "y", "transform": "log10"}
     with caplog.at_level(logging.WARNING, logger="cdssl"):
         logging.getLogger("cdssl").propagate = True
-        table = build_table("mine", entry)
+        table, _ = build_table("mine", entry)
     assert list(table["id"]) == ["good-1", "good-2", "garbage", "partial", "isolated"]
     assert "dropped 1 row(s) with missing target" in caplog.text
     assert "dropped 1 row(s) with non positive for log10 target" in caplog.text
@@ -73,7 +75,7 @@ def test_user_csv_drops_bad_labels_with_counts(broken_csv, caplog):
 
 
 def test_graph_stage_skips_bad_structures_with_reasons(broken_csv):
-    table = build_table("mine", {"file": str(broken_csv), "structure_column": "cif", "id_column": "name", "target": "y"})
+    table, _ = build_table("mine", {"file": str(broken_csv), "structure_column": "cif", "id_column": "name", "target": "y"})
     cache, skipped = build_cache(table, 5.0, processes=2)
     # nan-label never reaches the graph stage; without log10 the negative target is valid
     assert cache["ids"] == ["good-1", "good-2", "negative"]
@@ -84,11 +86,15 @@ def test_graph_stage_skips_bad_structures_with_reasons(broken_csv):
     assert set(reasons) == {"garbage", "partial", "isolated"}
 
 
-def test_unknown_element_is_an_error_naming_it(small_table):
-    po = Structure(Lattice.cubic(3.4), ["Po"], [[0, 0, 0]])
-    table = pd.concat([small_table.head(2), pd.DataFrame([{"id": "po", "structure": po.as_dict(), "target": 0.1}])])
-    with pytest.raises(UnknownElementError, match="structure po: element Po"):
-        build_cache(table, 5.0)
+def test_unknown_elements_are_skipped_with_every_element_named_or_stop_on_request(small_table):
+    porn = Structure(Lattice.cubic(4.4), ["Po", "Rn", "Na"], [[0, 0, 0], [0.5, 0.5, 0.5], [0, 0.5, 0.5]])
+    extra = pd.DataFrame([{"id": "porn", "structure": porn.as_dict(), "target": 0.1}])
+    table = pd.concat([small_table.head(2), extra, small_table.iloc[2:4]], ignore_index=True)
+    cache, skipped = build_cache(table, 5.0)
+    assert cache["ids"] == [table["id"][i] for i in (0, 1, 3, 4)]
+    assert skipped["id"].tolist() == ["porn"] and skipped["reason"][0].startswith("unknown element(s) Po, Rn:")
+    with pytest.raises(UnknownElementError, match="structure porn: unknown element.s. Po, Rn"):
+        build_cache(table, 5.0, unknown_elements="error")
 
 
 def test_table_round_trip_and_pools_are_disjoint(tmp_path, small_table):
@@ -107,8 +113,8 @@ def test_table_round_trip_and_pools_are_disjoint(tmp_path, small_table):
 def test_demo_pools_come_from_the_real_loader(root):
     base = {"matminer": "matbench_dielectric", "target": "n", "transform": "log10", "max_sites": 6}
     sizes = {"pretrain": 30, "labelled": 20}
-    pre = build_table("u", {**base, "target": None, "pool": {"seed": 0, "sizes": sizes, "take": "pretrain"}}, str(root / "data/matminer"))
-    lab = build_table("l", {**base, "pool": {"seed": 0, "sizes": sizes, "take": "labelled"}}, str(root / "data/matminer"))
+    pre, _ = build_table("u", {**base, "target": None, "pool": {"seed": 0, "sizes": sizes, "take": "pretrain"}}, str(root / "data/matminer"))
+    lab, _ = build_table("l", {**base, "pool": {"seed": 0, "sizes": sizes, "take": "labelled"}}, str(root / "data/matminer"))
     assert len(pre) == 30 and len(lab) == 20 and not set(pre["id"]) & set(lab["id"])
     assert pre["target"].isna().all() and lab["target"].notna().all()
     assert all(len(s["sites"]) <= 6 for s in lab["structure"])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from cdssl.config import finetune_settings
 from cdssl.finetune import finetune_split, initial_model, run_finetune
 from cdssl.models import encoder_state
 
@@ -44,13 +45,13 @@ def encoder_dir(tmp_path_factory, test_config):
 def test_ssl_starts_from_the_selected_weights_and_sl_does_not(config, encoder_dir):
     path, pretrained = encoder_dir
     torch.manual_seed(0)
-    ssl = initial_model(config, "ssl", path)
+    ssl = initial_model("ssl", None, 5.0, path)
     for key, value in encoder_state(ssl).items():
         assert torch.equal(value, pretrained[key]), key
-    sl_large = initial_model(config, "sl_large", None)
+    sl_large = initial_model("sl_large", config["models"]["large"], 5.0, None)
     same_shape = [k for k, v in encoder_state(sl_large).items() if "weight" in k]
     assert all(not torch.equal(encoder_state(sl_large)[k], pretrained[k]) for k in same_shape)
-    sl = initial_model(config, "sl", None)
+    sl = initial_model("sl", config["models"]["small"], 5.0, None)
     assert sum(p.numel() for p in sl.parameters()) < sum(p.numel() for p in ssl.parameters())
 
 
@@ -60,8 +61,9 @@ def test_same_seed_gives_identical_metrics(tmp_path, small_cache_path, config):
     results = []
     for run in ("a", "b"):
         d = tmp_path / run
-        m = run_finetune(small_cache_path, config, "dielectric", 0.5, 0, "sl", None,
-                         d / "m.json", d / "p.csv", d / "h.csv", d / "ckpt")
+        m = run_finetune(small_cache_path, dataset="dielectric", fraction=0.5, seed=0, mode="sl",
+                         **finetune_settings(config, "dielectric", "sl"), metrics_json=d / "m.json",
+                         predictions_csv=d / "p.csv", history_csv=d / "h.csv", ckpt_dir=d / "ckpt")
         results.append(m)
     for key in ("test_mae", "val_mae", "best_epoch", "n_train"):
         assert results[0][key] == results[1][key]

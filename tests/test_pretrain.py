@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cdssl.config import model_kwargs
+from cdssl.config import model_kwargs, pretrain_settings
 from cdssl.graphs import GraphCache
 from cdssl.pretrain import (
     DenoisingModule,
@@ -111,8 +111,9 @@ def test_no_learning_reference_uses_the_validation_noise(cache, test_config):
 def test_measuring_the_reference_leaves_training_unchanged(tmp_path, small_cache_path, config):
     config["pretrain"].update(epochs=1, batch_size=16)
     for name, ref in (("a", None), ("b", tmp_path / "ref.json")):
-        run_pretraining(small_cache_path, config, tmp_path / f"{name}.csv", tmp_path / f"{name}_split.csv",
-                        tmp_path / f"{name}_ckpt", reference_json=ref)
+        run_pretraining(small_cache_path, **pretrain_settings(config), history_csv=tmp_path / f"{name}.csv",
+                        split_csv=tmp_path / f"{name}_split.csv", ckpt_dir=tmp_path / f"{name}_ckpt",
+                        reference_json=ref)
     columns = ["train_loss", "val_loss", "grad_norm"]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv")[columns], pd.read_csv(tmp_path / "b.csv")[columns])
 
@@ -132,15 +133,15 @@ def test_pretraining_run_logs_every_epoch_and_selection_exports_for_matgl(tmp_pa
     from cdssl.selection import select_checkpoint
 
     config["pretrain"].update(epochs=3, batch_size=16)
-    run_pretraining(small_cache_path, config, tmp_path / "h.csv", tmp_path / "split.csv", tmp_path / "ckpt",
-                    reference_json=tmp_path / "ref.json")
+    run_pretraining(small_cache_path, **pretrain_settings(config), history_csv=tmp_path / "h.csv",
+                    split_csv=tmp_path / "split.csv", ckpt_dir=tmp_path / "ckpt", reference_json=tmp_path / "ref.json")
     h = pd.read_csv(tmp_path / "h.csv")
     reference = json.loads((tmp_path / "ref.json").read_text())
     assert reference["sigma"] == 0.5 and 0 < reference["val_loss_noisy_distances"] < reference["val_loss_zeros"]
     assert h["epoch"].tolist() == [0, 1, 2]
     assert {"train_loss", "train_mae", "val_loss", "val_mae", "grad_norm"} <= set(h.columns)
     assert (h["grad_norm"] > 0).all()
-    record = select_checkpoint(tmp_path / "h.csv", tmp_path / "ckpt", config, tmp_path / "sel.json", tmp_path / "enc")
+    record = select_checkpoint(tmp_path / "h.csv", tmp_path / "ckpt", tmp_path / "sel.json", tmp_path / "enc")
     assert record["epoch"] == int(h["val_loss"].idxmin())
     loaded = matgl.load_model(tmp_path / "enc")
     ckpt = torch.load(record["checkpoint"], weights_only=False)["state_dict"]

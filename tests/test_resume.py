@@ -1,4 +1,4 @@
-"""Killed or preempted training resumes from its last checkpoint; DDP runs on the CPU."""
+"""Killed or preempted training resumes exactly; stale checkpoints are never resumed; DDP on the CPU."""
 
 from __future__ import annotations
 
@@ -14,59 +14,108 @@ import pandas as pd
 import pytest
 import torch
 
+from cdssl.config import finetune_settings, pretrain_settings
+
+# A job in its own process, so that it can be killed: argv = function, kwargs json, log file.
 RUN = textwrap.dedent(
     """
     import json, sys
+    from cdssl.finetune import run_finetune
     from cdssl.pretrain import run_pretraining
     from cdssl.utils import setup_logging
     setup_logging(sys.argv[3])
-    config = json.loads(open(sys.argv[2]).read())
-    run_pretraining(sys.argv[1], config, sys.argv[4] + "/history.csv", sys.argv[4] + "/split.csv", sys.argv[4] + "/ckpt")
+    {"pretrain": run_pretraining, "finetune": run_finetune}[sys.argv[1]](**json.loads(sys.argv[2]))
     """
 )
 
 
-def _start(cache, cfg, log, out):
-    return subprocess.Popen([sys.executable, "-c", RUN, str(cache), str(cfg), str(log), str(out)],
+def _start(kind: str, kwargs: dict, log) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", RUN, kind, json.dumps(kwargs, default=str), str(log)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
-def test_pretraining_resumes_after_kill(tmp_path, small_cache_path, config, sig):
-    epochs = 5
-    config["pretrain"].update(epochs=epochs, batch_size=8)
-    cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(config))
-    history = tmp_path / "history.csv"
-    proc = _start(small_cache_path, cfg, tmp_path / "first.log", tmp_path)
+def _run(kind: str, kwargs: dict, log) -> None:
+    assert _start(kind, kwargs, log).wait(timeout=600) == 0, log.read_text()
+
+
+def _kill_after(proc: subprocess.Popen, history, rows: int, sig) -> None:
+    """Send ``sig`` once ``history`` holds ``rows`` epochs (header + rows lines)."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if history.exists() and len(history.read_text().splitlines()) >= 3:  # header + 2 epochs
+        if history.exists() and len(history.read_text().splitlines()) >= rows + 1:
             break
-        time.sleep(0.05)
-    assert proc.poll() is None, "pretraining finished before it could be killed; raise epochs"
+        time.sleep(0.02)
+    assert proc.poll() is None, "the job finished before it could be killed; raise epochs"
     proc.send_signal(sig)
     proc.wait(timeout=120)
-    last = tmp_path / "ckpt" / "last.ckpt"
-    last_done = torch.load(last, weights_only=False)["epoch"]  # index of the last finished epoch
-    assert 0 <= last_done < epochs - 1
 
-    proc = _start(small_cache_path, cfg, tmp_path / "second.log", tmp_path)
-    assert proc.wait(timeout=600) == 0
+
+def _same_history(a, b) -> None:
+    """Identical to the bit, apart from wall time."""
+    pd.testing.assert_frame_equal(pd.read_csv(a).drop(columns="epoch_seconds"),
+                                  pd.read_csv(b).drop(columns="epoch_seconds"), check_exact=True)
+
+
+def _pretrain_kwargs(config, cache, out) -> dict:
+    return {"graphs": str(cache), **pretrain_settings(config), "accelerator": "cpu", "history_csv": str(out / "history.csv"),
+            "split_csv": str(out / "split.csv"), "ckpt_dir": str(out / "ckpt")}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_pretraining_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, small_cache_path, config, sig):
+    epochs = 6
+    config["pretrain"].update(epochs=epochs, batch_size=8)
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    _run("pretrain", _pretrain_kwargs(config, small_cache_path, clean), tmp_path / "clean.log")
+
+    kwargs = _pretrain_kwargs(config, small_cache_path, killed)
+    _kill_after(_start("pretrain", kwargs, tmp_path / "first.log"), killed / "history.csv", 2, sig)
+    last_done = torch.load(killed / "ckpt" / "last.ckpt", weights_only=False)["epoch"]
+    assert last_done < epochs - 1
+    # a checkpoint at every epoch, improved or not: the kill loses at most the epoch whose
+    # history row was written just before its checkpoint
+    assert last_done >= len(pd.read_csv(killed / "history.csv")) - 2
+
+    _run("pretrain", kwargs, tmp_path / "second.log")
     second = (tmp_path / "second.log").read_text()
     assert "resuming from" in second
     trained = [int(e) for e in re.findall(r"epoch (\d+):", second)]
     assert trained == list(range(last_done + 1, epochs)), "the rerun continues right after the last checkpoint"
-    rows = pd.read_csv(history)
-    assert rows["epoch"].tolist() == list(range(epochs)), "one log row per epoch, none lost or doubled"
+    _same_history(clean / "history.csv", killed / "history.csv")
+    best = [torch.load(d / "ckpt" / "best.ckpt", weights_only=False) for d in (clean, killed)]
+    assert best[0]["epoch"] == best[1]["epoch"]
+    for key, value in best[0]["state_dict"].items():
+        assert torch.equal(value, best[1]["state_dict"][key]), key
+
+
+def test_finetuning_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, small_cache_path, config):
+    config["finetune"].update(epochs=8, batch_size=4)
+    runs = {}
+    for name in ("clean", "killed"):
+        out = tmp_path / name
+        runs[name] = {"graphs": str(small_cache_path), "dataset": "dielectric", "fraction": 0.7, "seed": 1,
+                      "mode": "sl", **finetune_settings(config, "dielectric", "sl"), "accelerator": "cpu",
+                      "metrics_json": str(out / "metrics.json"), "predictions_csv": str(out / "predictions.csv"),
+                      "history_csv": str(out / "history.csv"), "ckpt_dir": str(out / "ckpt")}
+    _run("finetune", runs["clean"], tmp_path / "clean.log")
+    killed = tmp_path / "killed"
+    _kill_after(_start("finetune", runs["killed"], tmp_path / "first.log"), killed / "history.csv", 3, signal.SIGKILL)
+    assert not (killed / "metrics.json").exists()
+    _run("finetune", runs["killed"], tmp_path / "second.log")
+    assert "resuming from" in (tmp_path / "second.log").read_text()
+    _same_history(tmp_path / "clean" / "history.csv", killed / "history.csv")
+    a, b = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("clean", "killed"))
+    for key in ("test_mae", "val_mae", "best_epoch"):
+        assert a[key] == b[key], key
+    assert (tmp_path / "clean" / "predictions.csv").read_bytes() == (killed / "predictions.csv").read_bytes()
 
 
 def test_ddp_on_cpu_with_two_processes(tmp_path, small_cache_path, config):
     from cdssl.pretrain import run_pretraining
 
     config["pretrain"].update(epochs=1, batch_size=8, devices=2, strategy="ddp")
-    run_pretraining(small_cache_path, config, tmp_path / "h.csv", tmp_path / "s.csv", tmp_path / "ckpt")
-    rows = pd.read_csv(tmp_path / "h.csv")
+    run_pretraining(**_pretrain_kwargs(config, small_cache_path, tmp_path))
+    rows = pd.read_csv(tmp_path / "history.csv")
     assert rows["epoch"].tolist() == [0]
     assert rows[["train_loss", "val_loss", "grad_norm"]].notna().all().all()
-    assert (tmp_path / "ckpt" / "last.ckpt").exists()
+    assert (tmp_path / "ckpt" / "last.ckpt").exists() and (tmp_path / "ckpt" / "best.ckpt").exists()

@@ -237,18 +237,22 @@ def ridge_probe(z: np.ndarray, y: np.ndarray, seed: int = 0) -> dict:
     return {"r2": float(probe.score(z[te], y[te])), "alpha": float(probe[-1].alpha_), "n_train": int(len(tr)), "n_test": int(len(te))}
 
 
-def run_probes(encoder_dir, graphs, split_csv, config, probe_csv, embeddings_npz) -> pd.DataFrame:
+def run_probes(
+    encoder_dir, graphs, split_csv, *, sizes: dict, cutoff: float, max_structures: int, probe_csv, embeddings_npz
+) -> pd.DataFrame:
     import lightning as L
     import matgl
 
-    from .config import model_kwargs
+    from .config import megnet_sizes
     from .graphs import GraphCache
     from .models import build_megnet
 
-    cache = GraphCache.load(graphs, config["graph"]["cutoff"])
+    cache = GraphCache.load(graphs, cutoff)
     split = pd.read_csv(split_csv)
+    if split["id"].astype(str).tolist() != cache.ids:
+        raise ValueError(f"{split_csv} does not list the graphs of {graphs}; rerun pretraining")
     val = np.flatnonzero(split["split"].to_numpy() == "val")
-    limit = config["analysis"]["probe_max_structures"]
+    limit = max_structures
     if len(val) > limit:
         val = np.sort(np.random.default_rng(0).choice(val, limit, replace=False))
     targets = {
@@ -258,7 +262,7 @@ def run_probes(encoder_dir, graphs, split_csv, config, probe_csv, embeddings_npz
     L.seed_everything(0, verbose=False)
     encoders = {
         "pretrained": matgl.load_model(Path(encoder_dir)),
-        "random_init": build_megnet(model_kwargs(config, "ssl"), config["graph"]["cutoff"]),
+        "random_init": build_megnet(megnet_sizes(sizes), cutoff),
     }
     rows, zs = [], {}
     for name, model in encoders.items():

@@ -13,13 +13,13 @@ import argparse
 import copy
 from pathlib import Path
 
-from .config import load_config, validate_config
+import pandas as pd
+
+from .config import PAPER_CONFIG, finetune_settings, graph_settings, load_config, validate_config
 from .data import build_table
 from .finetune import run_finetune
 from .graphs import build_cache, save_cache
 from .utils import atomic_path, set_threads, setup_logging
-
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
 
 
 def finetune_main(argv: list[str] | None = None) -> dict:
@@ -35,7 +35,7 @@ def finetune_main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mode", choices=["ssl", "sl", "sl_large"], default="ssl")
     ap.add_argument("--epochs", type=int, help="default: the config's finetune.epochs")
-    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="model sizes and training settings")
+    ap.add_argument("--config", default=str(PAPER_CONFIG), help="model sizes and training settings (default: the paper's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True, help="output directory")
     args = ap.parse_args(argv)
@@ -51,14 +51,18 @@ def finetune_main(argv: list[str] | None = None) -> dict:
     if args.epochs:
         config["finetune"]["epochs"] = args.epochs
     validate_config(config, f"{args.config} + command line")
-    table = build_table("user", config["datasets"]["user"])
-    cache, skipped = build_cache(table, config["graph"]["cutoff"], processes=args.threads)
+    # the same settings functions the Snakemake rules declare as params
+    table, dropped = build_table("user", config["datasets"]["user"])
+    graph = graph_settings(config)
+    cache, skipped = build_cache(table, graph["cutoff"], processes=args.threads, unknown_elements=graph["unknown_elements"])
     with atomic_path(out / "skipped.csv", suffix=".csv") as tmp:
-        skipped.to_csv(tmp, index=False)
+        pd.concat([dropped, skipped], ignore_index=True).to_csv(tmp, index=False)
     save_cache(cache, out / "graphs.pt")
     metrics = run_finetune(
-        out / "graphs.pt", config, "user", args.fraction, args.seed, args.mode, args.encoder,
-        out / "metrics.json", out / "predictions.csv", out / "history.csv", out / "checkpoints",
+        out / "graphs.pt", dataset="user", fraction=args.fraction, seed=args.seed, mode=args.mode,
+        **finetune_settings(config, "user", args.mode), accelerator=config["accelerator"],
+        encoder_dir=args.encoder, metrics_json=out / "metrics.json", predictions_csv=out / "predictions.csv",
+        history_csv=out / "history.csv", ckpt_dir=out / "checkpoints",
     )
     log.info("metrics written to %s", out / "metrics.json")
     return metrics

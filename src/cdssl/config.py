@@ -13,7 +13,17 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _resource(packaged: str, in_checkout: str) -> Path:
+    """A file shipped in the wheel (``cdssl/<packaged>``) or, in a checkout, at ``in_checkout``."""
+    here = Path(__file__).resolve().parent
+    wheel = here / packaged
+    return wheel if wheel.exists() else here.parents[1] / in_checkout
+
+
+SCHEMA_PATH = _resource("_schemas/config.schema.yaml", "workflow/schemas/config.schema.yaml")
+PAPER_CONFIG = _resource("_config/config.yaml", "config/config.yaml")
 
 
 class ConfigError(ValueError):
@@ -130,10 +140,44 @@ def load_config(path: str | Path) -> dict:
     return validate_config(config, str(path))
 
 
+def megnet_sizes(sizes: Mapping[str, Any]) -> dict[str, Any]:
+    """MEGNet keyword arguments from a config's model entry (lists become tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()}
+
+
 def model_kwargs(config: dict, mode: str) -> dict[str, Any]:
     """MEGNet sizes for a mode: ``ssl`` and ``sl_large`` use Table 2, ``sl`` Table 3."""
-    size = "small" if mode == "sl" else "large"
-    kw = dict(config["models"][size])
-    for key in ("hidden_layer_sizes_input", "hidden_layer_sizes_conv", "hidden_layer_sizes_output"):
-        kw[key] = tuple(kw[key])
-    return kw
+    return megnet_sizes(config["models"]["small" if mode == "sl" else "large"])
+
+
+# The job interfaces. Each function returns exactly the settings one job's results depend
+# on: Snakemake declares them as the rule's params (so a change reruns exactly the jobs it
+# touches), the library takes them as keyword arguments, and the resume fingerprint is
+# built from them plus digests of the job's input files.
+
+
+def data_settings(config: dict, dataset: str) -> dict[str, Any]:
+    entry = {k: v for k, v in config["datasets"][dataset].items() if k != "units"}  # units only label results
+    return {"entry": entry, "data_dir": config["data_dir"]}
+
+
+def graph_settings(config: dict) -> dict[str, Any]:
+    return {"cutoff": float(config["graph"]["cutoff"]), "unknown_elements": config["graph"]["unknown_elements"]}
+
+
+def pretrain_settings(config: dict) -> dict[str, Any]:
+    pc = config["pretrain"]
+    keys = ("sigma", "epochs", "batch_size", "lr", "val_fraction", "seed", "devices", "strategy")
+    return {"sizes": dict(config["models"]["large"]), "cutoff": float(config["graph"]["cutoff"]), **{k: pc[k] for k in keys}}
+
+
+def finetune_settings(config: dict, dataset: str, mode: str) -> dict[str, Any]:
+    """One fine-tuning job's settings; ``ssl`` takes its sizes from the encoder it loads."""
+    fc = config["finetune"]
+    keys = ("epochs", "batch_size", "lr", "test_fraction", "val_fraction")
+    return {
+        "sizes": None if mode == "ssl" else dict(config["models"]["small" if mode == "sl" else "large"]),
+        "cutoff": float(config["graph"]["cutoff"]),
+        "units": config["datasets"][dataset].get("units", ""),
+        **{k: fc[k] for k in keys},
+    }

@@ -71,6 +71,33 @@ def _structure_payload(obj: Any) -> Any:
     return obj
 
 
+def _json_frame(raw: Any, structure_column: str, path: Path) -> pd.DataFrame:
+    """A DataFrame from any of the JSON layouts pandas writes, or an id-keyed mapping.
+
+    records ``[{col: v}, ...]``; split ``{"columns", "index", "data"}``; columns
+    ``{col: {row: v}}`` or ``{col: [v, ...]}``; id-keyed ``{id: {col: v}}`` (the layout of
+    many Materials Project exports), whose keys become the ``id`` column.
+    """
+    if isinstance(raw, list):
+        return pd.DataFrame(raw)
+    if not isinstance(raw, dict) or not raw:
+        raise DataError(f"local dataset file {path}: expected a JSON list of records or an object, got {type(raw).__name__}")
+    if {"columns", "data"} <= set(raw) and set(raw) <= {"columns", "index", "data"}:
+        return pd.DataFrame(**raw)
+    if structure_column in raw:
+        return pd.DataFrame(raw)
+    first = next(iter(raw.values()))
+    if isinstance(first, dict) and structure_column in first:
+        df = pd.DataFrame.from_dict(raw, orient="index")
+        df.insert(0, "id", [str(k) for k in raw])
+        df.attrs["id_column"] = "id"
+        return df.reset_index(drop=True)
+    raise DataError(
+        f"local dataset file {path}: no structure column {structure_column!r} in any JSON layout "
+        f"(records, split, columns or id-keyed); top-level keys start with {list(raw)[:5]}"
+    )
+
+
 def load_local(path: str | Path, structure_column: str, target: str | None) -> pd.DataFrame:
     """Read a user file: CSV/JSON with a structure column (CIF text or pymatgen dict), or extxyz."""
     path = Path(path)
@@ -94,9 +121,12 @@ def load_local(path: str | Path, structure_column: str, target: str | None) -> p
         df = pd.read_csv(path)
     elif name.endswith((".json", ".json.gz")):
         opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt") as fh:
-            raw = json.load(fh)
-        df = pd.DataFrame(**raw) if isinstance(raw, dict) and set(raw) == {"columns", "index", "data"} else pd.DataFrame(raw)
+        try:
+            with opener(path, "rt") as fh:
+                raw = json.load(fh)
+        except (ValueError, OSError) as exc:
+            raise DataError(f"local dataset file {path} is not valid JSON: {exc}") from exc
+        df = _json_frame(raw, structure_column, path)
     else:
         raise DataError(f"local dataset file {path}: unsupported format (use .csv, .json, .json.gz or .extxyz)")
     if structure_column not in df.columns:
@@ -104,46 +134,59 @@ def load_local(path: str | Path, structure_column: str, target: str | None) -> p
     return df
 
 
-def clean_targets(target: pd.Series, transform: str) -> tuple[pd.Series, dict[str, int]]:
-    """Apply the transform; return the values and a mask-count report of dropped rows.
+REASONS = {
+    "missing": "target missing",
+    "non_numeric": "target not a number",
+    "non_finite": "target not finite",
+    "non_positive_for_log10": "target not positive (transform log10)",
+}
 
-    Rows are dropped (NaN returned) when the target is missing or non-finite, or, for
-    log10, not positive. Counts are returned so the caller logs them: never silent.
+
+def clean_targets(target: pd.Series, transform: str) -> tuple[pd.Series, dict[str, int], pd.Series]:
+    """Apply the transform; return the values, counts of dropped rows, and each row's reason.
+
+    Rows are dropped (NaN returned, reason set) when the target is missing or non-finite,
+    or, for log10, not positive. Counts are returned so the caller logs them: never silent.
     """
     values = pd.to_numeric(target, errors="coerce").astype(float)
-    missing = int(target.isna().sum())
-    non_numeric = int((values.isna() & target.notna()).sum())
-    non_finite = int((~np.isfinite(values) & values.notna()).sum())
+    reason = pd.Series([None] * len(target), index=target.index, dtype=object)
+    masks = {"missing": target.isna(), "non_numeric": values.isna() & target.notna()}
+    masks["non_finite"] = ~np.isfinite(values) & values.notna()
     values = values.where(np.isfinite(values))
-    non_positive = 0
+    masks["non_positive_for_log10"] = pd.Series(False, index=target.index)
     if transform == "log10":
         bad = values.notna() & (values <= 0)
-        non_positive = int(bad.sum())
+        masks["non_positive_for_log10"] = bad
         values = np.log10(values.where(~bad))
-    return values, {
-        "missing": missing,
-        "non_numeric": non_numeric,
-        "non_finite": non_finite,
-        "non_positive_for_log10": non_positive,
-    }
+    for key, mask in masks.items():
+        reason[mask & reason.isna()] = REASONS[key]
+    return values, {k: int(m.sum()) for k, m in masks.items()}, reason
 
 
 def n_sites(structure: Any) -> int | None:
+    """Sites of a pymatgen dict, or of CIF text once parsed; None when it cannot be parsed
+    (the graph stage then reports why)."""
     if isinstance(structure, dict):
         return len(structure.get("sites", []))
-    return None  # CIF text: counted when the graph stage parses it
+    from .graphs import parse_structure
+
+    try:
+        return len(parse_structure(structure))
+    except Exception:  # pymatgen raises many types for bad CIF
+        return None
 
 
 def take_pool(df: pd.DataFrame, pool: dict) -> pd.DataFrame:
     """Split ``df`` once with ``pool.seed`` into disjoint pools of ``pool.sizes``; return ``pool.take``.
 
-    Every entry naming the same source and pool spec gets the same permutation, so the
-    pools are disjoint by construction.
+    Every entry naming the same source and pool spec gets the same permutation of the
+    same rows (the data stage draws before any target-dependent cleaning), so the pools
+    are disjoint by construction.
     """
     sizes: dict[str, int] = pool["sizes"]
     need = sum(sizes.values())
     if need > len(df):
-        raise DataError(f"pool sizes {sizes} need {need} rows but only {len(df)} remain after cleaning")
+        raise DataError(f"pool sizes {sizes} need {need} rows but only {len(df)} structures are usable")
     order = np.random.default_rng(pool["seed"]).permutation(len(df))
     start = 0
     for name in sorted(sizes):  # sorted: the layout must not depend on YAML key order
@@ -154,8 +197,14 @@ def take_pool(df: pd.DataFrame, pool: dict) -> pd.DataFrame:
     raise DataError(f"pool {pool['take']!r} not in {sorted(sizes)}")
 
 
-def build_table(name: str, entry: dict, data_dir: str | None = None) -> pd.DataFrame:
-    """Load and clean one configured dataset into the (id, structure, target) table."""
+def build_table(name: str, entry: dict, data_dir: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Load and clean one configured dataset; return (id, structure, target) table and dropped (id, reason).
+
+    Order matters for disjoint pools: everything that does not depend on the target
+    (missing structure, ``max_sites``) is applied first, then the pool is drawn, then the
+    target is cleaned. Two entries on one source with different targets or transforms
+    thus draw their pools from the very same rows.
+    """
     target_col = entry.get("target")
     scol = entry.get("structure_column", "structure")
     if entry.get("matminer"):
@@ -169,37 +218,50 @@ def build_table(name: str, entry: dict, data_dir: str | None = None) -> pd.DataF
         raise DataError(f"dataset {name}: no structure column {scol!r} in {source}; columns: {list(raw.columns)}")
     if target_col and target_col not in raw.columns:
         raise DataError(f"dataset {name}: no target column {target_col!r} in {source}; columns: {list(raw.columns)}")
-    id_col = entry.get("id_column")
-    ids = raw[id_col].astype(str) if id_col else pd.Series([f"{source}:{i}" for i in raw.index], index=raw.index)
+    id_col = entry.get("id_column") or raw.attrs.get("id_column")
+    if id_col and id_col not in raw.columns:
+        raise DataError(f"dataset {name}: no id column {id_col!r} in {source}; columns: {list(raw.columns)}")
+    raw = raw.reset_index(drop=True)
+    ids = raw[id_col].astype(str) if id_col else pd.Series([f"{source}:{i}" for i in raw.index])
+    duplicated = ids[ids.duplicated()].unique()
+    if len(duplicated):
+        raise DataError(f"dataset {name}: id column {id_col!r} of {source} repeats ids, e.g. {list(duplicated[:5])}")
     table = pd.DataFrame({"id": ids.values, "structure": [_structure_payload(s) for s in raw[scol]]})
-    if target_col:
-        values, counts = clean_targets(raw[target_col].reset_index(drop=True), entry.get("transform", "none"))
-        table["target"] = values.values
-        for reason, count in counts.items():
-            if count:
-                LOG.warning("dataset %s: dropped %d row(s) with %s target (column %r)", name, count, reason.replace("_", " "), target_col)
-        table = table[table["target"].notna()]
-    else:
-        table["target"] = np.nan
+    table["target"] = raw[target_col].values if target_col else np.nan
+    dropped: list[pd.DataFrame] = []
+
+    def drop(mask: pd.Series, reasons: pd.Series | str) -> None:
+        nonlocal table
+        if mask.any():
+            why = reasons[mask] if isinstance(reasons, pd.Series) else reasons
+            dropped.append(pd.DataFrame({"id": table.loc[mask, "id"], "reason": why}))
+            table = table[~mask].reset_index(drop=True)
+
     no_structure = table["structure"].isna()
     if no_structure.any():
         LOG.warning("dataset %s: dropped %d row(s) with no structure", name, int(no_structure.sum()))
-        table = table[~no_structure]
+    drop(no_structure, "no structure")
     if entry.get("max_sites"):
+        cap = entry["max_sites"]
         sites = table["structure"].map(n_sites)
-        big = sites.notna() & (sites > entry["max_sites"])
-        LOG.info("dataset %s: left out %d structure(s) with more than %d sites (config max_sites)", name, int(big.sum()), entry["max_sites"])
-        table = table[~big]
-    table = table.reset_index(drop=True)
+        big = sites.notna() & (sites > cap)
+        LOG.info("dataset %s: left out %d structure(s) with more than %d sites (config max_sites)", name, int(big.sum()), cap)
+        drop(big, sites.map(lambda n: f"{n:.0f} sites, more than max_sites {cap}"))
     if entry.get("pool"):
         table = take_pool(table, entry["pool"])
         LOG.info("dataset %s: pool %r of %s (seed %d) holds %d rows", name, entry["pool"]["take"], entry["pool"]["sizes"], entry["pool"]["seed"], len(table))
+    if target_col:
+        values, counts, reasons = clean_targets(table["target"], entry.get("transform", "none"))
+        for reason, count in counts.items():
+            if count:
+                LOG.warning("dataset %s: dropped %d row(s) with %s target (column %r)", name, count, reason.replace("_", " "), target_col)
+        table["target"] = values.values
+        drop(reasons.notna(), reasons)
     if table.empty:
         raise DataError(f"dataset {name}: no usable rows left in {source}")
     LOG.info("dataset %s: %d rows written", name, len(table))
-    return table[COLUMNS]
-
-
+    skipped = pd.concat(dropped, ignore_index=True) if dropped else pd.DataFrame(columns=["id", "reason"])
+    return table[COLUMNS], skipped
 def write_table(table: pd.DataFrame, path: str | Path) -> None:
     payload = {"columns": COLUMNS, "index": list(range(len(table))), "data": table[COLUMNS].values.tolist()}
     with atomic_path(path, suffix=".json.gz") as tmp:

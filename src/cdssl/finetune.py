@@ -12,10 +12,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .config import model_kwargs
+from .config import megnet_sizes
 from .graphs import GraphBatch, GraphCache
 from .models import build_megnet, predict, reset_readout
-from .training import HistoryModule, checkpoint_callback, make_trainer, prepare_checkpoint_dir, write_history
+from .training import (
+    BEST,
+    EpochCheckpoint,
+    EpochShuffle,
+    HistoryModule,
+    best_row,
+    job_identity,
+    make_trainer,
+    prepare_checkpoint_dir,
+    write_history,
+)
 from .utils import LOG, atomic_path, write_json
 
 
@@ -66,7 +76,6 @@ class PropertyModule(HistoryModule):
         err = self(batch) - batch.target
         n = torch.tensor(float(batch.num_graphs), device=err.device)
         self.accumulate(val_ae=err.abs().sum(), n_val=n)
-        self.log("val_mae", err.abs().mean(), batch_size=batch.num_graphs, sync_dist=True)
 
     def epoch_row(self, s: dict[str, float]) -> dict[str, float]:
         return {
@@ -80,9 +89,8 @@ class PropertyModule(HistoryModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
-def initial_model(config: dict, mode: str, encoder_dir: str | Path | None):
+def initial_model(mode: str, sizes: dict | None, cutoff: float, encoder_dir: str | Path | None):
     """``ssl``: the exported pretrained MEGNet with a fresh readout; ``sl``/``sl_large``: from scratch."""
-    cutoff = config["graph"]["cutoff"]
     if mode == "ssl":
         import matgl
 
@@ -93,7 +101,9 @@ def initial_model(config: dict, mode: str, encoder_dir: str | Path | None):
             raise ValueError(f"encoder {encoder_dir} uses cutoff {model.cutoff}, the config {cutoff}")
         reset_readout(model)
         return model
-    return build_megnet(model_kwargs(config, mode), cutoff)
+    if sizes is None:
+        raise ValueError(f"mode {mode!r} needs model sizes")
+    return build_megnet(megnet_sizes(sizes), cutoff)
 
 
 @torch.no_grad()
@@ -109,23 +119,39 @@ def predict_all(module: PropertyModule, cache: GraphCache, indices: np.ndarray, 
 
 def run_finetune(
     graphs: str | Path,
-    config: dict,
+    *,
     dataset: str,
     fraction: float,
     seed: int,
     mode: str,
-    encoder_dir: str | Path | None,
+    sizes: dict | None,
+    cutoff: float,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    test_fraction: float,
+    val_fraction: float,
     metrics_json: str | Path,
     predictions_csv: str | Path,
     history_csv: str | Path,
     ckpt_dir: str | Path,
+    encoder_dir: str | Path | None = None,
+    units: str = "",
+    accelerator: str = "auto",
 ) -> dict:
-    """Train one grid cell; resume from ``ckpt_dir`` when it holds the same settings."""
-    fc = config["finetune"]
+    """Train one grid cell; resume from ``ckpt_dir`` when it belongs to this very job.
+
+    The keyword arguments are the cell (dataset, fraction, seed, mode) plus
+    :func:`cdssl.config.finetune_settings`; with the content digests of the graph cache
+    and (ssl) of the encoder they form the job's identity. ``units`` only labels results.
+    """
+    settings = dict(dataset=dataset, fraction=fraction, seed=seed, mode=mode, sizes=sizes, cutoff=cutoff,
+                    epochs=epochs, batch_size=batch_size, lr=lr, test_fraction=test_fraction,
+                    val_fraction=val_fraction)
     start = time.monotonic()
     L.seed_everything(seed, workers=True, verbose=False)
-    cache = GraphCache.load(graphs, config["graph"]["cutoff"])
-    train, val, test = finetune_split(len(cache), seed, fraction, fc["test_fraction"], fc["val_fraction"])
+    cache = GraphCache.load(graphs, cutoff)
+    train, val, test = finetune_split(len(cache), seed, fraction, test_fraction, val_fraction)
     y = cache.targets.numpy()
     mean, std = float(y[train].mean()), float(y[train].std())
     std = std if std > 0 else 1.0
@@ -133,27 +159,26 @@ def run_finetune(
         "%s fraction=%s seed=%d mode=%s: %d train, %d val, %d test; target mean %.4g std %.4g",
         dataset, fraction, seed, mode, len(train), len(val), len(test), mean, std,
     )
-    model = initial_model(config, mode, encoder_dir)
-    settings = {
-        "graphs": str(graphs), "n_graphs": len(cache), "dataset": dataset, "fraction": fraction,
-        "seed": seed, "mode": mode, "encoder": str(encoder_dir) if mode == "ssl" else None,
-        **{k: fc[k] for k in ("batch_size", "lr", "test_fraction", "val_fraction")},
-    }
-    resume = prepare_checkpoint_dir(ckpt_dir, settings)
-    module = PropertyModule(model, mean, std, fc["lr"], str(history_csv))
-    gen = torch.Generator().manual_seed(seed)
-    train_dl = DataLoader(train.tolist(), batch_size=fc["batch_size"], shuffle=True, collate_fn=cache.collate, generator=gen)
-    val_dl = DataLoader(val.tolist(), batch_size=fc["batch_size"], collate_fn=cache.collate)
-    ckpt = checkpoint_callback(ckpt_dir, "val_mae")
-    trainer = make_trainer(fc["epochs"], config["accelerator"], [ckpt])
+    model = initial_model(mode, sizes, cutoff, encoder_dir)
+    encoder = encoder_dir if mode == "ssl" else None
+    resume = prepare_checkpoint_dir(ckpt_dir, job_identity(settings, {"graphs": graphs, "encoder": encoder}))
+    module = PropertyModule(model, mean, std, lr, str(history_csv))
+    train_list = train.tolist()
+    train_dl = DataLoader(train_list, batch_size=batch_size, sampler=EpochShuffle(train_list, seed),
+                          collate_fn=cache.collate)
+    val_dl = DataLoader(val.tolist(), batch_size=batch_size, collate_fn=cache.collate)
+    trainer = make_trainer(epochs, accelerator, [EpochCheckpoint(ckpt_dir, "val_mae")])
     trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
     write_history(module.history, history_csv)
 
-    best = torch.load(ckpt.best_model_path, map_location=module.mean.device, weights_only=False)
-    module.load_state_dict(best["state_dict"])
-    pred = predict_all(module, cache, test, fc["batch_size"])
+    best = best_row(module.history, "val_mae")
+    state = torch.load(Path(ckpt_dir) / BEST, map_location=module.mean.device, weights_only=False)
+    if state["cdssl_history"][-1]["epoch"] != best["epoch"]:
+        raise RuntimeError(f"{Path(ckpt_dir) / BEST} holds epoch {state['cdssl_history'][-1]['epoch']}, "
+                           f"but the best epoch by validation MAE is {best['epoch']}; delete {ckpt_dir} and rerun")
+    module.load_state_dict(state["state_dict"])
+    pred = predict_all(module, cache, test, batch_size)
     truth = y[test]
-    best_row = min(module.history, key=lambda r: r["val_mae"])
     metrics = {
         "dataset": dataset,
         "fraction": fraction,
@@ -163,15 +188,15 @@ def run_finetune(
         "n_val": int(len(val)),
         "n_test": int(len(test)),
         "test_mae": float(np.abs(pred - truth).mean()),
-        "val_mae": float(best_row["val_mae"]),
-        "best_epoch": int(best_row["epoch"]),
-        "epochs": int(fc["epochs"]),
-        "units": config["datasets"][dataset].get("units", ""),
+        "val_mae": float(best["val_mae"]),
+        "best_epoch": int(best["epoch"]),
+        "epochs": int(epochs),
+        "units": units,
         "wall_seconds": time.monotonic() - start,
         "device": str(trainer.strategy.root_device),
     }
     with atomic_path(predictions_csv, suffix=".csv") as tmp:
         pd.DataFrame({"id": [cache.ids[i] for i in test], "target": truth, "prediction": pred}).to_csv(tmp, index=False)
     write_json(metrics, metrics_json)
-    LOG.info("test MAE %.4g %s (best epoch %d)", metrics["test_mae"], metrics["units"], metrics["best_epoch"])
+    LOG.info("test MAE %.4g %s (best epoch %d)", metrics["test_mae"], units, metrics["best_epoch"])
     return metrics

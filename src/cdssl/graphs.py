@@ -32,7 +32,14 @@ def element_types() -> tuple[str, ...]:
 
 
 class UnknownElementError(ValueError):
-    """A structure holds an element outside the model's element list."""
+    """A structure holds an element outside the model's element list (``unknown_elements: error``)."""
+
+
+class CacheError(ValueError):
+    """A graph cache that cannot be used; the message names the file and how to rebuild it."""
+
+
+REBUILD_HINT = "delete it and rerun the workflow (Snakemake rebuilds a missing graph cache), e.g. rm {path}"
 
 
 AMU_PER_A3_IN_G_PER_CM3 = 1.66053906660
@@ -83,8 +90,14 @@ def parse_structure(payload: Any):
     raise ValueError(f"structure of type {type(payload).__name__} is neither a pymatgen dict nor CIF text")
 
 
-def structure_to_arrays(sid: str, payload: Any, cutoff: float, elements: tuple[str, ...]) -> tuple[dict | None, str | None]:
-    """Convert one structure; return (arrays, None) or (None, reason to skip)."""
+def structure_to_arrays(
+    sid: str, payload: Any, cutoff: float, elements: tuple[str, ...], unknown_elements: str = "skip"
+) -> tuple[dict | None, str | None]:
+    """Convert one structure; return (arrays, None) or (None, reason to skip).
+
+    An element outside ``elements`` is a reason to skip, naming every such element, or,
+    with ``unknown_elements="error"``, an UnknownElementError.
+    """
     from matgl.ext.pymatgen import Structure2Graph
 
     try:
@@ -97,12 +110,12 @@ def structure_to_arrays(sid: str, payload: Any, cutoff: float, elements: tuple[s
         site = next(i for i, s in enumerate(structure) if not s.is_ordered)
         return None, f"disordered: site {site} has partial occupancy ({structure[site].species})"
     known = set(elements)
-    for el in structure.composition.elements:
-        if el.symbol not in known:
-            raise UnknownElementError(
-                f"structure {sid}: element {el.symbol} is not in the model's element list "
-                f"(matgl.config.DEFAULT_ELEMENTS); remove the structure or use another dataset"
-            )
+    unknown = sorted({el.symbol for el in structure.composition.elements} - known)
+    if unknown:
+        reason = f"unknown element(s) {', '.join(unknown)}: not in the model's element list (matgl.config.DEFAULT_ELEMENTS)"
+        if unknown_elements == "error":
+            raise UnknownElementError(f"structure {sid}: {reason}; set graph.unknown_elements: skip to skip it")
+        return None, reason
     g, lat, _ = Structure2Graph(element_types=elements, cutoff=cutoff).get_graph(structure)
     lattice = lat[0].numpy().astype(np.float32)
     edge_index = g.edge_index.numpy().astype(np.int64)
@@ -124,17 +137,19 @@ def structure_to_arrays(sid: str, payload: Any, cutoff: float, elements: tuple[s
     }, None
 
 
-def _convert(item: tuple[str, Any, float], cutoff: float, elements: tuple[str, ...]):
+def _convert(item: tuple[str, Any, float], cutoff: float, elements: tuple[str, ...], unknown_elements: str):
     sid, payload, target = item
-    arrays, reason = structure_to_arrays(sid, payload, cutoff, elements)
+    arrays, reason = structure_to_arrays(sid, payload, cutoff, elements, unknown_elements)
     return sid, target, arrays, reason
 
 
-def build_cache(table: pd.DataFrame, cutoff: float, processes: int = 1) -> tuple[dict, pd.DataFrame]:
+def build_cache(
+    table: pd.DataFrame, cutoff: float, processes: int = 1, unknown_elements: str = "skip"
+) -> tuple[dict, pd.DataFrame]:
     """Convert a data table; return (packed cache, skipped table with id and reason)."""
     elements = element_types()
     items = list(zip(table["id"], table["structure"], table["target"]))
-    work = partial(_convert, cutoff=cutoff, elements=elements)
+    work = partial(_convert, cutoff=cutoff, elements=elements, unknown_elements=unknown_elements)
     if processes > 1 and len(items) > 1:
         # fork keeps pymatgen/matgl imports from being paid again per worker
         with mp.get_context("fork").Pool(processes) as pool:
@@ -208,13 +223,20 @@ class GraphCache:
 
     @classmethod
     def load(cls, path: str | Path, cutoff: float | None = None) -> GraphCache:
-        data = torch.load(path, weights_only=True)
-        if data["meta"].get("format") != CACHE_FORMAT:
-            raise ValueError(f"graph cache {path} has format {data['meta'].get('format')}, expected {CACHE_FORMAT}; rerun the graph rule")
-        if cutoff is not None and abs(data["meta"]["cutoff"] - cutoff) > 1e-9:
-            raise ValueError(f"graph cache {path} was built with cutoff {data['meta']['cutoff']}, config says {cutoff}")
-        if list(data["meta"]["element_types"]) != list(element_types()):
-            raise ValueError(f"graph cache {path} was built with another element list; rerun the graph rule")
+        hint = REBUILD_HINT.format(path=path)
+        try:
+            data = torch.load(path, weights_only=True)
+            meta = data["meta"]
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... for a bad file
+            raise CacheError(f"graph cache {path} cannot be read ({exc.__class__.__name__}: {str(exc)[:200]}); {hint}") from exc
+        if meta.get("format") != CACHE_FORMAT:
+            raise CacheError(f"graph cache {path} has format {meta.get('format')}, expected {CACHE_FORMAT}; {hint}")
+        if cutoff is not None and abs(meta["cutoff"] - cutoff) > 1e-9:
+            raise CacheError(f"graph cache {path} was built with cutoff {meta['cutoff']}, the job asks for {cutoff}; {hint}")
+        if list(meta["element_types"]) != list(element_types()):
+            raise CacheError(f"graph cache {path} was built with another element list; {hint}")
         return cls(data)
 
     def __len__(self) -> int:

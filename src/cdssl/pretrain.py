@@ -12,10 +12,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .config import model_kwargs
+from .config import megnet_sizes
 from .graphs import GraphBatch, GraphCache
 from .models import build_megnet, encode
-from .training import HistoryModule, checkpoint_callback, make_trainer, prepare_checkpoint_dir, write_history
+from .training import (
+    EpochCheckpoint,
+    EpochShuffle,
+    HistoryModule,
+    job_identity,
+    make_trainer,
+    prepare_checkpoint_dir,
+    step_generator,
+    write_history,
+)
 from .utils import LOG, atomic_path, write_json
 
 ZERO_STD = 1e-6  # float32 distances equal to ~1e-7 A count as "all the same length"
@@ -51,6 +60,12 @@ def denoising_target(batch: GraphBatch) -> torch.Tensor:
 def validation_generator(device: torch.device, val_seed: int, batch_idx: int) -> torch.Generator:
     # the same noise every epoch, so validation losses of different epochs compare
     return torch.Generator(device=device).manual_seed(val_seed * 100003 + batch_idx)
+
+
+def training_generator(device: torch.device, seed: int, epoch: int, batch_idx: int, rank: int) -> torch.Generator:
+    # fresh noise each time a graph is seen, yet a pure function of where in training we
+    # are: a resumed run draws exactly the noise an uninterrupted run draws
+    return step_generator(device, seed, epoch, batch_idx, rank)
 
 
 def no_learning_reference(val_loader: DataLoader, sigma: float, val_seed: int) -> dict[str, float]:
@@ -107,7 +122,8 @@ class DenoisingModule(HistoryModule):
         return pred, target
 
     def training_step(self, batch: GraphBatch, batch_idx: int) -> torch.Tensor:
-        pred, target = self._step(batch, None)  # fresh noise every time a graph is seen
+        gen = training_generator(batch.pos.device, self.val_seed, self.current_epoch, batch_idx, self.global_rank)
+        pred, target = self._step(batch, gen)
         loss = nn.functional.mse_loss(pred, target)
         n = torch.tensor(float(target.numel()), device=pred.device)
         self.accumulate(
@@ -119,8 +135,9 @@ class DenoisingModule(HistoryModule):
         pred, target = self._step(batch, validation_generator(batch.pos.device, self.val_seed, batch_idx))
         err = pred - target
         n = torch.tensor(float(target.numel()), device=pred.device)
+        # one validation loss, per edge over the whole split: the history column that both
+        # the best-checkpoint rule and the selection read
         self.accumulate(val_se=(err**2).sum(), val_ae=err.abs().sum(), n_val=n)
-        self.log("val_loss", nn.functional.mse_loss(pred, target), batch_size=batch.num_graphs, sync_dist=True)
 
     def epoch_row(self, s: dict[str, float]) -> dict[str, float]:
         return {
@@ -143,52 +160,58 @@ def pretrain_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, 
 
 
 def loaders(cache: GraphCache, train: np.ndarray, val: np.ndarray, batch_size: int, seed: int):
-    gen = torch.Generator().manual_seed(seed)
+    train_list = train.tolist()
     return (
-        DataLoader(train.tolist(), batch_size=batch_size, shuffle=True, collate_fn=cache.collate, generator=gen),
+        DataLoader(train_list, batch_size=batch_size, sampler=EpochShuffle(train_list, seed), collate_fn=cache.collate),
         DataLoader(val.tolist(), batch_size=batch_size, shuffle=False, collate_fn=cache.collate),
     )
 
 
 def run_pretraining(
     graphs: str | Path,
-    config: dict,
+    *,
+    sizes: dict,
+    cutoff: float,
+    sigma: float,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    val_fraction: float,
+    seed: int,
     history_csv: str | Path,
     split_csv: str | Path,
     ckpt_dir: str | Path,
     reference_json: str | Path | None = None,
+    devices: int = 1,
+    strategy: str = "auto",
+    accelerator: str = "auto",
 ) -> None:
-    """Pretrain, resuming from ``ckpt_dir/last.ckpt`` when it holds the same settings.
+    """Pretrain, resuming from ``ckpt_dir/last.ckpt`` when it belongs to this very job.
 
+    The keyword arguments are :func:`cdssl.config.pretrain_settings` (plus the outputs and
+    where to run); they and the graph cache's content digest form the job's identity.
     ``reference_json`` receives :func:`no_learning_reference` on the validation split.
     """
-    pc = config["pretrain"]
-    cutoff = config["graph"]["cutoff"]
-    sizes = model_kwargs(config, "ssl")
-    L.seed_everything(pc["seed"], workers=True, verbose=False)
+    settings = dict(sizes=sizes, cutoff=cutoff, sigma=sigma, epochs=epochs, batch_size=batch_size, lr=lr,
+                    val_fraction=val_fraction, seed=seed, devices=devices, strategy=strategy)
+    L.seed_everything(seed, workers=True, verbose=False)
     cache = GraphCache.load(graphs, cutoff)
-    train, val = pretrain_split(len(cache), pc["val_fraction"], pc["seed"])
-    LOG.info("pretraining on %d graphs, validating on %d (seed %d)", len(train), len(val), pc["seed"])
+    train, val = pretrain_split(len(cache), val_fraction, seed)
+    LOG.info("pretraining on %d graphs, validating on %d (seed %d)", len(train), len(val), seed)
     write_split(cache, train, val, split_csv)
-    settings = {
-        "graphs": str(graphs), "n_graphs": len(cache), "sizes": sizes, "cutoff": cutoff,
-        **{k: pc[k] for k in ("sigma", "batch_size", "lr", "val_fraction", "seed")},
-    }
-    resume = prepare_checkpoint_dir(ckpt_dir, settings)
-    module = DenoisingModule(sizes, cutoff, pc["sigma"], pc["lr"], pc["seed"], str(history_csv))
-    train_dl, val_dl = loaders(cache, train, val, pc["batch_size"], pc["seed"])
+    resume = prepare_checkpoint_dir(ckpt_dir, job_identity(settings, {"graphs": graphs}))
+    module = DenoisingModule(megnet_sizes(sizes), cutoff, sigma, lr, seed, str(history_csv))
+    train_dl, val_dl = loaders(cache, train, val, batch_size, seed)
     if reference_json is not None:
-        # a DataLoader iterator draws its base seed from the global generator: without
-        # fork_rng, measuring the reference would change the training noise that follows
+        # a DataLoader iterator draws its base seed from the global generator: fork_rng
+        # keeps measuring the reference from touching anything training reads
         with torch.random.fork_rng(devices=[]):
-            reference = no_learning_reference(val_dl, pc["sigma"], pc["seed"])
+            reference = no_learning_reference(val_dl, sigma, seed)
         LOG.info("validation loss without learning: noisy distances %.4f, zeros %.4f",
                  reference["val_loss_noisy_distances"], reference["val_loss_zeros"])
         write_json(reference, reference_json)
-    trainer = make_trainer(
-        pc["epochs"], config["accelerator"], [checkpoint_callback(ckpt_dir, "val_loss")],
-        devices=pc.get("devices", 1), strategy=pc.get("strategy", "auto"),
-    )
+    trainer = make_trainer(epochs, accelerator, [EpochCheckpoint(ckpt_dir, "val_loss")],
+                           devices=devices, strategy=strategy)
     start = time.monotonic()
     trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
     if trainer.is_global_zero and module.history:

@@ -6,34 +6,41 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from .config import model_kwargs
-from .models import build_megnet
+from .training import BEST, best_row
 from .utils import LOG, write_json
 
 
 def select_checkpoint(
-    history_csv: str | Path, ckpt_dir: str | Path, config: dict, selected_json: str | Path, encoder_dir: str | Path
+    history_csv: str | Path, ckpt_dir: str | Path, selected_json: str | Path, encoder_dir: str | Path
 ) -> dict:
+    """Export ``ckpt_dir/best.ckpt`` after checking it is the best epoch of ``history_csv``.
+
+    Pretraining writes best.ckpt by the same rule (:func:`cdssl.training.best_row` on the
+    same history column), so the two can only disagree when the files come from
+    different runs; that stops here with the command that makes them agree.
+    """
+    from .pretrain import DenoisingModule
+
     history = pd.read_csv(history_csv)
     if history.empty:
         raise ValueError(f"{history_csv} has no epochs")
-    best = history.loc[history["val_loss"].idxmin()]
+    best = best_row(history.to_dict("records"), "val_loss")
     epoch = int(best["epoch"])
-    ckpt = Path(ckpt_dir) / f"epoch={epoch:05d}.ckpt"
+    ckpt = Path(ckpt_dir) / BEST
     if not ckpt.exists():
-        raise FileNotFoundError(
-            f"the best epoch by validation loss is {epoch}, but {ckpt} is missing; "
-            f"rerun pretraining (snakemake --forcerun pretrain)"
+        raise FileNotFoundError(f"{ckpt} is missing; rerun pretraining (snakemake --forcerun pretrain ...)")
+    module = DenoisingModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
+    kept = int(module.history[-1]["epoch"])
+    if kept != epoch:
+        raise ValueError(
+            f"{ckpt} holds epoch {kept} but the lowest validation loss in {history_csv} is at epoch {epoch}: "
+            f"they come from different runs; rerun pretraining (snakemake --forcerun pretrain ...)"
         )
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    model = build_megnet(model_kwargs(config, "ssl"), config["graph"]["cutoff"])
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     encoder_dir = Path(encoder_dir)
     if encoder_dir.exists():
         shutil.rmtree(encoder_dir)
-    model.save(encoder_dir, metadata={"description": f"CDSSL pretrained MEGNet encoder, epoch {epoch}"})
+    module.model.save(encoder_dir, metadata={"description": f"CDSSL pretrained MEGNet encoder, epoch {epoch}"})
     record = {
         "epoch": epoch,
         "val_loss": float(best["val_loss"]),

@@ -87,6 +87,10 @@ rule probe:
             category="Tables",
         ),
         embeddings=f"{R}/analysis/embeddings.npz",
+    params:
+        sizes=config["models"]["large"],
+        cutoff=float(config["graph"]["cutoff"]),
+        max_structures=config["analysis"]["probe_max_structures"],
     threads: config["threads"]
     log:
         f"{R}/logs/analysis/probe.log",

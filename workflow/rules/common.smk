@@ -1,15 +1,36 @@
 import sys
 from pathlib import Path
 
+from snakemake.utils import update_config
+
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from cdssl.config import ConfigError, validate_config
+from cdssl.config import (
+    ConfigError,
+    data_settings,
+    finetune_settings,
+    graph_settings,
+    load_config,
+    pretrain_settings,
+    validate_config,
+)
 
 
+# No `configfile:` directive: Snakemake would merge config/config.yaml beneath every
+# --configfile, and a user config missing a section would silently run the paper's
+# settings. Each config file is complete on its own; without --configfile the paper's
+# config/config.yaml is used, with --config key=value applied on top.
+DEFAULT_CONFIG = Path(workflow.basedir) / "config" / "config.yaml"
 try:
+    if not workflow.overwrite_configfiles:
+        overrides = dict(config)
+        config.clear()
+        config.update(load_config(DEFAULT_CONFIG))
+        update_config(config, overrides)
     validate_config(
         config,
-        source=", ".join(str(f) for f in workflow.configfiles) or "config",
+        source=", ".join(str(f) for f in workflow.overwrite_configfiles)
+        or str(DEFAULT_CONFIG),
     )
 except ConfigError as exc:
     raise WorkflowError(str(exc))
@@ -25,18 +46,16 @@ wildcard_constraints:
 R = config["results_dir"]
 FT = config["finetune"]
 PRE = config["pretrain"]["dataset"]
-SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 
 
 def fmt_fraction(fraction):
     return f"{float(fraction):g}"
 
 
-def finetune_metrics(dataset=None):
-    datasets = [dataset] if dataset else FT["datasets"]
+def finetune_metrics():
     return expand(
         f"{R}/finetune/{{dataset}}/{{fraction}}/{{seed}}/{{mode}}/metrics.json",
-        dataset=datasets,
+        dataset=FT["datasets"],
         fraction=[fmt_fraction(f) for f in FT["fractions"]],
         seed=FT["seeds"],
         mode=FT["modes"],
@@ -48,8 +67,17 @@ def encoder_input(wildcards):
     return {"encoder": f"{R}/pretrain/encoder"} if wildcards.mode == "ssl" else {}
 
 
-def graph_params():
-    return {"cutoff": float(config["graph"]["cutoff"])}
+def data_input(wildcards):
+    """The file a data job reads, so that editing it reruns the job: a user's file, or
+    matminer's staged copy when data_dir holds one (otherwise matminer downloads it)."""
+    entry = config["datasets"][wildcards.dataset]
+    if entry.get("file"):
+        return {"file": entry["file"]}
+    if config["data_dir"]:
+        staged = Path(config["data_dir"]) / f"{entry['matminer']}.json.gz"
+        if staged.exists():
+            return {"staged": str(staged)}
+    return {}
 
 
 def analysis_targets():

@@ -1,9 +1,11 @@
 rule data:
+    input:
+        unpack(data_input),
     output:
         table=f"{R}/data/{{dataset}}.json.gz",
+        skipped=f"{R}/data/{{dataset}}.skipped.csv",
     params:
-        entry=lambda wc: config["datasets"][wc.dataset],
-        data_dir=config["data_dir"],
+        settings=lambda wc: data_settings(config, wc.dataset),
     # the critical path (graphs -> pretraining -> every ssl job) goes first
     priority: 50
     log:

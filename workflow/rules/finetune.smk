@@ -8,14 +8,8 @@ rule finetune:
         history=f"{R}/finetune/{{dataset}}/{{fraction}}/{{seed}}/{{mode}}/history.csv",
     params:
         ckpt_dir=f"{R}/checkpoints/finetune/{{dataset}}/{{fraction}}/{{seed}}/{{mode}}",
-        settings=lambda wc: {
-            "finetune": {
-                k: v
-                for k, v in FT.items()
-                if k not in ("datasets", "fractions", "seeds", "modes")
-            },
-            "models": config["models"],
-        },
+        settings=lambda wc: finetune_settings(config, wc.dataset, wc.mode),
+        accelerator=config["accelerator"],
     threads: config["threads"]
     resources:
         mem_mb=8000,

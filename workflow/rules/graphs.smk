@@ -1,11 +1,12 @@
 rule graphs:
     input:
         table=f"{R}/data/{{dataset}}.json.gz",
+        dropped=f"{R}/data/{{dataset}}.skipped.csv",
     output:
         graphs=f"{R}/graphs/{{dataset}}/graphs.pt",
         skipped=f"{R}/graphs/{{dataset}}/skipped.csv",
     params:
-        graph=graph_params(),
+        settings=graph_settings(config),
     threads: workflow.cores
     # the critical path (graphs -> pretraining -> every ssl job) goes first
     priority: 50

@@ -9,10 +9,8 @@ rule pretrain:
         # Outside the declared outputs: Snakemake must not delete them before a rerun,
         # or a killed pretraining could not resume.
         ckpt_dir=f"{R}/checkpoints/pretrain",
-        settings=lambda wc: {
-            "pretrain": config["pretrain"],
-            "model": config["models"]["large"],
-        },
+        settings=pretrain_settings(config),
+        accelerator=config["accelerator"],
     threads: config["threads"]
     # pretraining is the critical path: every ssl job waits on it
     priority: 50

@@ -12,7 +12,12 @@ from pathlib import Path
 
 
 def start(smk):
-    sys.path.insert(0, str(Path(smk.scriptdir).parents[1] / "src"))
+    # scriptdir is workflow/rules/../scripts: resolve the ".." before going up, or the
+    # path points into workflow/rules and the installed package is imported instead
+    src = Path(smk.scriptdir).resolve().parents[1] / "src"
+    if not (src / "cdssl" / "__init__.py").exists():
+        raise RuntimeError(f"the checkout's source folder {src} holds no cdssl package")
+    sys.path.insert(0, str(src))
     from cdssl.utils import set_threads, setup_logging
 
     log = setup_logging(smk.log[0] if smk.log else None)

@@ -5,10 +5,14 @@ from _bootstrap import start
 
 log = start(snakemake)
 from cdssl.data import build_table, write_table
+from cdssl.utils import atomic_path
 
 try:
-    table = build_table(snakemake.wildcards.dataset, snakemake.params.entry, snakemake.params.data_dir)
+    settings = snakemake.params.settings
+    table, dropped = build_table(snakemake.wildcards.dataset, settings["entry"], settings["data_dir"])
     write_table(table, snakemake.output.table)
+    with atomic_path(snakemake.output.skipped, suffix=".csv") as tmp:
+        dropped.to_csv(tmp, index=False)
 except Exception:
     log.exception("data stage failed for dataset %s", snakemake.wildcards.dataset)
     raise

@@ -10,11 +10,12 @@ wc = snakemake.wildcards
 try:
     run_finetune(
         snakemake.input.graphs,
-        snakemake.config,
         dataset=wc.dataset,
         fraction=float(wc.fraction),
         seed=int(wc.seed),
         mode=wc.mode,
+        **snakemake.params.settings,
+        accelerator=snakemake.params.accelerator,
         encoder_dir=snakemake.input.get("encoder"),
         metrics_json=snakemake.output.metrics,
         predictions_csv=snakemake.output.predictions,

@@ -4,16 +4,23 @@ sys.path.insert(0, snakemake.scriptdir)
 from _bootstrap import start
 
 log = start(snakemake)
+import pandas as pd
+
 from cdssl.data import read_table
 from cdssl.graphs import build_cache, save_cache
 from cdssl.utils import atomic_path
 
 try:
+    settings = snakemake.params.settings
     table = read_table(snakemake.input.table)
-    cache, skipped = build_cache(table, snakemake.params.graph["cutoff"], processes=snakemake.threads)
-    for row in skipped.itertuples():
-        log.warning("skipped %s: %s", row.id, row.reason)
-    log.info("%d graphs cached, %d structures skipped (see %s)", len(cache["ids"]), len(skipped), snakemake.output.skipped)
+    cache, skipped = build_cache(
+        table, settings["cutoff"], processes=snakemake.threads, unknown_elements=settings["unknown_elements"]
+    )
+    for reason, count in skipped["reason"].str.split(":").str[0].value_counts().items():
+        log.warning("skipped %d structure(s): %s", count, reason)
+    # one list of every row that left the dataset: the data stage's (labels, site cap), then ours
+    skipped = pd.concat([pd.read_csv(snakemake.input.dropped, dtype=str), skipped], ignore_index=True)
+    log.info("%d graphs cached, %d rows skipped in all (see %s)", len(cache["ids"]), len(skipped), snakemake.output.skipped)
     with atomic_path(snakemake.output.skipped, suffix=".csv") as tmp:
         skipped.to_csv(tmp, index=False)
     save_cache(cache, snakemake.output.graphs)

@@ -9,11 +9,12 @@ from cdssl.pretrain import run_pretraining
 try:
     run_pretraining(
         snakemake.input.graphs,
-        snakemake.config,
+        **snakemake.params.settings,
+        accelerator=snakemake.params.accelerator,
         history_csv=snakemake.output.history,
         split_csv=snakemake.output.split,
-        ckpt_dir=snakemake.params.ckpt_dir,
         reference_json=snakemake.output.reference,
+        ckpt_dir=snakemake.params.ckpt_dir,
     )
 except Exception:
     log.exception("pretraining failed")

@@ -6,12 +6,18 @@ from _bootstrap import start
 log = start(snakemake)
 from cdssl.analysis import run_probes
 
-table = run_probes(
-    snakemake.input.encoder,
-    snakemake.input.graphs,
-    snakemake.input.split,
-    snakemake.config,
-    snakemake.output.probe,
-    snakemake.output.embeddings,
-)
-log.info("linear probes:\n%s", table.to_string(index=False))
+try:
+    table = run_probes(
+        snakemake.input.encoder,
+        snakemake.input.graphs,
+        snakemake.input.split,
+        sizes=snakemake.params.sizes,
+        cutoff=snakemake.params.cutoff,
+        max_structures=snakemake.params.max_structures,
+        probe_csv=snakemake.output.probe,
+        embeddings_npz=snakemake.output.embeddings,
+    )
+    log.info("linear probes:\n%s", table.to_string(index=False))
+except Exception:
+    log.exception("linear probes failed")
+    raise

@@ -10,7 +10,6 @@ try:
     select_checkpoint(
         snakemake.input.history,
         snakemake.params.ckpt_dir,
-        snakemake.config,
         snakemake.output.selected,
         snakemake.output.encoder,
     )

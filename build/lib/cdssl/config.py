@@ -1,0 +1,173 @@
+"""Configuration: JSON-schema validation plus the cross-field rules a schema cannot say.
+
+Errors name the offending key (as a dotted path) and the file it came from, because a
+Snakemake user sees only the message, not a traceback into our code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names key and file."""
+
+
+def _path(parts) -> str:
+    return ".".join(str(p) for p in parts) or "<top level>"
+
+
+def load_schema(path: Path | str = SCHEMA_PATH) -> dict:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def _fill_defaults(instance: dict, schema: dict, defs: dict) -> None:
+    """Insert schema defaults for absent keys, as snakemake.utils.validate(set_default=True)."""
+    if "$ref" in schema:
+        schema = defs[schema["$ref"].split("/")[-1]]
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            default = sub["default"]
+            instance[key] = dict(default) if isinstance(default, dict) else default
+        if isinstance(instance.get(key), dict):
+            _fill_defaults(instance[key], sub, defs)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}) and isinstance(value, dict):
+                _fill_defaults(value, extra, defs)
+
+
+def validate_config(config: dict, source: str = "<config>", schema: dict | None = None) -> dict:
+    """Validate ``config`` in place (defaults filled) and return it.
+
+    Raises ConfigError naming ``source`` and the dotted key path of the first problem.
+    """
+    schema = schema or load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(e.absolute_path)))
+    if errors:
+        err = errors[0]
+        where = _path(err.absolute_path)
+        if err.validator == "additionalProperties":
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            if isinstance(err.schema.get("additionalProperties"), dict):
+                extra = []
+            msg = f"unknown key(s) {extra} under '{where}'" if extra else err.message
+        elif err.validator == "oneOf" and isinstance(err.instance, Mapping):
+            msg = f"'{where}' must give exactly one of 'matminer' or 'file'"
+        else:
+            msg = f"'{where}': {err.message}"
+        raise ConfigError(f"invalid configuration in {source}: {msg}")
+    _fill_defaults(config, schema, schema.get("$defs", {}))
+    _check_references(config, source)
+    return config
+
+
+def _check_references(config: dict, source: str) -> None:
+    datasets = config["datasets"]
+    pre = config["pretrain"]["dataset"]
+    if pre not in datasets:
+        raise ConfigError(
+            f"invalid configuration in {source}: 'pretrain.dataset' names unknown dataset {pre!r}; "
+            f"known: {sorted(datasets)}"
+        )
+    ft = config["finetune"]
+    for i, name in enumerate(ft["datasets"]):
+        if name not in datasets:
+            raise ConfigError(
+                f"invalid configuration in {source}: 'finetune.datasets.{i}' names unknown dataset "
+                f"{name!r}; known: {sorted(datasets)}"
+            )
+        if not datasets[name].get("target"):
+            raise ConfigError(
+                f"invalid configuration in {source}: 'datasets.{name}.target' is required because "
+                f"{name!r} is fine-tuned"
+            )
+    budget = 1.0 - ft["test_fraction"] - ft["val_fraction"]
+    for i, frac in enumerate(ft["fractions"]):
+        if frac > budget + 1e-9:
+            raise ConfigError(
+                f"invalid configuration in {source}: 'finetune.fractions.{i}' = {frac} exceeds "
+                f"1 - test_fraction - val_fraction = {budget:.3f}"
+            )
+    pools: dict[str, tuple] = {}
+    for name, entry in datasets.items():
+        pool = entry.get("pool")
+        if not pool:
+            continue
+        if pool["take"] not in pool["sizes"]:
+            raise ConfigError(
+                f"invalid configuration in {source}: 'datasets.{name}.pool.take' = {pool['take']!r} "
+                f"is not one of the pool sizes {sorted(pool['sizes'])}"
+            )
+        src = entry.get("matminer") or entry.get("file")
+        key = (pool["seed"], tuple(sorted(pool["sizes"].items())), entry.get("max_sites"))
+        if pools.setdefault(src, key) != key:
+            raise ConfigError(
+                f"invalid configuration in {source}: 'datasets.{name}.pool' disagrees with another "
+                f"entry on source {src!r}: pools of one source need the same seed, sizes and max_sites"
+            )
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with open(path) as fh:
+            config = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse {path}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ConfigError(f"invalid configuration in {path}: expected a mapping at the top level")
+    return validate_config(config, str(path))
+
+
+def megnet_sizes(sizes: Mapping[str, Any]) -> dict[str, Any]:
+    """MEGNet keyword arguments from a config's model entry (lists become tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()}
+
+
+def model_kwargs(config: dict, mode: str) -> dict[str, Any]:
+    """MEGNet sizes for a mode: ``ssl`` and ``sl_large`` use Table 2, ``sl`` Table 3."""
+    return megnet_sizes(config["models"]["small" if mode == "sl" else "large"])
+
+
+# The job interfaces. Each function returns exactly the settings one job's results depend
+# on: Snakemake declares them as the rule's params (so a change reruns exactly the jobs it
+# touches), the library takes them as keyword arguments, and the resume fingerprint is
+# built from them plus digests of the job's input files.
+
+
+def data_settings(config: dict, dataset: str) -> dict[str, Any]:
+    entry = {k: v for k, v in config["datasets"][dataset].items() if k != "units"}  # units only label results
+    return {"entry": entry, "data_dir": config["data_dir"]}
+
+
+def graph_settings(config: dict) -> dict[str, Any]:
+    return {"cutoff": float(config["graph"]["cutoff"]), "unknown_elements": config["graph"]["unknown_elements"]}
+
+
+def pretrain_settings(config: dict) -> dict[str, Any]:
+    pc = config["pretrain"]
+    keys = ("sigma", "epochs", "batch_size", "lr", "val_fraction", "seed", "devices", "strategy")
+    return {"sizes": dict(config["models"]["large"]), "cutoff": float(config["graph"]["cutoff"]), **{k: pc[k] for k in keys}}
+
+
+def finetune_settings(config: dict, dataset: str, mode: str) -> dict[str, Any]:
+    """One fine-tuning job's settings; ``ssl`` takes its sizes from the encoder it loads."""
+    fc = config["finetune"]
+    keys = ("epochs", "batch_size", "lr", "test_fraction", "val_fraction")
+    return {
+        "sizes": None if mode == "ssl" else dict(config["models"]["small" if mode == "sl" else "large"]),
+        "cutoff": float(config["graph"]["cutoff"]),
+        "units": config["datasets"][dataset].get("units", ""),
+        **{k: fc[k] for k in keys},
+    }

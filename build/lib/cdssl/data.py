@@ -1,0 +1,275 @@
+"""Data stage: load a dataset (matminer or a local file), clean its target, write one table.
+
+The table is a gzip JSON in pandas "split" layout, the same layout matminer caches in,
+with exactly three columns: ``id`` (str), ``structure`` (pymatgen dict, or CIF text as
+given by a local file) and ``target`` (float, after the transform; NaN when the dataset
+is unlabelled). Structures are not parsed here: the graph stage owns that, so a bad
+structure is reported once, in its ``skipped.csv``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .utils import LOG, atomic_path
+
+COLUMNS = ["id", "structure", "target"]
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be loaded; the message says what and where."""
+
+
+def matminer_data_home(data_dir: str | None) -> Path:
+    """The directory matminer reads and caches in: config, then $MATMINER_DATA, then matminer's own."""
+    from matminer.datasets.utils import _get_data_home
+
+    return Path(_get_data_home(data_dir))
+
+
+def load_matminer(name: str, data_dir: str | None) -> pd.DataFrame:
+    """Load ``name`` through matminer's real loader, downloading if it is not staged."""
+    from matminer.datasets import load_dataset
+    from matminer.datasets.dataset_retrieval import _load_dataset_dict
+
+    meta = _load_dataset_dict().get(name)
+    if meta is None:
+        raise DataError(f"dataset {name!r} is not a matminer dataset (see matminer.datasets.get_available_datasets())")
+    home = matminer_data_home(data_dir)
+    home.mkdir(parents=True, exist_ok=True)
+    filename = f"{name}.{meta['file_type']}"
+    staged = (home / filename).exists()
+    try:
+        return load_dataset(name, data_home=str(home))
+    except Exception as exc:  # matminer raises requests/OSError/ValueError variously
+        if not staged and (home / filename).exists():
+            # matminer checks hashes only right after a download: a broken partial file
+            # left here would be read as valid by every later run
+            (home / filename).unlink()
+        hint = (
+            f"the staged file {home / filename} could not be read"
+            if staged
+            else f"download it from {meta['url']} and place it as {home / filename} "
+            f"(or set data_dir in the config / $MATMINER_DATA to the directory holding {filename})"
+        )
+        raise DataError(f"could not load matminer dataset {name!r}: {exc.__class__.__name__}: {exc}; {hint}") from exc
+
+
+def _structure_payload(obj: Any) -> Any:
+    """A JSON-able structure: pymatgen objects become dicts, text (CIF) stays text."""
+    if hasattr(obj, "as_dict"):
+        return obj.as_dict()
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def _json_frame(raw: Any, structure_column: str, path: Path) -> pd.DataFrame:
+    """A DataFrame from any of the JSON layouts pandas writes, or an id-keyed mapping.
+
+    records ``[{col: v}, ...]``; split ``{"columns", "index", "data"}``; columns
+    ``{col: {row: v}}`` or ``{col: [v, ...]}``; id-keyed ``{id: {col: v}}`` (the layout of
+    many Materials Project exports), whose keys become the ``id`` column.
+    """
+    if isinstance(raw, list):
+        return pd.DataFrame(raw)
+    if not isinstance(raw, dict) or not raw:
+        raise DataError(f"local dataset file {path}: expected a JSON list of records or an object, got {type(raw).__name__}")
+    if {"columns", "data"} <= set(raw) and set(raw) <= {"columns", "index", "data"}:
+        return pd.DataFrame(**raw)
+    if structure_column in raw:
+        return pd.DataFrame(raw)
+    first = next(iter(raw.values()))
+    if isinstance(first, dict) and structure_column in first:
+        df = pd.DataFrame.from_dict(raw, orient="index")
+        df.insert(0, "id", [str(k) for k in raw])
+        df.attrs["id_column"] = "id"
+        return df.reset_index(drop=True)
+    raise DataError(
+        f"local dataset file {path}: no structure column {structure_column!r} in any JSON layout "
+        f"(records, split, columns or id-keyed); top-level keys start with {list(raw)[:5]}"
+    )
+
+
+def load_local(path: str | Path, structure_column: str, target: str | None) -> pd.DataFrame:
+    """Read a user file: CSV/JSON with a structure column (CIF text or pymatgen dict), or extxyz."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"local dataset file {path} does not exist")
+    name = path.name.lower()
+    if name.endswith((".xyz", ".extxyz")):
+        from ase.io import read
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        rows = []
+        for atoms in read(path, index=":", format="extxyz"):
+            rows.append(
+                {
+                    structure_column: AseAtomsAdaptor.get_structure(atoms).as_dict(),
+                    **({target: atoms.info.get(target, np.nan)} if target else {}),
+                }
+            )
+        return pd.DataFrame(rows)
+    if name.endswith((".csv", ".csv.gz")):
+        df = pd.read_csv(path)
+    elif name.endswith((".json", ".json.gz")):
+        opener = gzip.open if name.endswith(".gz") else open
+        try:
+            with opener(path, "rt") as fh:
+                raw = json.load(fh)
+        except (ValueError, OSError) as exc:
+            raise DataError(f"local dataset file {path} is not valid JSON: {exc}") from exc
+        df = _json_frame(raw, structure_column, path)
+    else:
+        raise DataError(f"local dataset file {path}: unsupported format (use .csv, .json, .json.gz or .extxyz)")
+    if structure_column not in df.columns:
+        raise DataError(f"local dataset file {path}: no structure column {structure_column!r}; columns are {list(df.columns)}")
+    return df
+
+
+REASONS = {
+    "missing": "target missing",
+    "non_numeric": "target not a number",
+    "non_finite": "target not finite",
+    "non_positive_for_log10": "target not positive (transform log10)",
+}
+
+
+def clean_targets(target: pd.Series, transform: str) -> tuple[pd.Series, dict[str, int], pd.Series]:
+    """Apply the transform; return the values, counts of dropped rows, and each row's reason.
+
+    Rows are dropped (NaN returned, reason set) when the target is missing or non-finite,
+    or, for log10, not positive. Counts are returned so the caller logs them: never silent.
+    """
+    values = pd.to_numeric(target, errors="coerce").astype(float)
+    reason = pd.Series([None] * len(target), index=target.index, dtype=object)
+    masks = {"missing": target.isna(), "non_numeric": values.isna() & target.notna()}
+    masks["non_finite"] = ~np.isfinite(values) & values.notna()
+    values = values.where(np.isfinite(values))
+    masks["non_positive_for_log10"] = pd.Series(False, index=target.index)
+    if transform == "log10":
+        bad = values.notna() & (values <= 0)
+        masks["non_positive_for_log10"] = bad
+        values = np.log10(values.where(~bad))
+    for key, mask in masks.items():
+        reason[mask & reason.isna()] = REASONS[key]
+    return values, {k: int(m.sum()) for k, m in masks.items()}, reason
+
+
+def n_sites(structure: Any) -> int | None:
+    """Sites of a pymatgen dict, or of CIF text once parsed; None when it cannot be parsed
+    (the graph stage then reports why)."""
+    if isinstance(structure, dict):
+        return len(structure.get("sites", []))
+    from .graphs import parse_structure
+
+    try:
+        return len(parse_structure(structure))
+    except Exception:  # pymatgen raises many types for bad CIF
+        return None
+
+
+def take_pool(df: pd.DataFrame, pool: dict) -> pd.DataFrame:
+    """Split ``df`` once with ``pool.seed`` into disjoint pools of ``pool.sizes``; return ``pool.take``.
+
+    Every entry naming the same source and pool spec gets the same permutation of the
+    same rows (the data stage draws before any target-dependent cleaning), so the pools
+    are disjoint by construction.
+    """
+    sizes: dict[str, int] = pool["sizes"]
+    need = sum(sizes.values())
+    if need > len(df):
+        raise DataError(f"pool sizes {sizes} need {need} rows but only {len(df)} structures are usable")
+    order = np.random.default_rng(pool["seed"]).permutation(len(df))
+    start = 0
+    for name in sorted(sizes):  # sorted: the layout must not depend on YAML key order
+        stop = start + sizes[name]
+        if name == pool["take"]:
+            return df.iloc[np.sort(order[start:stop])].reset_index(drop=True)
+        start = stop
+    raise DataError(f"pool {pool['take']!r} not in {sorted(sizes)}")
+
+
+def build_table(name: str, entry: dict, data_dir: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Load and clean one configured dataset; return (id, structure, target) table and dropped (id, reason).
+
+    Order matters for disjoint pools: everything that does not depend on the target
+    (missing structure, ``max_sites``) is applied first, then the pool is drawn, then the
+    target is cleaned. Two entries on one source with different targets or transforms
+    thus draw their pools from the very same rows.
+    """
+    target_col = entry.get("target")
+    scol = entry.get("structure_column", "structure")
+    if entry.get("matminer"):
+        source = entry["matminer"]
+        raw = load_matminer(source, data_dir)
+    else:
+        source = str(entry["file"])
+        raw = load_local(source, scol, target_col)
+    LOG.info("dataset %s: %d rows read from %s", name, len(raw), source)
+    if scol not in raw.columns:
+        raise DataError(f"dataset {name}: no structure column {scol!r} in {source}; columns: {list(raw.columns)}")
+    if target_col and target_col not in raw.columns:
+        raise DataError(f"dataset {name}: no target column {target_col!r} in {source}; columns: {list(raw.columns)}")
+    id_col = entry.get("id_column") or raw.attrs.get("id_column")
+    if id_col and id_col not in raw.columns:
+        raise DataError(f"dataset {name}: no id column {id_col!r} in {source}; columns: {list(raw.columns)}")
+    raw = raw.reset_index(drop=True)
+    ids = raw[id_col].astype(str) if id_col else pd.Series([f"{source}:{i}" for i in raw.index])
+    duplicated = ids[ids.duplicated()].unique()
+    if len(duplicated):
+        raise DataError(f"dataset {name}: id column {id_col!r} of {source} repeats ids, e.g. {list(duplicated[:5])}")
+    table = pd.DataFrame({"id": ids.values, "structure": [_structure_payload(s) for s in raw[scol]]})
+    table["target"] = raw[target_col].values if target_col else np.nan
+    dropped: list[pd.DataFrame] = []
+
+    def drop(mask: pd.Series, reasons: pd.Series | str) -> None:
+        nonlocal table
+        if mask.any():
+            why = reasons[mask] if isinstance(reasons, pd.Series) else reasons
+            dropped.append(pd.DataFrame({"id": table.loc[mask, "id"], "reason": why}))
+            table = table[~mask].reset_index(drop=True)
+
+    no_structure = table["structure"].isna()
+    if no_structure.any():
+        LOG.warning("dataset %s: dropped %d row(s) with no structure", name, int(no_structure.sum()))
+    drop(no_structure, "no structure")
+    if entry.get("max_sites"):
+        cap = entry["max_sites"]
+        sites = table["structure"].map(n_sites)
+        big = sites.notna() & (sites > cap)
+        LOG.info("dataset %s: left out %d structure(s) with more than %d sites (config max_sites)", name, int(big.sum()), cap)
+        drop(big, sites.map(lambda n: f"{n:.0f} sites, more than max_sites {cap}"))
+    if entry.get("pool"):
+        table = take_pool(table, entry["pool"])
+        LOG.info("dataset %s: pool %r of %s (seed %d) holds %d rows", name, entry["pool"]["take"], entry["pool"]["sizes"], entry["pool"]["seed"], len(table))
+    if target_col:
+        values, counts, reasons = clean_targets(table["target"], entry.get("transform", "none"))
+        for reason, count in counts.items():
+            if count:
+                LOG.warning("dataset %s: dropped %d row(s) with %s target (column %r)", name, count, reason.replace("_", " "), target_col)
+        table["target"] = values.values
+        drop(reasons.notna(), reasons)
+    if table.empty:
+        raise DataError(f"dataset {name}: no usable rows left in {source}")
+    LOG.info("dataset %s: %d rows written", name, len(table))
+    skipped = pd.concat(dropped, ignore_index=True) if dropped else pd.DataFrame(columns=["id", "reason"])
+    return table[COLUMNS], skipped
+def write_table(table: pd.DataFrame, path: str | Path) -> None:
+    payload = {"columns": COLUMNS, "index": list(range(len(table))), "data": table[COLUMNS].values.tolist()}
+    with atomic_path(path, suffix=".json.gz") as tmp:
+        with gzip.open(tmp, "wt") as fh:
+            json.dump(payload, fh, allow_nan=True)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    with gzip.open(path, "rt") as fh:
+        return pd.DataFrame(**json.load(fh))
+

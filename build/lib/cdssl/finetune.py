@@ -1,0 +1,202 @@
+"""Fine-tuning: SSL (pretrained encoder, fresh readout) versus SL (MEGNet from scratch)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .config import megnet_sizes
+from .graphs import GraphBatch, GraphCache
+from .models import build_megnet, predict, reset_readout
+from .training import (
+    BEST,
+    EpochCheckpoint,
+    EpochShuffle,
+    HistoryModule,
+    best_row,
+    job_identity,
+    make_trainer,
+    prepare_checkpoint_dir,
+    write_history,
+)
+from .utils import LOG, atomic_path, write_json
+
+
+def finetune_split(
+    n: int, seed: int, fraction: float, test_fraction: float, val_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) indices for one (dataset, seed, fraction).
+
+    One permutation per seed: its head is the test set, then the validation set, so
+    both are the same for every fraction; training subsets are prefixes of the rest,
+    so the 10% subset lies inside the 20% one, and so on. ``fraction`` is a fraction of
+    the whole dataset, as in the paper.
+    """
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, int(round(test_fraction * n)))
+    n_val = max(1, int(round(val_fraction * n)))
+    pool = order[n_test + n_val :]
+    n_train = min(len(pool), max(1, int(round(fraction * n))))
+    return np.sort(pool[:n_train]), np.sort(order[n_test : n_test + n_val]), np.sort(order[:n_test])
+
+
+class PropertyModule(HistoryModule):
+    """MSE on targets standardised with the training subset's mean and std."""
+
+    def __init__(self, model: nn.Module, mean: float, std: float, lr: float, history_csv: str | None = None):
+        super().__init__(history_csv)
+        self.model = model
+        self.lr = lr
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, batch: GraphBatch) -> torch.Tensor:
+        """Predictions in the target's units."""
+        return predict(self.model, batch) * self.std + self.mean
+
+    def training_step(self, batch: GraphBatch, batch_idx: int) -> torch.Tensor:
+        pred = predict(self.model, batch)
+        loss = nn.functional.mse_loss(pred, (batch.target - self.mean) / self.std)
+        n = torch.tensor(float(batch.num_graphs), device=pred.device)
+        self.accumulate(
+            train_se=loss.detach() * n,
+            train_ae=((pred.detach() * self.std + self.mean) - batch.target).abs().sum(),
+            n_train=n,
+        )
+        return loss
+
+    def validation_step(self, batch: GraphBatch, batch_idx: int) -> None:
+        err = self(batch) - batch.target
+        n = torch.tensor(float(batch.num_graphs), device=err.device)
+        self.accumulate(val_ae=err.abs().sum(), n_val=n)
+
+    def epoch_row(self, s: dict[str, float]) -> dict[str, float]:
+        return {
+            "train_loss": self.ratio(s, "train_se", "n_train"),
+            "train_mae": self.ratio(s, "train_ae", "n_train"),
+            "val_mae": self.ratio(s, "val_ae", "n_val"),
+            "grad_norm": self.ratio(s, "grad_norm", "n_grad"),
+        }
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def initial_model(mode: str, sizes: dict | None, cutoff: float, encoder_dir: str | Path | None):
+    """``ssl``: the exported pretrained MEGNet with a fresh readout; ``sl``/``sl_large``: from scratch."""
+    if mode == "ssl":
+        import matgl
+
+        if encoder_dir is None:
+            raise ValueError("mode 'ssl' needs the selected pretrained encoder")
+        model = matgl.load_model(Path(encoder_dir))
+        if abs(model.cutoff - cutoff) > 1e-9:
+            raise ValueError(f"encoder {encoder_dir} uses cutoff {model.cutoff}, the config {cutoff}")
+        reset_readout(model)
+        return model
+    if sizes is None:
+        raise ValueError(f"mode {mode!r} needs model sizes")
+    return build_megnet(megnet_sizes(sizes), cutoff)
+
+
+@torch.no_grad()
+def predict_all(module: PropertyModule, cache: GraphCache, indices: np.ndarray, batch_size: int) -> np.ndarray:
+    module.eval()
+    device = module.mean.device
+    out = []
+    for start in range(0, len(indices), batch_size):
+        batch = cache.collate(indices[start : start + batch_size].tolist()).to(device)
+        out.append(module(batch).double().cpu().numpy())
+    return np.concatenate(out)
+
+
+def run_finetune(
+    graphs: str | Path,
+    *,
+    dataset: str,
+    fraction: float,
+    seed: int,
+    mode: str,
+    sizes: dict | None,
+    cutoff: float,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    test_fraction: float,
+    val_fraction: float,
+    metrics_json: str | Path,
+    predictions_csv: str | Path,
+    history_csv: str | Path,
+    ckpt_dir: str | Path,
+    encoder_dir: str | Path | None = None,
+    units: str = "",
+    accelerator: str = "auto",
+) -> dict:
+    """Train one grid cell; resume from ``ckpt_dir`` when it belongs to this very job.
+
+    The keyword arguments are the cell (dataset, fraction, seed, mode) plus
+    :func:`cdssl.config.finetune_settings`; with the content digests of the graph cache
+    and (ssl) of the encoder they form the job's identity. ``units`` only labels results.
+    """
+    settings = dict(dataset=dataset, fraction=fraction, seed=seed, mode=mode, sizes=sizes, cutoff=cutoff,
+                    epochs=epochs, batch_size=batch_size, lr=lr, test_fraction=test_fraction,
+                    val_fraction=val_fraction)
+    start = time.monotonic()
+    L.seed_everything(seed, workers=True, verbose=False)
+    cache = GraphCache.load(graphs, cutoff)
+    train, val, test = finetune_split(len(cache), seed, fraction, test_fraction, val_fraction)
+    y = cache.targets.numpy()
+    mean, std = float(y[train].mean()), float(y[train].std())
+    std = std if std > 0 else 1.0
+    LOG.info(
+        "%s fraction=%s seed=%d mode=%s: %d train, %d val, %d test; target mean %.4g std %.4g",
+        dataset, fraction, seed, mode, len(train), len(val), len(test), mean, std,
+    )
+    model = initial_model(mode, sizes, cutoff, encoder_dir)
+    encoder = encoder_dir if mode == "ssl" else None
+    resume = prepare_checkpoint_dir(ckpt_dir, job_identity(settings, {"graphs": graphs, "encoder": encoder}))
+    module = PropertyModule(model, mean, std, lr, str(history_csv))
+    train_list = train.tolist()
+    train_dl = DataLoader(train_list, batch_size=batch_size, sampler=EpochShuffle(train_list, seed),
+                          collate_fn=cache.collate)
+    val_dl = DataLoader(val.tolist(), batch_size=batch_size, collate_fn=cache.collate)
+    trainer = make_trainer(epochs, accelerator, [EpochCheckpoint(ckpt_dir, "val_mae")])
+    trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
+    write_history(module.history, history_csv)
+
+    best = best_row(module.history, "val_mae")
+    state = torch.load(Path(ckpt_dir) / BEST, map_location=module.mean.device, weights_only=False)
+    if state["cdssl_history"][-1]["epoch"] != best["epoch"]:
+        raise RuntimeError(f"{Path(ckpt_dir) / BEST} holds epoch {state['cdssl_history'][-1]['epoch']}, "
+                           f"but the best epoch by validation MAE is {best['epoch']}; delete {ckpt_dir} and rerun")
+    module.load_state_dict(state["state_dict"])
+    pred = predict_all(module, cache, test, batch_size)
+    truth = y[test]
+    metrics = {
+        "dataset": dataset,
+        "fraction": fraction,
+        "seed": seed,
+        "mode": mode,
+        "n_train": int(len(train)),
+        "n_val": int(len(val)),
+        "n_test": int(len(test)),
+        "test_mae": float(np.abs(pred - truth).mean()),
+        "val_mae": float(best["val_mae"]),
+        "best_epoch": int(best["epoch"]),
+        "epochs": int(epochs),
+        "units": units,
+        "wall_seconds": time.monotonic() - start,
+        "device": str(trainer.strategy.root_device),
+    }
+    with atomic_path(predictions_csv, suffix=".csv") as tmp:
+        pd.DataFrame({"id": [cache.ids[i] for i in test], "target": truth, "prediction": pred}).to_csv(tmp, index=False)
+    write_json(metrics, metrics_json)
+    LOG.info("test MAE %.4g %s (best epoch %d)", metrics["test_mae"], units, metrics["best_epoch"])
+    return metrics

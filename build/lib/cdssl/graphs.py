@@ -1,0 +1,273 @@
+"""Graph stage: structures -> MatGL ``Structure2Graph`` graphs, cached as one packed file.
+
+The cache stores every graph's tensors concatenated (CSR style, with ``node_ptr`` and
+``edge_ptr``), plus the geometry MEGNet needs precomputed: Cartesian positions and the
+periodic image shift of each edge (``images @ lattice``). Pretraining moves positions
+only, so the shifts stay valid under perturbation, and batching becomes a few index
+operations instead of one PyG ``Data`` object per structure.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from dataclasses import dataclass, fields
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .utils import atomic_path
+
+CACHE_FORMAT = 1
+
+
+def element_types() -> tuple[str, ...]:
+    """One element list for every graph and model: node types index into it."""
+    from matgl.config import DEFAULT_ELEMENTS
+
+    return tuple(DEFAULT_ELEMENTS)
+
+
+class UnknownElementError(ValueError):
+    """A structure holds an element outside the model's element list (``unknown_elements: error``)."""
+
+
+class CacheError(ValueError):
+    """A graph cache that cannot be used; the message names the file and how to rebuild it."""
+
+
+REBUILD_HINT = "delete it and rerun the workflow (Snakemake rebuilds a missing graph cache), e.g. rm {path}"
+
+
+AMU_PER_A3_IN_G_PER_CM3 = 1.66053906660
+
+
+@lru_cache(maxsize=1)
+def atomic_masses() -> np.ndarray:
+    """Atomic masses (amu) in element-list order, for densities without pymatgen's unit objects."""
+    from pymatgen.core import Element
+
+    return np.array([float(Element(el).atomic_mass) for el in element_types()])
+
+
+def _ordered_from_dict(payload: dict):
+    """Structure(lattice, species, coords) straight from an ordered pymatgen dict.
+
+    Four times faster than Structure.from_dict, which builds every site, species and
+    property object; anything partially occupied or unusual returns None and takes the
+    full parser, so disorder is still detected there.
+    """
+    from pymatgen.core import Lattice, Structure
+
+    try:
+        sites = payload["sites"]
+        species = []
+        for site in sites:
+            (sp,) = site["species"]
+            if sp.get("occu", 1) != 1:
+                return None
+            species.append(sp["element"])
+        return Structure(Lattice(payload["lattice"]["matrix"]), species, [site["abc"] for site in sites])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def parse_structure(payload: Any):
+    """A pymatgen Structure from a dict or CIF text; raises ValueError with the reason."""
+    from pymatgen.core import Structure
+
+    if isinstance(payload, dict):
+        return _ordered_from_dict(payload) or Structure.from_dict(payload)
+    if isinstance(payload, str):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pymatgen's CIF warnings would flood the log
+            return Structure.from_str(payload, fmt="cif")
+    raise ValueError(f"structure of type {type(payload).__name__} is neither a pymatgen dict nor CIF text")
+
+
+def structure_to_arrays(
+    sid: str, payload: Any, cutoff: float, elements: tuple[str, ...], unknown_elements: str = "skip"
+) -> tuple[dict | None, str | None]:
+    """Convert one structure; return (arrays, None) or (None, reason to skip).
+
+    An element outside ``elements`` is a reason to skip, naming every such element, or,
+    with ``unknown_elements="error"``, an UnknownElementError.
+    """
+    from matgl.ext.pymatgen import Structure2Graph
+
+    try:
+        structure = parse_structure(payload)
+    except Exception as exc:  # pymatgen raises many types for bad CIF
+        return None, f"unparsable structure: {exc.__class__.__name__}: {str(exc)[:200]}"
+    if len(structure) == 0:
+        return None, "unparsable structure: no sites"
+    if not structure.is_ordered:
+        site = next(i for i, s in enumerate(structure) if not s.is_ordered)
+        return None, f"disordered: site {site} has partial occupancy ({structure[site].species})"
+    known = set(elements)
+    unknown = sorted({el.symbol for el in structure.composition.elements} - known)
+    if unknown:
+        reason = f"unknown element(s) {', '.join(unknown)}: not in the model's element list (matgl.config.DEFAULT_ELEMENTS)"
+        if unknown_elements == "error":
+            raise UnknownElementError(f"structure {sid}: {reason}; set graph.unknown_elements: skip to skip it")
+        return None, reason
+    g, lat, _ = Structure2Graph(element_types=elements, cutoff=cutoff).get_graph(structure)
+    lattice = lat[0].numpy().astype(np.float32)
+    edge_index = g.edge_index.numpy().astype(np.int64)
+    degree = np.bincount(edge_index[0], minlength=len(structure))
+    if (degree == 0).any():
+        i = int(np.flatnonzero(degree == 0)[0])
+        return None, f"isolated atom: site {i} ({structure[i].specie}) has no neighbour within {cutoff} A"
+    pos = structure.cart_coords.astype(np.float32)
+    node_type = g.node_type.numpy().astype(np.int64)
+    volume = float(abs(np.linalg.det(lattice.astype(np.float64))))
+    return {
+        "node_type": node_type,
+        "pos": pos,
+        "lattice": lattice,
+        "edge_index": edge_index,
+        "pbc_offshift": (g.pbc_offset.numpy() @ lattice).astype(np.float32),
+        "density": float(atomic_masses()[node_type].sum() / volume * AMU_PER_A3_IN_G_PER_CM3),
+        "volume": volume,
+    }, None
+
+
+def _convert(item: tuple[str, Any, float], cutoff: float, elements: tuple[str, ...], unknown_elements: str):
+    sid, payload, target = item
+    arrays, reason = structure_to_arrays(sid, payload, cutoff, elements, unknown_elements)
+    return sid, target, arrays, reason
+
+
+def build_cache(
+    table: pd.DataFrame, cutoff: float, processes: int = 1, unknown_elements: str = "skip"
+) -> tuple[dict, pd.DataFrame]:
+    """Convert a data table; return (packed cache, skipped table with id and reason)."""
+    elements = element_types()
+    items = list(zip(table["id"], table["structure"], table["target"]))
+    work = partial(_convert, cutoff=cutoff, elements=elements, unknown_elements=unknown_elements)
+    if processes > 1 and len(items) > 1:
+        # fork keeps pymatgen/matgl imports from being paid again per worker
+        with mp.get_context("fork").Pool(processes) as pool:
+            results = pool.map(work, items, chunksize=max(1, len(items) // (processes * 8)))
+    else:
+        results = [work(it) for it in items]
+    kept = [(sid, t, a) for sid, t, a, r in results if a is not None]
+    skipped = pd.DataFrame([(sid, r) for sid, _, a, r in results if a is None], columns=["id", "reason"])
+    if not kept:
+        raise ValueError("no structure could be converted to a graph; see skipped.csv")
+    n_nodes = np.array([len(a["node_type"]) for _, _, a in kept])
+    n_edges = np.array([a["edge_index"].shape[1] for _, _, a in kept])
+
+    def cat(key: str, axis: int = 0) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate([a[key] for _, _, a in kept], axis=axis))
+
+    cache = {
+        "meta": {"format": CACHE_FORMAT, "cutoff": float(cutoff), "element_types": list(elements)},
+        "ids": [sid for sid, _, _ in kept],
+        "target": torch.tensor([t for _, t, _ in kept], dtype=torch.float64),
+        "node_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(n_nodes)])),
+        "edge_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(n_edges)])),
+        "node_type": cat("node_type"),
+        "pos": cat("pos"),
+        "lattice": torch.from_numpy(np.stack([a["lattice"] for _, _, a in kept])),
+        "edge_index": cat("edge_index", axis=1),
+        "pbc_offshift": cat("pbc_offshift"),
+        "density": torch.tensor([a["density"] for _, _, a in kept], dtype=torch.float64),
+        "volume": torch.tensor([a["volume"] for _, _, a in kept], dtype=torch.float64),
+    }
+    return cache, skipped
+
+
+def save_cache(cache: dict, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(cache, tmp)
+
+
+@dataclass
+class GraphBatch:
+    """What MEGNet's forward reads from a PyG batch, built straight from the packed cache."""
+
+    node_type: torch.Tensor
+    pos: torch.Tensor
+    edge_index: torch.Tensor
+    pbc_offshift: torch.Tensor
+    batch: torch.Tensor
+    target: torch.Tensor
+    num_graphs: int
+
+    def to(self, device, non_blocking: bool = False) -> GraphBatch:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return GraphBatch(
+            **{k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+        )
+
+    @property
+    def edge_batch(self) -> torch.Tensor:
+        return self.batch[self.edge_index[0]]
+
+
+class GraphCache:
+    """A loaded cache; ``collate`` turns a list of graph indices into a GraphBatch."""
+
+    def __init__(self, data: dict):
+        self.data = data
+        self.meta = data["meta"]
+        self.ids: list[str] = list(data["ids"])
+        self.node_ptr = data["node_ptr"]
+        self.edge_ptr = data["edge_ptr"]
+
+    @classmethod
+    def load(cls, path: str | Path, cutoff: float | None = None) -> GraphCache:
+        hint = REBUILD_HINT.format(path=path)
+        try:
+            data = torch.load(path, weights_only=True)
+            meta = data["meta"]
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... for a bad file
+            raise CacheError(f"graph cache {path} cannot be read ({exc.__class__.__name__}: {str(exc)[:200]}); {hint}") from exc
+        if meta.get("format") != CACHE_FORMAT:
+            raise CacheError(f"graph cache {path} has format {meta.get('format')}, expected {CACHE_FORMAT}; {hint}")
+        if cutoff is not None and abs(meta["cutoff"] - cutoff) > 1e-9:
+            raise CacheError(f"graph cache {path} was built with cutoff {meta['cutoff']}, the job asks for {cutoff}; {hint}")
+        if list(meta["element_types"]) != list(element_types()):
+            raise CacheError(f"graph cache {path} was built with another element list; {hint}")
+        return cls(data)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.data["target"]
+
+    def collate(self, indices: list[int] | torch.Tensor) -> GraphBatch:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        d = self.data
+        n_nodes = self.node_ptr[idx + 1] - self.node_ptr[idx]
+        n_edges = self.edge_ptr[idx + 1] - self.edge_ptr[idx]
+        node_sel = _ranges(self.node_ptr[idx], n_nodes)
+        edge_sel = _ranges(self.edge_ptr[idx], n_edges)
+        node_offset = torch.cumsum(n_nodes, 0) - n_nodes
+        edge_index = d["edge_index"][:, edge_sel] + torch.repeat_interleave(node_offset, n_edges)
+        return GraphBatch(
+            node_type=d["node_type"][node_sel],
+            pos=d["pos"][node_sel],
+            edge_index=edge_index,
+            pbc_offshift=d["pbc_offshift"][edge_sel],
+            batch=torch.repeat_interleave(torch.arange(len(idx)), n_nodes),
+            target=d["target"][idx].float(),
+            num_graphs=len(idx),
+        )
+
+
+def _ranges(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Concatenate arange(s, s + c) for each (s, c) without a Python loop."""
+    total = int(counts.sum())
+    shift = torch.repeat_interleave(starts - (torch.cumsum(counts, 0) - counts), counts)
+    return torch.arange(total) + shift

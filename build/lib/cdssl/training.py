@@ -1,0 +1,276 @@
+"""What pretraining and fine-tuning share: per-epoch history, exact resume, trainer setup.
+
+Exact resume rests on three choices:
+
+* the per-epoch history lives in the module and travels inside every checkpoint, so a
+  resumed job rewrites its CSV from the checkpoint: no row is lost or doubled;
+* nothing random depends on generator state carried between epochs: the shuffle of an
+  epoch and the noise of a training batch are pure functions of (seed, epoch, batch),
+  so a run resumed at any epoch draws exactly what an uninterrupted run draws;
+* ``last.ckpt`` is written at the end of every epoch and ``best.ckpt`` whenever the
+  history's own monitored value improves, so a kill loses at most the epoch in progress
+  and the selected epoch is always the one on disk.
+
+A checkpoint folder belongs to one job identity (:func:`job_identity`): the job's
+declared settings plus content digests of its input files. Any other identity discards it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+from torch.utils.data import RandomSampler
+
+from .utils import LOG, atomic_path, write_json
+
+FINGERPRINT_FILE = "fingerprint.json"
+LAST = "last.ckpt"
+BEST = "best.ckpt"
+
+
+class HistoryModule(L.LightningModule):
+    """A LightningModule that sums per-epoch metrics itself and keeps them in checkpoints."""
+
+    def __init__(self, history_csv: str | None = None):
+        super().__init__()
+        self.history_csv = history_csv
+        self.history: list[dict[str, float]] = []
+        self._sums: dict[str, torch.Tensor] = {}
+        self._epoch_start = time.monotonic()
+
+    def accumulate(self, **values: torch.Tensor) -> None:
+        """Add (sum, count) style values; the caller passes sums, ``n_*`` keys are counts."""
+        for key, value in values.items():
+            value = value.detach().double().reshape(())
+            self._sums[key] = self._sums.get(key, torch.zeros((), dtype=torch.float64, device=value.device)) + value
+
+    def _reduced(self) -> dict[str, float]:
+        out = {}
+        for key, value in self._sums.items():
+            if self.trainer is not None and self.trainer.world_size > 1:
+                value = self.trainer.strategy.reduce(value, reduce_op="sum")
+            out[key] = float(value)
+        return out
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.monotonic()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norms = [p.grad.detach().norm(2) for p in self.parameters() if p.grad is not None]
+        if norms:
+            self.accumulate(grad_norm=torch.stack(norms).norm(2), n_grad=torch.ones(()))
+
+    def epoch_row(self, sums: dict[str, float]) -> dict[str, float]:
+        raise NotImplementedError
+
+    @staticmethod
+    def ratio(sums: dict[str, float], key: str, count: str) -> float:
+        """sums[key] / sums[count]; NaN when that loop did not run (e.g. no validation)."""
+        return sums[key] / sums[count] if sums.get(count) else float("nan")
+
+    def on_train_epoch_end(self) -> None:
+        row = {"epoch": self.current_epoch, **self.epoch_row(self._reduced())}
+        row["epoch_seconds"] = time.monotonic() - self._epoch_start
+        self._sums = {}
+        self.history.append(row)
+        if self.trainer.is_global_zero:
+            LOG.info("epoch %d: %s", row["epoch"], ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+            if self.history_csv:
+                write_history(self.history, self.history_csv)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["cdssl_history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = list(checkpoint.get("cdssl_history", []))
+
+
+def best_row(history: list[dict[str, float]], monitor: str) -> dict[str, float]:
+    """The first epoch with the lowest ``monitor``: the one rule for "best" everywhere."""
+    finite = [row for row in history if math.isfinite(row[monitor])]
+    if not finite:
+        raise ValueError(f"no epoch has a finite {monitor}")
+    return min(finite, key=lambda row: row[monitor])  # min keeps the first of equal values
+
+
+def write_history(rows: list[dict], path: str | Path) -> None:
+    with atomic_path(path, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+class EpochShuffle(RandomSampler):
+    """A shuffle that is a pure function of (seed, epoch), like DistributedSampler's.
+
+    A RandomSampler draws from a generator whose state would have to be carried across a
+    resume; this one needs only the epoch, which Lightning sets on every sampler before
+    each epoch (and restores on resume). Being a RandomSampler, Lightning replaces it by a
+    shuffling DistributedSampler (also seeded by epoch) when training on several devices.
+    """
+
+    def __init__(self, data_source, seed: int):
+        super().__init__(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=gen).tolist()
+
+
+def step_generator(device: torch.device, *key: int) -> torch.Generator:
+    """A generator seeded by ``key`` (e.g. seed, epoch, batch, rank): draws that need no carried state."""
+    seed = int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "little") & (2**63 - 1)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+# ---------------------------------------------------------------- job identity
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, or of every file under a directory (names included)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def job_identity(settings: Mapping[str, Any], inputs: Mapping[str, str | Path | None]) -> dict[str, Any]:
+    """What a job's results are a function of: its settings and the content of its inputs."""
+    return {
+        "settings": json.loads(json.dumps(dict(settings), sort_keys=True, default=str)),
+        "inputs": {name: file_digest(p) for name, p in sorted(inputs.items()) if p is not None},
+    }
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    out = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def prepare_checkpoint_dir(ckpt_dir: str | Path, identity: dict[str, Any]) -> str | None:
+    """Return last.ckpt to resume from when it belongs to ``identity``, else start clean.
+
+    Checkpoints written for another identity (other settings, other input content) are
+    removed with a log line naming what changed: resuming them would report numbers of
+    another experiment.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    stamp = ckpt_dir / FINGERPRINT_FILE
+    last = ckpt_dir / LAST
+    if ckpt_dir.exists():
+        try:
+            old = json.loads(stamp.read_text())["identity"] if stamp.exists() else None
+        except (ValueError, KeyError):
+            old = None
+        if old == identity and last.exists():
+            LOG.info("resuming from %s", last)
+            return str(last)
+        if old is None:
+            why = "no readable identity stamp"
+        elif old != identity:
+            why = "changed: " + ", ".join(_differences(old, identity))
+        else:
+            why = "no finished epoch"
+        if any(p.name != FINGERPRINT_FILE for p in ckpt_dir.iterdir()):
+            LOG.warning("discarding checkpoints in %s (%s); training from scratch", ckpt_dir, why)
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    write_json({"identity": identity}, stamp)
+    return None
+
+
+class EpochCheckpoint(Checkpoint):
+    """``best.ckpt`` when the history's ``monitor`` improves, then ``last.ckpt``, every epoch.
+
+    A Checkpoint subclass, so Lightning runs it after the module's on_train_epoch_end
+    has appended the epoch's history row. "Best" is decided from that row with
+    :func:`best_row`, the same rule checkpoint selection applies to history.csv. best is
+    written before last: a kill between the two leaves last one epoch behind, and the
+    redone epoch rewrites best with the same bytes.
+    """
+
+    def __init__(self, dirpath: str | Path, monitor: str):
+        super().__init__()
+        self.dirpath = Path(dirpath)
+        self.monitor = monitor
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: HistoryModule) -> None:
+        row = pl_module.history[-1]
+        if math.isfinite(row[self.monitor]) and best_row(pl_module.history, self.monitor) is row:
+            self._save(trainer, BEST)
+        self._save(trainer, LAST)
+
+    def _save(self, trainer: L.Trainer, name: str) -> None:
+        # every rank takes part in save_checkpoint (it synchronises); rank 0 writes, and
+        # the rename makes the file appear whole or not at all
+        tmp = self.dirpath / f".{name}.partial"
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.dirpath / name)
+        trainer.strategy.barrier("cdssl-checkpoint")
+
+
+def resolve_accelerator(accelerator: str) -> str:
+    if accelerator == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return accelerator
+
+
+def make_trainer(
+    max_epochs: int,
+    accelerator: str,
+    callbacks: list,
+    devices: int = 1,
+    strategy: str = "auto",
+    deterministic: bool = True,
+) -> L.Trainer:
+    accel = resolve_accelerator(accelerator)
+    if accel == "cpu" and strategy == "ddp":
+        # forked workers inherit the graph cache; spawn would pickle it through shared
+        # memory, which small /dev/shm mounts refuse. GPUs keep Lightning's "ddp".
+        strategy = "ddp_fork" if devices > 1 else "auto"
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator=accel,
+        devices=devices,
+        strategy=strategy,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=deterministic and accel == "cpu",
+        use_distributed_sampler=devices > 1,
+    )
