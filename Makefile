@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 figures: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml figures
+	$(BIN)/snakemake figures --cores $(CORES) --configfile config/demo.yaml
 
 report: $(STAMP)
 	$(BIN)/snakemake --cores 1 --configfile config/demo.yaml --report results/report.html

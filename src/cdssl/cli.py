@@ -22,7 +22,7 @@ from .graphs import build_cache, save_cache
 from .utils import atomic_path, set_threads, setup_logging
 
 
-def finetune_main(argv: list[str] | None = None) -> dict:
+def finetune_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--encoder", help="exported encoder directory (matgl.load_model); omit for --mode sl")
     ap.add_argument("--data", required=True, help="CSV/JSON/extxyz with structures and a target")
@@ -38,7 +38,11 @@ def finetune_main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--config", default=str(PAPER_CONFIG), help="model sizes and training settings (default: the paper's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True, help="output directory")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def finetune_main(argv: list[str] | None = None) -> dict:
+    args = finetune_parser().parse_args(argv)
 
     out = Path(args.out)
     log = setup_logging(out / "finetune.log")
