@@ -2,6 +2,7 @@
 
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -153,3 +154,78 @@ def test_fast_parser_agrees_with_pymatgen_and_defers_disorder(small_table):
     disordered = Structure(Lattice.cubic(3.6), [{"Fe": 0.5, "Ni": 0.5}], [[0, 0, 0]]).as_dict()
     assert _ordered_from_dict(disordered) is None
     assert not parse_structure(disordered).is_ordered
+
+
+def _labelled_csv(tmp_path, dielectric) -> Path:
+    """40 real crystals whose label is missing or non-positive in every fourth row."""
+    small = dielectric[dielectric["structure"].map(len) <= 6].head(40)
+    y = small["n"].to_numpy().copy()
+    y[::4] = -1.0
+    path = tmp_path / "mixed.csv"
+    pd.DataFrame({"cif": [_cif(s) for s in small["structure"]], "y": y, "name": [f"r{i}" for i in range(40)]}).to_csv(path, index=False)
+    return path
+
+
+def test_pools_stay_disjoint_when_the_labelled_entry_drops_rows(tmp_path, dielectric):
+    path = _labelled_csv(tmp_path, dielectric)
+    pool = {"seed": 0, "sizes": {"pretrain": 20, "labelled": 20}}
+    common = {"file": str(path), "structure_column": "cif", "id_column": "name"}
+    pre, _ = build_table("pre", {**common, "target": None, "pool": {**pool, "take": "pretrain"}})
+    lab, dropped = build_table("lab", {**common, "target": "y", "transform": "log10", "pool": {**pool, "take": "labelled"}})
+    assert len(pre) == 20 and 0 < len(lab) < 20
+    assert not set(pre["id"]) & set(lab["id"]) and not set(pre["id"]) & set(dropped["id"])
+    assert set(dropped["reason"]) == {"target not positive (transform log10)"}
+
+
+def test_max_sites_applies_to_cif_text(tmp_path, dielectric):
+    path = _labelled_csv(tmp_path, dielectric)
+    table, dropped = build_table("cif", {"file": str(path), "structure_column": "cif", "id_column": "name",
+                                         "target": None, "max_sites": 3})
+    n = {f"r{i}": len(s) for i, s in enumerate(dielectric[dielectric["structure"].map(len) <= 6].head(40)["structure"])}
+    assert set(table["id"]) == {k for k, v in n.items() if v <= 3}
+    assert dict(zip(dropped["id"], dropped["reason"])) == {k: f"{v} sites, more than max_sites 3" for k, v in n.items() if v > 3}
+
+
+@pytest.mark.parametrize("layout", ["records", "split", "columns", "id-keyed"])
+def test_json_layouts_load(tmp_path, small_table, layout):
+    import json
+
+    df = small_table.head(5).rename(columns={"target": "y", "id": "material_id"})
+    if layout == "id-keyed":
+        raw = {r.material_id: {"structure": r.structure, "y": r.y} for r in df.itertuples()}
+    else:
+        raw = json.loads(df.to_json(orient=layout))
+    path = tmp_path / f"{layout}.json"
+    path.write_text(json.dumps(raw))
+    entry = {"file": str(path), "target": "y"}
+    if layout != "id-keyed":
+        entry["id_column"] = "material_id"
+    table, _ = build_table("j", entry)
+    assert table["id"].tolist() == df["material_id"].tolist()
+    assert np.allclose(table["target"], df["y"])
+    assert Structure.from_dict(table["structure"].iloc[0]) == Structure.from_dict(df["structure"].iloc[0])
+
+
+def test_a_truncated_cache_names_its_path(tmp_path, small_cache_path):
+    from cdssl.graphs import CacheError
+
+    bad = tmp_path / "graphs.pt"
+    bad.write_bytes(small_cache_path.read_bytes()[:5000])
+    with pytest.raises(CacheError, match=f"graph cache {bad} cannot be read.*rm {bad}"):
+        GraphCache.load(bad, 5.0)
+
+
+def test_outputs_respect_the_umask(tmp_path):
+    import os
+
+    from cdssl.utils import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json({"a": 1}, tmp_path / "a.json")
+        os.umask(0o077)
+        write_json({"a": 1}, tmp_path / "b.json")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600

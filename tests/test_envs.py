@@ -45,3 +45,28 @@ def test_every_rule_has_conda_log_and_benchmark():
             name = block.split(":")[0]
             for directive in ("conda:", "log:", "benchmark:"):
                 assert directive in block, f"{smk.name}: {name} lacks {directive}"
+
+
+def test_a_plain_pip_install_validates_configs_and_runs_the_cli(tmp_path):
+    """Non-editable install: the schema and the paper's config come from the wheel, not the checkout."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"  # a copy, so the build never writes into the checkout
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "results", ".snakemake", "data", "tests"))
+    target = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                          "--target", str(target), str(src)], capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr
+    shutil.rmtree(src)  # nothing may be read from a checkout any more
+    probe = ("from cdssl.config import PAPER_CONFIG, SCHEMA_PATH, load_config; "
+             "c = load_config(PAPER_CONFIG); print(PAPER_CONFIG); print(SCHEMA_PATH); print(c['pretrain']['epochs'])")
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    config_path, schema_path, epochs = out.stdout.split()
+    assert config_path.startswith(str(target)) and schema_path.startswith(str(target)) and epochs == "4096"
+    cli = subprocess.run([sys.executable, "-m", "cdssl.cli", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert cli.returncode == 0 and "--encoder" in cli.stdout, cli.stderr

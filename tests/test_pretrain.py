@@ -132,18 +132,26 @@ def test_pretraining_run_logs_every_epoch_and_selection_exports_for_matgl(tmp_pa
     from cdssl.models import encoder_state
     from cdssl.selection import select_checkpoint
 
-    config["pretrain"].update(epochs=3, batch_size=16)
+    config["pretrain"].update(epochs=4, batch_size=16)
     run_pretraining(small_cache_path, **pretrain_settings(config), history_csv=tmp_path / "h.csv",
                     split_csv=tmp_path / "split.csv", ckpt_dir=tmp_path / "ckpt", reference_json=tmp_path / "ref.json")
     h = pd.read_csv(tmp_path / "h.csv")
     reference = json.loads((tmp_path / "ref.json").read_text())
     assert reference["sigma"] == 0.5 and 0 < reference["val_loss_noisy_distances"] < reference["val_loss_zeros"]
-    assert h["epoch"].tolist() == [0, 1, 2]
+    assert h["epoch"].tolist() == [0, 1, 2, 3]
     assert {"train_loss", "train_mae", "val_loss", "val_mae", "grad_norm"} <= set(h.columns)
     assert (h["grad_norm"] > 0).all()
     record = select_checkpoint(tmp_path / "h.csv", tmp_path / "ckpt", tmp_path / "sel.json", tmp_path / "enc")
     assert record["epoch"] == int(h["val_loss"].idxmin())
     loaded = matgl.load_model(tmp_path / "enc")
-    ckpt = torch.load(record["checkpoint"], weights_only=False)["state_dict"]
+    kept = torch.load(record["checkpoint"], weights_only=False)
+    # the kept checkpoint is the selected epoch: one validation loss for both
+    assert kept["cdssl_history"][-1]["epoch"] == record["epoch"]
     for key, value in encoder_state(loaded).items():
-        assert torch.equal(value, ckpt["model." + key]), key
+        assert torch.equal(value, kept["state_dict"]["model." + key]), key
+    # a history from another run (another best epoch) is refused, naming the command
+    other = h.copy()
+    other.loc[(record["epoch"] + 1) % 4, "val_loss"] = -1.0
+    other.to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(ValueError, match="different runs.*forcerun pretrain"):
+        select_checkpoint(tmp_path / "other.csv", tmp_path / "ckpt", tmp_path / "sel2.json", tmp_path / "enc2")

@@ -119,3 +119,29 @@ def test_ddp_on_cpu_with_two_processes(tmp_path, small_cache_path, config):
     assert rows["epoch"].tolist() == [0]
     assert rows[["train_loss", "val_loss", "grad_norm"]].notna().all().all()
     assert (tmp_path / "ckpt" / "last.ckpt").exists() and (tmp_path / "ckpt" / "best.ckpt").exists()
+
+
+@pytest.mark.parametrize("change", [
+    lambda s, i: s.update(epochs=s["epochs"] + 1),
+    lambda s, i: s.update(sizes={**s["sizes"], "nblocks": 2}),
+    lambda s, i: s.update(lr=s["lr"] * 2),
+    lambda s, i: i.write_bytes(i.read_bytes() + b"\0"),
+], ids=["epochs", "model sizes", "lr", "input content"])
+def test_checkpoints_of_another_identity_are_discarded_with_the_reason(tmp_path, config, change, caplog):
+    import logging
+
+    from cdssl.training import job_identity, prepare_checkpoint_dir
+
+    data = tmp_path / "graphs.pt"
+    data.write_bytes(b"graphs")
+    settings = pretrain_settings(config)
+    ckpt = tmp_path / "ckpt"
+    assert prepare_checkpoint_dir(ckpt, job_identity(settings, {"graphs": data})) is None
+    (ckpt / "last.ckpt").write_bytes(b"x")
+    assert prepare_checkpoint_dir(ckpt, job_identity(settings, {"graphs": data})) == str(ckpt / "last.ckpt")
+    change(settings, data)
+    logging.getLogger("cdssl").propagate = True
+    with caplog.at_level(logging.WARNING, logger="cdssl"):
+        assert prepare_checkpoint_dir(ckpt, job_identity(settings, {"graphs": data})) is None
+    assert not (ckpt / "last.ckpt").exists()
+    assert f"discarding checkpoints in {ckpt}" in caplog.text and "changed:" in caplog.text
