@@ -130,3 +130,17 @@ def test_report_is_generated(tiny_run):
     snakemake(*args, "--report", "report.html", workdir=work)
     html = (work / "report.html").read_text(errors="ignore")
     assert "fig4_finetune.png" in html and "probe.csv" in html
+
+
+def test_rule_scripts_import_the_checkouts_code(tmp_path, monkeypatch):
+    """Snakemake gives scripts a scriptdir of workflow/rules/../scripts; the path must resolve."""
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(ROOT / "workflow" / "scripts"))
+    import _bootstrap
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    smk = SimpleNamespace(scriptdir=str(ROOT / "workflow" / "rules" / ".." / "scripts"), log=[str(tmp_path / "x.log")],
+                          threads=1, rule="probe")
+    _bootstrap.start(smk)
+    assert sys.path[0] == str(ROOT / "src")

@@ -18,10 +18,12 @@ def start(smk):
     if not (src / "cdssl" / "__init__.py").exists():
         raise RuntimeError(f"the checkout's source folder {src} holds no cdssl package")
     sys.path.insert(0, str(src))
+    import cdssl
     from cdssl.utils import set_threads, setup_logging
 
     log = setup_logging(smk.log[0] if smk.log else None)
     set_threads(smk.threads)
+    log.info("cdssl from %s", Path(cdssl.__file__).parent)
     log.info("rule %s on %s, %d thread(s), SLURM job %s", smk.rule, platform.node(), smk.threads, slurm_job_id())
     return log
 
