@@ -153,5 +153,5 @@ def test_pretraining_run_logs_every_epoch_and_selection_exports_for_matgl(tmp_pa
     other = h.copy()
     other.loc[(record["epoch"] + 1) % 4, "val_loss"] = -1.0
     other.to_csv(tmp_path / "other.csv", index=False)
-    with pytest.raises(ValueError, match="different runs.*forcerun pretrain"):
+    with pytest.raises(ValueError, match="different runs.*forcerun"):
         select_checkpoint(tmp_path / "other.csv", tmp_path / "ckpt", tmp_path / "sel2.json", tmp_path / "enc2")

@@ -34,21 +34,20 @@ def snakemake(workdir: Path, *args: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def targets(config: dict) -> list[str]:
-    return [f"results/finetune/labelled/0.5/0/{mode}/metrics.json" for mode in MODES]
+TARGETS = [f"results/finetune/labelled/0.5/0/{mode}/metrics.json" for mode in MODES]
 
 
-def jobs(workdir: Path, config: dict) -> dict[str, int]:
+def jobs(workdir: Path) -> dict[str, int]:
     from test_workflow import job_counts
 
-    return job_counts(snakemake(workdir, "-n", *targets(config)))
+    return job_counts(snakemake(workdir, "-n", *TARGETS))
 
 
 def run(workdir: Path, config: dict) -> dict[str, dict]:
     workdir.mkdir(exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    snakemake(workdir, "--cores", "2", *targets(config))
-    return {mode: json.loads((workdir / t).read_text()) for mode, t in zip(MODES, targets(config))}
+    snakemake(workdir, "--cores", "2", *TARGETS)
+    return {mode: json.loads((workdir / t).read_text()) for mode, t in zip(MODES, TARGETS)}
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +128,7 @@ LABELLED = {"data": 1, "graphs": 1, "finetune": 3}
 ], ids=["new pretraining pool", "re-pretraining", "transform", "edited data file", "epochs", "model sizes"])
 def test_a_change_reruns_exactly_the_affected_jobs(base, tmp_path, change, expected):
     work, config = changed(base, tmp_path, change)
-    assert jobs(work, config) == expected
+    assert jobs(work) == expected
 
 
 def test_skipped_lists_unknown_elements_and_the_site_cap_and_keeps_the_rest(base):
@@ -145,7 +144,7 @@ def test_skipped_lists_unknown_elements_and_the_site_cap_and_keeps_the_rest(base
 
 def test_nothing_to_do_without_a_change(base):
     work, config, _ = base
-    assert jobs(work, config) == {}
+    assert jobs(work) == {}
 
 
 @pytest.mark.parametrize("changes", [
@@ -166,7 +165,7 @@ def test_rerun_after_a_change_equals_a_clean_run(base, tmp_path, changes):
     if _transform in changes:
         # the rerun's predictions are in the new units: raw n, not log10(n)
         raw = {k: v["n"] for k, v in json.loads((work / "labelled.json").read_text()).items()}
-        predictions = pd.read_csv(work / targets(config)[1].replace("metrics.json", "predictions.csv"))
+        predictions = pd.read_csv(work / TARGETS[1].replace("metrics.json", "predictions.csv"))
         assert np.allclose(predictions["target"], [raw[i] for i in predictions["id"]])
 
 

@@ -252,9 +252,8 @@ def run_probes(
     if split["id"].astype(str).tolist() != cache.ids:
         raise ValueError(f"{split_csv} does not list the graphs of {graphs}; rerun pretraining")
     val = np.flatnonzero(split["split"].to_numpy() == "val")
-    limit = max_structures
-    if len(val) > limit:
-        val = np.sort(np.random.default_rng(0).choice(val, limit, replace=False))
+    if len(val) > max_structures:
+        val = np.sort(np.random.default_rng(0).choice(val, max_structures, replace=False))
     targets = {
         "log_density": np.log(cache.data["density"].numpy()[val]),
         "log_volume": np.log(cache.data["volume"].numpy()[val]),

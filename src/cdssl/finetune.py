@@ -20,7 +20,7 @@ from .training import (
     EpochCheckpoint,
     EpochShuffle,
     HistoryModule,
-    best_row,
+    checked_best,
     job_identity,
     make_trainer,
     prepare_checkpoint_dir,
@@ -171,11 +171,8 @@ def run_finetune(
     trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
     write_history(module.history, history_csv)
 
-    best = best_row(module.history, "val_mae")
     state = torch.load(Path(ckpt_dir) / BEST, map_location=module.mean.device, weights_only=False)
-    if state["cdssl_history"][-1]["epoch"] != best["epoch"]:
-        raise RuntimeError(f"{Path(ckpt_dir) / BEST} holds epoch {state['cdssl_history'][-1]['epoch']}, "
-                           f"but the best epoch by validation MAE is {best['epoch']}; delete {ckpt_dir} and rerun")
+    best = checked_best(module.history, state["cdssl_history"], "val_mae", Path(ckpt_dir) / BEST)
     module.load_state_dict(state["state_dict"])
     pred = predict_all(module, cache, test, batch_size)
     truth = y[test]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .training import BEST, best_row
+from .training import BEST, checked_best
 from .utils import LOG, write_json
 
 
@@ -25,18 +25,12 @@ def select_checkpoint(
     history = pd.read_csv(history_csv)
     if history.empty:
         raise ValueError(f"{history_csv} has no epochs")
-    best = best_row(history.to_dict("records"), "val_loss")
-    epoch = int(best["epoch"])
     ckpt = Path(ckpt_dir) / BEST
     if not ckpt.exists():
         raise FileNotFoundError(f"{ckpt} is missing; rerun pretraining (snakemake --forcerun pretrain ...)")
     module = DenoisingModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
-    kept = int(module.history[-1]["epoch"])
-    if kept != epoch:
-        raise ValueError(
-            f"{ckpt} holds epoch {kept} but the lowest validation loss in {history_csv} is at epoch {epoch}: "
-            f"they come from different runs; rerun pretraining (snakemake --forcerun pretrain ...)"
-        )
+    best = checked_best(history.to_dict("records"), module.history, "val_loss", ckpt)
+    epoch = int(best["epoch"])
     encoder_dir = Path(encoder_dir)
     if encoder_dir.exists():
         shutil.rmtree(encoder_dir)

@@ -106,6 +106,19 @@ def best_row(history: list[dict[str, float]], monitor: str) -> dict[str, float]:
     return min(finite, key=lambda row: row[monitor])  # min keeps the first of equal values
 
 
+def checked_best(history: list[dict[str, float]], kept: list[dict[str, float]], monitor: str, ckpt: Path | str) -> dict:
+    """The best row of ``history``, after checking that checkpoint ``ckpt`` (whose own
+    history is ``kept``) holds that very epoch; files of two different runs stop here."""
+    best = best_row(history, monitor)
+    if int(kept[-1]["epoch"]) != int(best["epoch"]):
+        raise ValueError(
+            f"{ckpt} holds epoch {kept[-1]['epoch']} but the lowest {monitor} of the history is at epoch "
+            f"{best['epoch']}: they come from different runs; delete {Path(ckpt).parent} and rerun the job "
+            f"(snakemake --forcerun <rule> ...)"
+        )
+    return best
+
+
 def write_history(rows: list[dict], path: str | Path) -> None:
     with atomic_path(path, suffix=".csv") as tmp:
         with open(tmp, "w", newline="") as fh:
