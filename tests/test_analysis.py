@@ -7,7 +7,17 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from cdssl.analysis import cell_table, figure3, figure4, paired_test, ridge_probe, summarise, write_aggregates
+from cdssl.analysis import (
+    bootstrap_mean,
+    cell_table,
+    figure3,
+    figure4,
+    paired_test,
+    ridge_probe,
+    summarise,
+    summary_lines,
+    write_aggregates,
+)
 
 
 def _jobs():
@@ -22,7 +32,8 @@ def _jobs():
     for (dataset, fraction, mode), maes in values.items():
         for seed, mae in enumerate(maes):
             rows.append({"dataset": dataset, "fraction": fraction, "seed": seed, "mode": mode,
-                         "test_mae": mae, "units": "eV"})
+                         "test_mae": mae, "units": "eV", "test_mae_mean_predictor": 10.0 + seed,
+                         "test_mae_composition": 8.0})
     return pd.DataFrame(rows)
 
 
@@ -46,10 +57,48 @@ def test_paired_wilcoxon_matches_scipy_and_summary_counts():
     assert result["ssl_lower_pairs"] == int((ssl < sl).sum())
     summary = summarise(jobs, cell_table(jobs))
     comp = summary["comparisons"]["ssl_vs_sl"]
-    assert comp["ssl_wins"] == 2 and comp["cells"] == 4
+    assert comp["ssl_wins"] == 2 and comp["cells_counted"] == 4 and comp["cells_excluded"] == 0
     assert comp["wins_per_dataset"] == {"A": 2, "B": 0}
     # dataset A: SSL lower in all 6 pairs -> exact two-sided p = 2 / 2**6
-    assert comp["per_dataset"]["A"]["p_value"] == pytest.approx(2 / 64)
+    assert comp["pairs"]["p_value"] == pytest.approx(ref.pvalue)
+    # on cell means: differences -1, -0.9, +1.5, 0 -> the zero is dropped (wilcox)
+    cell = comp["cell_means"]
+    assert cell["n"] == 4 and cell["mean"] == pytest.approx((-1 - 0.9 + 1.5 + 0) / 4)
+    assert cell["p_value"] == pytest.approx(stats.wilcoxon([-1, -0.9, 1.5]).pvalue)
+    assert summary["comparisons"]["ssl_vs_mean_predictor"]["cell_means"]["mean"] < 0
+    assert any("ssl_vs_sl:" in line for line in summary_lines(summary))
+
+
+def test_a_cell_whose_model_predicts_a_constant_is_flagged_and_not_counted():
+    jobs = _jobs()
+    # at (B, 0.1) SL scores what the mean predictor scores (a constant answer), and SSL
+    # is worse still: the cell is flagged for both and leaves the SSL-vs-SL count
+    at = (jobs["dataset"] == "B") & (jobs["fraction"] == 0.1)
+    jobs.loc[at, "test_mae_mean_predictor"] = jobs.loc[at & (jobs["mode"] == "sl"), "test_mae"].to_numpy().repeat(2)
+    # at (A, 0.2) SSL wins but SL equals the mean predictor: a "win" over a constant
+    at = (jobs["dataset"] == "A") & (jobs["fraction"] == 0.2)
+    jobs.loc[at, "test_mae_mean_predictor"] = 1.5
+    cells = cell_table(jobs).set_index(["dataset", "fraction"])
+    assert not cells.loc[("B", 0.1), "beats_mean_sl"] and not cells.loc[("B", 0.1), "beats_mean_ssl"]
+    assert cells.loc[("A", 0.2), "beats_mean_ssl"] and not cells.loc[("A", 0.2), "beats_mean_sl"]
+    assert cells.loc[("A", 0.2), "flagged"] == "sl not below the mean predictor"
+    comp = summarise(jobs, cells.reset_index())["comparisons"]["ssl_vs_sl"]
+    assert comp["paper_count"] == {"ssl_wins": 2, "cells": 4}
+    assert comp["ssl_wins"] == 1 and comp["cells_counted"] == 2 and comp["cells_excluded"] == 2
+    assert sorted(comp["excluded"]) == ["A 0.2", "B 0.1"]
+
+
+def test_the_bootstrap_interval_covers_a_known_difference():
+    rng = np.random.default_rng(1)
+    covered = 0
+    for trial in range(200):
+        diffs = -0.3 + rng.normal(size=25)
+        ci = bootstrap_mean(diffs, n_boot=2000, seed=trial)
+        covered += ci["ci_low"] <= -0.3 <= ci["ci_high"]
+        assert ci["ci_low"] < ci["mean"] < ci["ci_high"]
+    # a 95% interval covers the true mean in about 95% of samples (binomial sd ~1.5%)
+    assert 0.89 <= covered / 200 <= 0.99
+    assert bootstrap_mean(np.full(10, 0.5))["ci_low"] == bootstrap_mean(np.full(10, 0.5))["ci_high"] == 0.5
 
 
 def test_identical_modes_give_no_p_value():

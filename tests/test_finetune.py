@@ -94,3 +94,43 @@ def test_cli_finetunes_a_user_csv(tmp_path, small_table, root):
     predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
     assert len(predictions) == metrics["n_test"] == 8
     assert set(predictions["id"]) <= set(small_table["id"])
+
+
+def _cell(tmp_path, cache, config, name):
+    d = tmp_path / name
+    return run_finetune(cache, dataset="dielectric", fraction=0.5, seed=0, mode="sl",
+                        **finetune_settings(config, "dielectric", "sl"), metrics_json=d / "m.json",
+                        predictions_csv=d / "p.csv", history_csv=d / "h.csv", ckpt_dir=d / "ckpt")
+
+
+def test_early_stopping_stops_records_why_and_a_rerun_does_not_train_on(tmp_path, small_cache_path, config):
+    import pandas as pd
+
+    config["finetune"].update(epochs=40, batch_size=8, lr=3e-2, patience=2, min_steps=0)
+    m = _cell(tmp_path, small_cache_path, config, "early")
+    h = pd.read_csv(tmp_path / "early" / "h.csv")
+    assert m["last_epoch"] < 39 and m["stop"].startswith("early stop: no lower val_mae for 2 epochs")
+    assert m["last_epoch"] - m["best_epoch"] == 2 and h["stop"].fillna("").tolist()[:-1] == [""] * m["last_epoch"]
+    assert h["stop"].iloc[-1] == m["stop"] and h["steps"].iloc[-1] == m["optimizer_steps"] == 3 * (m["last_epoch"] + 1)
+    # the same job again resumes its last checkpoint, sees the stop, and trains no further
+    again = _cell(tmp_path, small_cache_path, config, "early")
+    assert len(pd.read_csv(tmp_path / "early" / "h.csv")) == len(h) and again["test_mae"] == m["test_mae"]
+    # min_steps holds the stop back: 40 epochs x 3 steps is the least that satisfies it
+    config["finetune"].update(epochs=6, min_steps=10_000)
+    held = _cell(tmp_path, small_cache_path, config, "held")
+    assert held["last_epoch"] == 5 and held["stop"] == "max epochs (6) reached"
+
+
+def test_metrics_carry_the_trivial_baselines_of_the_same_test_set(tmp_path, small_cache_path, config):
+    import pandas as pd
+
+    from cdssl.graphs import GraphCache
+
+    config["finetune"].update(epochs=1, batch_size=8)
+    m = _cell(tmp_path, small_cache_path, config, "b")
+    y = GraphCache.load(small_cache_path).targets.numpy()
+    train, val, test = finetune_split(len(y), 0, 0.5, 0.2, 0.1)
+    assert m["test_mae_mean_predictor"] == pytest.approx(np.abs(y[test] - y[train].mean()).mean())
+    p = pd.read_csv(tmp_path / "b" / "p.csv")
+    assert np.allclose(p["target"], y[test])
+    assert 0 < m["test_mae_composition"] < 2 * m["test_mae_mean_predictor"]

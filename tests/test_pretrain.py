@@ -13,6 +13,8 @@ from cdssl.pretrain import (
     DenoisingModule,
     denoising_target,
     edge_lengths,
+    lookup_references,
+    lookup_share,
     loaders,
     no_learning_reference,
     perturb,
@@ -104,8 +106,41 @@ def test_no_learning_reference_uses_the_validation_noise(cache, test_config):
                                                               batch.num_graphs)
     for i, batch in enumerate(val_dl):
         module.validation_step(batch, i)
-    row = module.epoch_row({k: float(v) for k, v in module._sums.items()})
+    row = module.epoch_row(module._reduced())
     assert row["val_loss"] == pytest.approx(ref["val_loss_noisy_distances"], rel=1e-5)
+
+
+def test_lookup_references_recover_a_known_mapping(cache):
+    train, val = pretrain_split(len(cache), 0.2, 0)
+    train_dl, val_dl = loaders(cache, train, val, 8, 0)
+    # without noise the standardised noisy length is the target itself: a lookup per
+    # 0.1-wide bin recovers it to within its bin (tails past +-4 are rare)
+    exact = lookup_references(train_dl, val_dl, 0.0, 0)
+    assert exact["val_loss_lookup_noisy_length"] < 0.1**2 / 4
+    assert exact["val_loss_lookup_element_pair"] < 0.1**2 / 4
+    shaken = lookup_references(train_dl, val_dl, 0.5, 0)
+    noisy = no_learning_reference(val_dl, 0.5, 0)["val_loss_noisy_distances"]
+    # on real noise both tables beat reading the noisy length as is (they undo its
+    # shrinkage towards the mean), as on the demo pool
+    assert shaken["val_loss_lookup_element_pair"] < noisy
+    assert shaken["val_loss_lookup_noisy_length"] < noisy
+
+
+def test_lookup_share_is_one_for_a_copy_of_the_input_and_zero_for_noise():
+    gen = torch.Generator().manual_seed(0)
+    noisy = torch.randn(20000, generator=gen)
+    bins = torch.bucketize(noisy, torch.linspace(-4.0, 4.0, 81))
+
+    def share(pred):
+        zeros = torch.zeros(82, dtype=torch.float64)
+        p = pred.double()
+        sums = {"bin_n": zeros.index_add(0, bins, torch.ones_like(p)), "bin_s": zeros.index_add(0, bins, p),
+                "bin_ss": zeros.index_add(0, bins, p * p)}
+        return lookup_share(sums)
+
+    assert share(noisy) > 0.99
+    assert share(torch.randn(20000, generator=gen)) < 0.02
+    assert 0.3 < share(noisy + torch.randn(20000, generator=gen)) < 0.7
 
 
 def test_measuring_the_reference_leaves_training_unchanged(tmp_path, small_cache_path, config):
@@ -138,6 +173,8 @@ def test_pretraining_run_logs_every_epoch_and_selection_exports_for_matgl(tmp_pa
     h = pd.read_csv(tmp_path / "h.csv")
     reference = json.loads((tmp_path / "ref.json").read_text())
     assert reference["sigma"] == 0.5 and 0 < reference["val_loss_noisy_distances"] < reference["val_loss_zeros"]
+    assert reference["val_loss_lookup_element_pair"] < reference["val_loss_noisy_distances"]
+    assert h["val_output_share_lookup"].between(0, 1).all()
     assert h["epoch"].tolist() == [0, 1, 2, 3]
     assert {"train_loss", "train_mae", "val_loss", "val_mae", "grad_norm"} <= set(h.columns)
     assert (h["grad_norm"] > 0).all()

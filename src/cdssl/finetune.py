@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .baselines import composition_mae, mean_predictor_mae
 from .config import megnet_sizes
 from .graphs import GraphBatch, GraphCache
 from .models import build_megnet, predict, reset_readout
@@ -132,6 +133,8 @@ def run_finetune(
     test_fraction: float,
     val_fraction: float,
     metrics_json: str | Path,
+    patience: int | None = None,
+    min_steps: int = 0,
     predictions_csv: str | Path,
     history_csv: str | Path,
     ckpt_dir: str | Path,
@@ -147,7 +150,7 @@ def run_finetune(
     """
     settings = dict(dataset=dataset, fraction=fraction, seed=seed, mode=mode, sizes=sizes, cutoff=cutoff,
                     epochs=epochs, batch_size=batch_size, lr=lr, test_fraction=test_fraction,
-                    val_fraction=val_fraction)
+                    val_fraction=val_fraction, patience=patience, min_steps=min_steps)
     start = time.monotonic()
     L.seed_everything(seed, workers=True, verbose=False)
     cache = GraphCache.load(graphs, cutoff)
@@ -167,7 +170,7 @@ def run_finetune(
     train_dl = DataLoader(train_list, batch_size=batch_size, sampler=EpochShuffle(train_list, seed),
                           collate_fn=cache.collate)
     val_dl = DataLoader(val.tolist(), batch_size=batch_size, collate_fn=cache.collate)
-    trainer = make_trainer(epochs, accelerator, [EpochCheckpoint(ckpt_dir, "val_mae")])
+    trainer = make_trainer(epochs, accelerator, [EpochCheckpoint(ckpt_dir, "val_mae", patience, min_steps)])
     trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
     write_history(module.history, history_csv)
 
@@ -188,6 +191,13 @@ def run_finetune(
         "val_mae": float(best["val_mae"]),
         "best_epoch": int(best["epoch"]),
         "epochs": int(epochs),
+        "last_epoch": int(module.history[-1]["epoch"]),
+        "optimizer_steps": int(module.history[-1]["steps"]),
+        "stop": module.history[-1]["stop"],
+        # the same test set, answered without learning from structure (cdssl.baselines)
+        "test_mae_mean_predictor": mean_predictor_mae(y, train, test),
+        "test_mae_composition": composition_mae(cache, y, train, val, test),
+        "prediction_std": float(pred.std()),
         "units": units,
         "wall_seconds": time.monotonic() - start,
         "device": str(trainer.strategy.root_device),

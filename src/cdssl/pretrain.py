@@ -86,6 +86,85 @@ def no_learning_reference(val_loader: DataLoader, sigma: float, val_seed: int) -
     return {"val_loss_noisy_distances": se_noisy / n, "val_loss_zeros": se_zero / n, "sigma": sigma, "n_edges": int(n)}
 
 
+# Bins of the per-graph-standardised noisy length, for the lookup references and for the
+# share of the network's output a lookup explains: 0.1 wide over [-4, 4], plus two tails.
+LOOKUP_EDGES = torch.linspace(-4.0, 4.0, 81)
+
+
+def lookup_bin(noisy: torch.Tensor) -> torch.Tensor:
+    return torch.bucketize(noisy, LOOKUP_EDGES.to(noisy.device, noisy.dtype))
+
+
+def pair_key(batch: GraphBatch, n_types: int = 128) -> torch.Tensor:
+    """Each edge's unordered element pair as one integer."""
+    src, dst = batch.edge_index
+    a, b = batch.node_type[src].long(), batch.node_type[dst].long()
+    return torch.minimum(a, b) * n_types + torch.maximum(a, b)
+
+
+def _noisy_standardised(batch: GraphBatch, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    shaken = perturb(batch.pos, sigma, generator)
+    return standardise_per_graph(edge_lengths(shaken, batch), batch.edge_batch, batch.num_graphs)
+
+
+def lookup_references(
+    train_loader: DataLoader, val_loader: DataLoader, sigma: float, seed: int
+) -> dict[str, float]:
+    """Validation loss of two lookup tables fitted on the training split: the mean target
+    per bin of the standardised noisy length, and the same per element pair (a pair or
+    bin never seen in training falls back to the first table, an unseen bin to its centre). What a network must beat
+    to have learned more than "read the noisy length, correct its average bias".
+
+    The training noise is one draw per training graph (generator keyed by the seed and
+    batch, independent of the training run's own draws); the validation noise is the
+    very noise the network's validation loss uses.
+    """
+    nb = len(LOOKUP_EDGES) + 1
+    s_bin, n_bin = torch.zeros(nb, dtype=torch.float64), torch.zeros(nb, dtype=torch.float64)
+    pair_sums: dict[int, torch.Tensor] = {}
+    for batch_idx, batch in enumerate(train_loader):
+        target = denoising_target(batch).double()
+        bins = lookup_bin(_noisy_standardised(batch, sigma, step_generator(batch.pos.device, seed, -1, batch_idx)))
+        s_bin.index_add_(0, bins, target)
+        n_bin.index_add_(0, bins, torch.ones_like(target))
+        keys = pair_key(batch) * nb + bins
+        uniq, inverse = torch.unique(keys, return_inverse=True)
+        sums = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, target)
+        counts = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(target))
+        for k, sv, cv in zip(uniq.tolist(), sums.tolist(), counts.tolist()):
+            acc = pair_sums.setdefault(k, torch.zeros(2, dtype=torch.float64))
+            acc += torch.tensor([sv, cv], dtype=torch.float64)
+    # a bin no training edge fell in answers its own centre: the noisy length as read
+    edges = LOOKUP_EDGES.double()
+    centres = torch.cat([edges[:1] - 0.05, (edges[1:] + edges[:-1]) / 2, edges[-1:] + 0.05])
+    by_bin = torch.where(n_bin > 0, s_bin / n_bin.clamp(min=1), centres)
+    by_pair = {k: float(v[0] / v[1]) for k, v in pair_sums.items()}
+    se_bin = se_pair = n = 0.0
+    for batch_idx, batch in enumerate(val_loader):
+        target = denoising_target(batch).double()
+        bins = lookup_bin(_noisy_standardised(batch, sigma, validation_generator(batch.pos.device, seed, batch_idx)))
+        pred_bin = by_bin[bins]
+        keys = (pair_key(batch) * nb + bins).tolist()
+        pred_pair = torch.tensor([by_pair.get(k, float("nan")) for k in keys], dtype=torch.float64)
+        pred_pair = torch.where(pred_pair.isnan(), pred_bin, pred_pair)
+        se_bin += float(((pred_bin - target) ** 2).sum())
+        se_pair += float(((pred_pair - target) ** 2).sum())
+        n += target.numel()
+    return {"val_loss_lookup_noisy_length": se_bin / n, "val_loss_lookup_element_pair": se_pair / n}
+
+
+def lookup_share(s: dict) -> float:
+    """Share of the variance of the network's validation outputs that their mean per bin
+    of the noisy length explains (between-bin / total sum of squares): near 1, the
+    encoder does little more than copy its input."""
+    if "bin_n" not in s:
+        return float("nan")
+    n, s1, s2 = (torch.as_tensor(s[k], dtype=torch.float64) for k in ("bin_n", "bin_s", "bin_ss"))
+    total = float(s2.sum() - s1.sum() ** 2 / n.sum())
+    within = float((s2 - torch.where(n > 0, s1**2 / n.clamp(min=1), torch.zeros_like(s1))).sum())
+    return 1.0 - within / total if total > 0 else float("nan")
+
+
 class DenoisingModule(HistoryModule):
     """MEGNet encoder + a linear head on the last block's edge features."""
 
@@ -97,6 +176,9 @@ class DenoisingModule(HistoryModule):
         lr: float,
         val_seed: int = 0,
         history_csv: str | None = None,
+        lr_schedule: str = "constant",
+        lr_min_factor: float = 0.01,
+        max_epochs: int = 1,
     ):
         super().__init__(history_csv)
         self.save_hyperparameters(ignore=["history_csv"])
@@ -111,6 +193,9 @@ class DenoisingModule(HistoryModule):
         self.sigma = sigma
         self.lr = lr
         self.val_seed = val_seed
+        self.lr_schedule = lr_schedule
+        self.lr_min_factor = lr_min_factor
+        self.max_epochs = max_epochs
 
     def forward(self, batch: GraphBatch, pos: torch.Tensor) -> torch.Tensor:
         _, edge, _ = encode(self.model, batch, pos)
@@ -132,12 +217,23 @@ class DenoisingModule(HistoryModule):
         return loss
 
     def validation_step(self, batch: GraphBatch, batch_idx: int) -> None:
-        pred, target = self._step(batch, validation_generator(batch.pos.device, self.val_seed, batch_idx))
+        target = denoising_target(batch)
+        shaken = perturb(batch.pos, self.sigma, validation_generator(batch.pos.device, self.val_seed, batch_idx))
+        pred = self(batch, shaken)
         err = pred - target
         n = torch.tensor(float(target.numel()), device=pred.device)
         # one validation loss, per edge over the whole split: the history column that both
         # the best-checkpoint rule and the selection read
         self.accumulate(val_se=(err**2).sum(), val_ae=err.abs().sum(), n_val=n)
+        # per bin of the noisy length: how much of the output a lookup of it explains
+        bins = lookup_bin(standardise_per_graph(edge_lengths(shaken, batch), batch.edge_batch, batch.num_graphs))
+        p = pred.detach().double()
+        zeros = torch.zeros(len(LOOKUP_EDGES) + 1, dtype=torch.float64, device=p.device)
+        self.accumulate(
+            bin_n=zeros.index_add(0, bins, torch.ones_like(p)),
+            bin_s=zeros.index_add(0, bins, p),
+            bin_ss=zeros.index_add(0, bins, p * p),
+        )
 
     def epoch_row(self, s: dict[str, float]) -> dict[str, float]:
         return {
@@ -145,11 +241,20 @@ class DenoisingModule(HistoryModule):
             "train_mae": self.ratio(s, "train_ae", "n_train"),
             "val_loss": self.ratio(s, "val_se", "n_val"),
             "val_mae": self.ratio(s, "val_ae", "n_val"),
+            "val_output_share_lookup": lookup_share(s),
             "grad_norm": self.ratio(s, "grad_norm", "n_grad"),
         }
 
     def configure_optimizers(self):
-        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
+        optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
+        if self.lr_schedule == "constant":
+            return optimizer
+        # cosine decay to lr * lr_min_factor over the configured epochs, stepped per epoch;
+        # Lightning keeps the scheduler's state in every checkpoint, so a resume continues it
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, self.max_epochs), eta_min=self.lr * self.lr_min_factor
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
 
 def pretrain_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -182,6 +287,8 @@ def run_pretraining(
     split_csv: str | Path,
     ckpt_dir: str | Path,
     reference_json: str | Path | None = None,
+    lr_schedule: str = "constant",
+    lr_min_factor: float = 0.01,
     devices: int = 1,
     strategy: str = "auto",
     accelerator: str = "auto",
@@ -193,22 +300,27 @@ def run_pretraining(
     ``reference_json`` receives :func:`no_learning_reference` on the validation split.
     """
     settings = dict(sizes=sizes, cutoff=cutoff, sigma=sigma, epochs=epochs, batch_size=batch_size, lr=lr,
-                    val_fraction=val_fraction, seed=seed, devices=devices, strategy=strategy)
+                    val_fraction=val_fraction, seed=seed, devices=devices, strategy=strategy,
+                    lr_schedule=lr_schedule, lr_min_factor=lr_min_factor)
     L.seed_everything(seed, workers=True, verbose=False)
     cache = GraphCache.load(graphs, cutoff)
     train, val = pretrain_split(len(cache), val_fraction, seed)
     LOG.info("pretraining on %d graphs, validating on %d (seed %d)", len(train), len(val), seed)
     write_split(cache, train, val, split_csv)
     resume = prepare_checkpoint_dir(ckpt_dir, job_identity(settings, {"graphs": graphs}))
-    module = DenoisingModule(megnet_sizes(sizes), cutoff, sigma, lr, seed, str(history_csv))
+    module = DenoisingModule(megnet_sizes(sizes), cutoff, sigma, lr, seed, str(history_csv),
+                             lr_schedule=lr_schedule, lr_min_factor=lr_min_factor, max_epochs=epochs)
     train_dl, val_dl = loaders(cache, train, val, batch_size, seed)
     if reference_json is not None:
         # a DataLoader iterator draws its base seed from the global generator: fork_rng
         # keeps measuring the reference from touching anything training reads
         with torch.random.fork_rng(devices=[]):
             reference = no_learning_reference(val_dl, sigma, seed)
-        LOG.info("validation loss without learning: noisy distances %.4f, zeros %.4f",
-                 reference["val_loss_noisy_distances"], reference["val_loss_zeros"])
+            reference.update(lookup_references(train_dl, val_dl, sigma, seed))
+        LOG.info("validation loss without learning: noisy distances %.4f, zeros %.4f, lookup of the noisy "
+                 "length %.4f, per element pair %.4f", reference["val_loss_noisy_distances"],
+                 reference["val_loss_zeros"], reference["val_loss_lookup_noisy_length"],
+                 reference["val_loss_lookup_element_pair"])
         write_json(reference, reference_json)
     trainer = make_trainer(epochs, accelerator, [EpochCheckpoint(ckpt_dir, "val_loss")],
                            devices=devices, strategy=strategy)

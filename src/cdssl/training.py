@@ -54,15 +54,15 @@ class HistoryModule(L.LightningModule):
     def accumulate(self, **values: torch.Tensor) -> None:
         """Add (sum, count) style values; the caller passes sums, ``n_*`` keys are counts."""
         for key, value in values.items():
-            value = value.detach().double().reshape(())
+            value = value.detach().double()
             self._sums[key] = self._sums.get(key, torch.zeros((), dtype=torch.float64, device=value.device)) + value
 
     def _reduced(self) -> dict[str, float]:
         out = {}
         for key, value in self._sums.items():
-            if self.trainer is not None and self.trainer.world_size > 1:
+            if self._trainer is not None and self.trainer.world_size > 1:
                 value = self.trainer.strategy.reduce(value, reduce_op="sum")
-            out[key] = float(value)
+            out[key] = float(value) if value.numel() == 1 else value.cpu()
         return out
 
     def on_train_epoch_start(self) -> None:
@@ -122,7 +122,8 @@ def checked_best(history: list[dict[str, float]], kept: list[dict[str, float]], 
 def write_history(rows: list[dict], path: str | Path) -> None:
     with atomic_path(path, suffix=".csv") as tmp:
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            fields = list(dict.fromkeys(key for row in rows for key in row))  # every key, first-seen order
+            writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
 
@@ -225,22 +226,52 @@ def prepare_checkpoint_dir(ckpt_dir: str | Path, identity: dict[str, Any]) -> st
 
 
 class EpochCheckpoint(Checkpoint):
-    """``best.ckpt`` when the history's ``monitor`` improves, then ``last.ckpt``, every epoch.
+    """``best.ckpt`` when the history's ``monitor`` improves, then ``last.ckpt``, every epoch;
+    and, with ``patience``, early stopping.
 
     A Checkpoint subclass, so Lightning runs it after the module's on_train_epoch_end
     has appended the epoch's history row. "Best" is decided from that row with
     :func:`best_row`, the same rule checkpoint selection applies to history.csv. best is
     written before last: a kill between the two leaves last one epoch behind, and the
     redone epoch rewrites best with the same bytes.
+
+    Each row also gets ``steps`` (optimizer steps so far) and ``stop``: empty while
+    training goes on, else why it ended. The stop is decided from the history alone
+    (``patience`` epochs without a new best, once at least ``min_steps`` optimizer steps
+    were taken), so a run resumed from its last checkpoint stops where an uninterrupted
+    one does, and one resumed after it stopped does not train on.
     """
 
-    def __init__(self, dirpath: str | Path, monitor: str):
+    def __init__(self, dirpath: str | Path, monitor: str, patience: int | None = None, min_steps: int = 0):
         super().__init__()
         self.dirpath = Path(dirpath)
         self.monitor = monitor
+        self.patience = patience
+        self.min_steps = min_steps
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: HistoryModule) -> None:
+        if pl_module.history and pl_module.history[-1].get("stop"):
+            trainer.should_stop = True
+
+    def stop_reason(self, trainer: L.Trainer, history: list[dict]) -> str:
+        epoch = int(history[-1]["epoch"])
+        best = int(best_row(history, self.monitor)["epoch"]) if any(
+            math.isfinite(r[self.monitor]) for r in history) else -1
+        if self.patience is not None and epoch - best >= self.patience and trainer.global_step >= self.min_steps:
+            return f"early stop: no lower {self.monitor} for {self.patience} epochs (best epoch {best})"
+        if epoch + 1 >= trainer.max_epochs:
+            return f"max epochs ({trainer.max_epochs}) reached"
+        return ""
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: HistoryModule) -> None:
         row = pl_module.history[-1]
+        row["steps"] = trainer.global_step
+        row["stop"] = self.stop_reason(trainer, pl_module.history)
+        if row["stop"]:
+            trainer.should_stop = True
+            LOG.info("epoch %d: %s", row["epoch"], row["stop"])
+        if trainer.is_global_zero and pl_module.history_csv:
+            write_history(pl_module.history, pl_module.history_csv)
         if math.isfinite(row[self.monitor]) and best_row(pl_module.history, self.monitor) is row:
             self._save(trainer, BEST)
         self._save(trainer, LAST)
