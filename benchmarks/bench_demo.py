@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +38,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cores", type=int, default=os.cpu_count())
     ap.add_argument("--results", default="results/bench-demo", help="results_dir; emptied first")
+    ap.add_argument("--shares-only", action="store_true", help="only print the time shares of a finished run")
     args = ap.parse_args()
     results = ROOT / args.results
+    if args.shares_only:
+        print_time_shares(results)
+        return
     shutil.rmtree(results, ignore_errors=True)
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--configfile", "config/demo.yaml",
            "--config", f"results_dir={args.results}"]
@@ -63,6 +68,39 @@ def main() -> None:
     print(f"{'wall time (min)':<36} {wall / 60:>10.1f} {20:>10} {wall / 60 / 20:>7.2f}")
     print(f"{'peak RSS, all processes (GB)':<36} {peak_total / 1e9:>10.2f} {4:>10} {peak_total / 1e9 / 4:>7.2f}")
     print(f"{'peak RSS, largest process (GB)':<36} {peak_single / 1e9:>10.2f}")
+    print()
+    print_time_shares(results)
+
+
+def time_shares(results: Path) -> pd.DataFrame:
+    """Per rule: jobs, their summed CPU seconds (Snakemake's benchmark files), and the
+    seconds their training epochs took (history.csv's epoch_seconds: training and
+    validation steps); the rest of a training job is start-up, data loading, the
+    baselines and the test predictions."""
+    rows = []
+    for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
+        rel = tsv.relative_to(results / "benchmarks")
+        rule = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        rows.append({"rule": rule, "cpu_s": float(pd.read_csv(tsv, sep="\t")["cpu_time"].iloc[0]), "jobs": 1})
+    jobs = pd.DataFrame(rows).groupby("rule").sum()
+    jobs["epoch_s"] = 0.0
+    histories = {"pretrain": [results / "pretrain" / "history.csv"],
+                 "finetune": sorted((results / "finetune").rglob("history.csv"))}
+    for rule, files in histories.items():
+        if rule in jobs.index:
+            jobs.loc[rule, "epoch_s"] = sum(pd.read_csv(f)["epoch_seconds"].sum() for f in files if f.exists())
+    return jobs
+
+
+def print_time_shares(results: Path) -> None:
+    jobs = time_shares(results)
+    total = jobs["cpu_s"].sum()
+    print(f"{'rule':<20} {'jobs':>5} {'CPU s':>9} {'share':>7} {'in epochs s':>12}")
+    for rule, row in jobs.sort_values("cpu_s", ascending=False).iterrows():
+        print(f"{rule:<20} {int(row['jobs']):>5} {row['cpu_s']:>9.0f} {row['cpu_s'] / total:>7.1%} {row['epoch_s']:>12.0f}")
+    epochs = jobs["epoch_s"].sum()
+    print(f"share of the jobs' CPU time spent in training epochs (training + validation steps): "
+          f"{epochs / total:.1%} of {total:.0f} s")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ from cdssl.analysis import (
     figure3,
     figure4,
     paired_test,
-    ridge_probe,
     summarise,
     summary_lines,
     write_aggregates,
 )
+from cdssl.probes import repeated_probe, ridge_probe
 
 
 def _jobs():
@@ -135,3 +135,42 @@ def test_figures_are_written(tmp_path):
     figure3(tmp_path / "h.csv", tmp_path / "sel.json", tmp_path / "ref.json", tmp_path / "fig3.png")
     for png in (tmp_path / "fig4.png", tmp_path / "fig4" / "A.png", tmp_path / "fig3.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_repeated_probe_reports_the_spread_over_splits():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(150, 5))
+    y = z[:, 0] + rng.normal(size=150)
+    out = repeated_probe(z, y, 20)
+    single = [ridge_probe(z, y, seed)["r2"] for seed in range(20)]
+    assert out["r2_mean"] == pytest.approx(np.mean(single)) and out["r2_sd"] == pytest.approx(np.std(single, ddof=1))
+    assert out["r2_min"] < out["r2_mean"] < out["r2_max"] and out["r2_sd"] > 0.01 and out["repeats"] == 20
+
+
+def test_probes_use_unseen_crystals_and_put_composition_beside_the_encoders(tmp_path, small_cache_path, test_config):
+    import torch
+
+    from cdssl.config import model_kwargs
+    from cdssl.graphs import GraphCache
+    from cdssl.models import build_megnet
+    from cdssl.probes import probe_structures, run_probes
+
+    cache = GraphCache.load(small_cache_path)
+    split = pd.DataFrame({"id": cache.ids, "split": ["train"] * 30 + ["val"] * 10})
+    split.to_csv(tmp_path / "split.csv", index=False)
+    # the validation split, then every crystal of the other caches, capped with seed 0
+    parts = probe_structures(small_cache_path, tmp_path / "split.csv", [small_cache_path], 5.0, 10_000)
+    assert [len(idx) for _, idx in parts] == [10, 40] and parts[0][1].tolist() == list(range(30, 40))
+    assert sum(len(idx) for _, idx in probe_structures(small_cache_path, tmp_path / "split.csv",
+                                                         [small_cache_path], 5.0, 25)) == 25
+    torch.manual_seed(0)
+    build_megnet(model_kwargs(test_config, "ssl"), 5.0).save(tmp_path / "enc")
+    table = run_probes(tmp_path / "enc", small_cache_path, tmp_path / "split.csv", [small_cache_path],
+                       sizes=test_config["models"]["large"], cutoff=5.0, max_structures=10_000, repeats=3,
+                       probe_csv=tmp_path / "probe.csv", embeddings_npz=tmp_path / "z.npz")
+    assert set(table["features"]) == {"pretrained", "random_init", "element_fractions", "element_fractions+atoms"}
+    assert (table["n_structures"] == 50).all() and (table["repeats"] == 3).all()
+    # volume grows with the atom count: the composition + atoms row must see it
+    vol = table.set_index(["features", "target"])["r2_mean"]
+    assert vol[("element_fractions+atoms", "log_volume")] > vol[("element_fractions", "log_volume")]
+    assert np.load(tmp_path / "z.npz")["z"].shape[0] == 50

@@ -1,4 +1,4 @@
-"""Analysis: aggregate the grid, test SSL against the baselines, draw Figures 3-5, run probes."""
+"""Analysis: aggregate the grid, test SSL against the baselines and the trivial answers, draw Figures 3-5."""
 
 from __future__ import annotations
 
@@ -312,85 +312,6 @@ def figure4(cells_csv, modes: list[str], out_png, per_dataset_dir) -> list[Path]
     return written
 
 
-# ---------------------------------------------------------------- probes
-
-
-PAPER_R2 = {"log_density": 0.703, "log_volume": 0.756}
-
-
-def embeddings(model, cache, indices: np.ndarray, batch_size: int = 256):
-    """z = concat(mean over nodes, mean over edges, state) of the last MEGNet block."""
-    import torch
-    from torch_geometric.utils import scatter
-
-    from .models import encode
-
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(indices), batch_size):
-            batch = cache.collate(indices[start : start + batch_size].tolist())
-            node, edge, state = encode(model, batch)
-            n = scatter(node, batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean")
-            e = scatter(edge, batch.edge_batch, dim=0, dim_size=batch.num_graphs, reduce="mean")
-            out.append(torch.cat([n, e, state.reshape(batch.num_graphs, -1)], dim=1).numpy())
-    return np.concatenate(out)
-
-
-def ridge_probe(z: np.ndarray, y: np.ndarray, seed: int = 0) -> dict:
-    """Ridge on 80% (alpha by cross-validation on that part), R^2 on the other 20%."""
-    from sklearn.linear_model import RidgeCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    order = np.random.default_rng(seed).permutation(len(y))
-    n_train = int(round(0.8 * len(y)))
-    tr, te = order[:n_train], order[n_train:]
-    probe = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-4, 4, 17)))
-    probe.fit(z[tr], y[tr])
-    return {"r2": float(probe.score(z[te], y[te])), "alpha": float(probe[-1].alpha_), "n_train": int(len(tr)), "n_test": int(len(te))}
-
-
-def run_probes(
-    encoder_dir, graphs, split_csv, *, sizes: dict, cutoff: float, max_structures: int, probe_csv, embeddings_npz
-) -> pd.DataFrame:
-    import lightning as L
-    import matgl
-
-    from .config import megnet_sizes
-    from .graphs import GraphCache
-    from .models import build_megnet
-
-    cache = GraphCache.load(graphs, cutoff)
-    split = pd.read_csv(split_csv)
-    if split["id"].astype(str).tolist() != cache.ids:
-        raise ValueError(f"{split_csv} does not list the graphs of {graphs}; rerun pretraining")
-    val = np.flatnonzero(split["split"].to_numpy() == "val")
-    if len(val) > max_structures:
-        val = np.sort(np.random.default_rng(0).choice(val, max_structures, replace=False))
-    targets = {
-        "log_density": np.log(cache.data["density"].numpy()[val]),
-        "log_volume": np.log(cache.data["volume"].numpy()[val]),
-    }
-    L.seed_everything(0, verbose=False)
-    encoders = {
-        "pretrained": matgl.load_model(Path(encoder_dir)),
-        "random_init": build_megnet(megnet_sizes(sizes), cutoff),
-    }
-    rows, zs = [], {}
-    for name, model in encoders.items():
-        z = embeddings(model, cache, val)
-        zs[name] = z
-        for target, y in targets.items():
-            rows.append({"encoder": name, "target": target, **ridge_probe(z, y), "paper_r2": PAPER_R2[target]})
-    table = pd.DataFrame(rows)
-    with atomic_path(probe_csv, suffix=".csv") as tmp:
-        table.to_csv(tmp, index=False)
-    with atomic_path(embeddings_npz, suffix=".npz") as tmp:
-        np.savez(tmp, z=zs["pretrained"], density=cache.data["density"].numpy()[val], ids=np.array(cache.ids)[val])
-    return table
-
-
 def figure5(embeddings_npz, out_png, seed: int = 0) -> None:
     import umap
 
@@ -403,7 +324,8 @@ def figure5(embeddings_npz, out_png, seed: int = 0) -> None:
     fig.colorbar(sc, ax=ax, label="density (g/cm$^3$)")
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
-    ax.set_title(f"Figure 5: pretrained embeddings of\n{len(z)} validation structures", fontsize=10)
+    ax.set_title(f"Figure 5: pretrained embeddings of {len(z)} crystals\nnever trained on (the probes' crystals)",
+                 fontsize=10)
     fig.tight_layout()
     with atomic_path(out_png, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120)

@@ -192,6 +192,12 @@ def pretrain_settings(config: dict) -> dict[str, Any]:
     return {"sizes": dict(config["models"]["large"]), "cutoff": float(config["graph"]["cutoff"]), **{k: pc[k] for k in keys}}
 
 
+def probe_settings(config: dict) -> dict[str, Any]:
+    ac = config["analysis"]
+    return {"sizes": dict(config["models"]["large"]), "cutoff": float(config["graph"]["cutoff"]),
+            "max_structures": ac["probe_max_structures"], "repeats": ac["probe_repeats"]}
+
+
 def finetune_settings(config: dict, dataset: str, mode: str) -> dict[str, Any]:
     """One fine-tuning job's settings; ``ssl`` takes its sizes from the encoder it loads."""
     fc = config["finetune"]

@@ -80,6 +80,12 @@ rule probe:
         encoder=f"{R}/pretrain/encoder",
         graphs=f"{R}/graphs/{PRE}/graphs.pt",
         split=f"{R}/pretrain/split.csv",
+        # crystals pretraining never saw, beside its validation split: the fine-tuning
+        # sets, when the pretraining pool left them out
+        finetune_graphs=[
+            f"{R}/graphs/{dataset}/graphs.pt"
+            for dataset in excluded_datasets(config, PRE)
+        ],
     output:
         probe=report(
             f"{R}/analysis/probe.csv",
@@ -88,9 +94,7 @@ rule probe:
         ),
         embeddings=f"{R}/analysis/embeddings.npz",
     params:
-        sizes=config["models"]["large"],
-        cutoff=float(config["graph"]["cutoff"]),
-        max_structures=config["analysis"]["probe_max_structures"],
+        settings=probe_settings(config),
     threads: config["threads"]
     log:
         f"{R}/logs/analysis/probe.log",

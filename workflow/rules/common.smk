@@ -13,6 +13,7 @@ from cdssl.config import (
     graph_settings,
     load_config,
     pretrain_settings,
+    probe_settings,
     validate_config,
 )
 
@@ -60,6 +61,15 @@ def finetune_metrics():
         fraction=[fmt_fraction(f) for f in FT["fractions"]],
         seed=FT["seeds"],
         mode=FT["modes"],
+    )
+
+
+def seed_files(name):
+    """One fine-tuning job's outputs: ``name`` for every seed of its cell."""
+    return expand(
+        f"{R}/finetune/{{dataset}}/{{fraction}}/{{seed}}/{{mode}}/{name}",
+        seed=FT["seeds"],
+        allow_missing=True,
     )
 
 

@@ -7,7 +7,9 @@ rule graphs:
         skipped=f"{R}/graphs/{{dataset}}/skipped.csv",
     params:
         settings=graph_settings(config),
-    threads: workflow.cores
+    # config threads, not every core: a job asking for all cores waits until all are
+    # free, and the 1-thread fine-tuning jobs of a workstation run keep one busy
+    threads: config["threads"]
     # the critical path (graphs -> pretraining -> every ssl job) goes first
     priority: 50
     resources:

@@ -7,21 +7,24 @@ log = start(snakemake)
 from cdssl.finetune import run_finetune
 
 wc = snakemake.wildcards
-try:
-    run_finetune(
-        snakemake.input.graphs,
-        dataset=wc.dataset,
-        fraction=float(wc.fraction),
-        seed=int(wc.seed),
-        mode=wc.mode,
-        **snakemake.params.settings,
-        accelerator=snakemake.params.accelerator,
-        encoder_dir=snakemake.input.get("encoder"),
-        metrics_json=snakemake.output.metrics,
-        predictions_csv=snakemake.output.predictions,
-        history_csv=snakemake.output.history,
-        ckpt_dir=snakemake.params.ckpt_dir,
-    )
-except Exception:
-    log.exception("fine-tuning failed for %s", dict(wc))
-    raise
+out = snakemake.output
+# one cell, every seed in turn; the output lists follow params.seeds
+for i, seed in enumerate(snakemake.params.seeds):
+    try:
+        run_finetune(
+            snakemake.input.graphs,
+            dataset=wc.dataset,
+            fraction=float(wc.fraction),
+            seed=int(seed),
+            mode=wc.mode,
+            **snakemake.params.settings,
+            accelerator=snakemake.params.accelerator,
+            encoder_dir=snakemake.input.get("encoder"),
+            metrics_json=out.metrics[i],
+            predictions_csv=out.predictions[i],
+            history_csv=out.history[i],
+            ckpt_dir=snakemake.params.ckpt_dirs[i],
+        )
+    except Exception:
+        log.exception("fine-tuning failed for %s, seed %s", dict(wc), seed)
+        raise

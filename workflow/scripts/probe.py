@@ -4,16 +4,15 @@ sys.path.insert(0, snakemake.scriptdir)
 from _bootstrap import start
 
 log = start(snakemake)
-from cdssl.analysis import run_probes
+from cdssl.probes import run_probes
 
 try:
     table = run_probes(
         snakemake.input.encoder,
         snakemake.input.graphs,
         snakemake.input.split,
-        sizes=snakemake.params.sizes,
-        cutoff=snakemake.params.cutoff,
-        max_structures=snakemake.params.max_structures,
+        list(snakemake.input.finetune_graphs),
+        **snakemake.params.settings,
         probe_csv=snakemake.output.probe,
         embeddings_npz=snakemake.output.embeddings,
     )
