@@ -1,6 +1,10 @@
 # CDSSL: crystal denoising self-supervised learning on MatGL MEGNet.
 # Run: snakemake --cores all --configfile config/demo.yaml
 # Without --configfile the paper's config/config.yaml is used (see workflow/rules/common.smk).
+from snakemake.utils import min_version
+
+# `use rule ... with`, the SLURM executor plugin and --report layouts as pinned
+min_version("9.0")
 
 
 include: "workflow/rules/common.smk"

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_demo.py --cores 2 --results results
 Runs ``snakemake --cores N --configfile config/demo.yaml`` from an empty results
 directory and samples the resident memory of snakemake and every child twice a second.
-Budget (SPEC section 8): <= 20 minutes and <= 4 GB on 2 cores.
+Budget (README): <= 20 minutes and <= 4 GB on 2 cores.
 """
 
 from __future__ import annotations
@@ -73,18 +73,18 @@ def main() -> None:
 
 
 def time_shares(results: Path) -> pd.DataFrame:
-    """Per rule: jobs, their summed CPU seconds (Snakemake's benchmark files), and the
-    seconds their training epochs took (history.csv's epoch_seconds: training and
-    validation steps); the rest of a training job is start-up, data loading, the
-    baselines and the test predictions."""
+    """Per rule: jobs, their summed wall seconds (Snakemake's benchmark files; each job
+    runs on its own core here) and the seconds their training epochs took (history.csv's
+    epoch_seconds, wall time of the training and validation steps); the rest of a
+    training job is start-up, data loading, the baselines and the test predictions."""
     rows = []
     for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
         rel = tsv.relative_to(results / "benchmarks")
         rule = rel.parts[0] if len(rel.parts) > 1 else rel.stem
-        rows.append({"rule": rule, "cpu_s": float(pd.read_csv(tsv, sep="\t")["cpu_time"].iloc[0]), "jobs": 1})
+        rows.append({"rule": rule, "wall_s": float(pd.read_csv(tsv, sep="\t")["s"].iloc[0]), "jobs": 1})
     jobs = pd.DataFrame(rows).groupby("rule").sum()
     jobs["epoch_s"] = 0.0
-    histories = {"pretrain": [results / "pretrain" / "history.csv"],
+    histories = {"pretrain": sorted((results / "pretrain").rglob("history.csv")),
                  "finetune": sorted((results / "finetune").rglob("history.csv"))}
     for rule, files in histories.items():
         if rule in jobs.index:
@@ -94,13 +94,13 @@ def time_shares(results: Path) -> pd.DataFrame:
 
 def print_time_shares(results: Path) -> None:
     jobs = time_shares(results)
-    total = jobs["cpu_s"].sum()
-    print(f"{'rule':<20} {'jobs':>5} {'CPU s':>9} {'share':>7} {'in epochs s':>12}")
-    for rule, row in jobs.sort_values("cpu_s", ascending=False).iterrows():
-        print(f"{rule:<20} {int(row['jobs']):>5} {row['cpu_s']:>9.0f} {row['cpu_s'] / total:>7.1%} {row['epoch_s']:>12.0f}")
+    total = jobs["wall_s"].sum()
+    print(f"{'rule':<20} {'jobs':>5} {'job s':>9} {'share':>7} {'in epochs s':>12}")
+    for rule, row in jobs.sort_values("wall_s", ascending=False).iterrows():
+        print(f"{rule:<20} {int(row['jobs']):>5} {row['wall_s']:>9.0f} {row['wall_s'] / total:>7.1%} {row['epoch_s']:>12.0f}")
     epochs = jobs["epoch_s"].sum()
-    print(f"share of the jobs' CPU time spent in training epochs (training + validation steps): "
-          f"{epochs / total:.1%} of {total:.0f} s")
+    print(f"share of the jobs' time spent in training epochs (training + validation steps): "
+          f"{epochs / total:.1%} of {total:.0f} job-seconds")
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def test_cli_command_in_the_readme_parses():
 
     (command,) = [c for c in COMMANDS if c.startswith(".venv/bin/cdssl-finetune")]
     args = finetune_parser().parse_args(shlex.split(command)[1:])
-    assert args.encoder == "results/pretrain/encoder"
+    assert args.encoder == "results/pretrain/sigma_0.5/encoder"
 
 
 def test_benchmark_command_in_the_readme_parses():

@@ -34,7 +34,7 @@ def snakemake(workdir: Path, *args: str) -> str:
     return proc.stdout + proc.stderr
 
 
-TARGETS = [f"results/finetune/labelled/0.5/0/{mode}/metrics.json" for mode in MODES]
+TARGETS = [f"results/finetune/labelled/0.5/0/{'ssl/sigma_0.5' if mode == 'ssl' else mode}/metrics.json" for mode in MODES]
 
 
 def jobs(workdir: Path) -> dict[str, int]:
@@ -74,6 +74,7 @@ def base(tmp_path_factory):
         "labelled": {"file": "labelled.json", "target": "n", "transform": "log10", "units": "log10(n)", "max_sites": 20},
     }
     config["finetune"].update(datasets=["labelled"], fractions=[0.5], seeds=[0], modes=list(MODES), epochs=2)
+    config["pretrain"]["sigma"] = 0.5  # one noise scale (config/test.yaml sweeps two)
     metrics = run(work, config)
     return work, config, metrics
 
@@ -114,8 +115,8 @@ def _edit_file(config, work):
     (work / "labelled.json").write_text(json.dumps(data))
 
 
-PRETRAIN_AND_SSL = {"pretrain": 1, "select_checkpoint": 1, "finetune": 1}
-LABELLED = {"data": 1, "graphs": 1, "finetune": 3}
+PRETRAIN_AND_SSL = {"pretrain": 1, "select_checkpoint": 1, "finetune_ssl": 1}
+LABELLED = {"data": 1, "graphs": 1, "finetune": 2, "finetune_ssl": 1}
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -123,7 +124,7 @@ LABELLED = {"data": 1, "graphs": 1, "finetune": 3}
     (_pretrain_seed, PRETRAIN_AND_SSL),
     (_transform, LABELLED),
     (_edit_file, LABELLED),
-    (_epochs, {"finetune": 3}),
+    (_epochs, {"finetune": 2, "finetune_ssl": 1}),
     (_small_sizes, {"finetune": 1}),
 ], ids=["new pretraining pool", "re-pretraining", "transform", "edited data file", "epochs", "model sizes"])
 def test_a_change_reruns_exactly_the_affected_jobs(base, tmp_path, change, expected):

@@ -45,9 +45,9 @@ def test_tiny_workflow_runs_as_slurm_jobs(cluster, tmp_path):
         # no slurmdbd here: poll squeue (sacct would fail), soon after submission
         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5",
         # a CPU-only node: no GPUs to ask for, and small memory requests
-        "--set-resources", "pretrain:gpu=0", "finetune:gpu=0", "pretrain:mem_mb=2000",
-        "finetune:mem_mb=2000", "graphs:mem_mb=2000", "probe:mem_mb=2000",
-        "--set-threads", "graphs=1", "pretrain=1", "finetune=1", "probe=1",
+        "--set-resources", "pretrain:gpu=0", "finetune:gpu=0", "finetune_ssl:gpu=0", "pretrain:mem_mb=2000",
+        "finetune:mem_mb=2000", "finetune_ssl:mem_mb=2000", "graphs:mem_mb=2000", "probe:mem_mb=2000",
+        "--set-threads", "graphs=1", "pretrain=1", "finetune=1", "finetune_ssl=1", "probe=1",
         "--default-resources", "mem_mb=1000", "runtime=30", "--jobs", "2",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)

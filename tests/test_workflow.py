@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +38,24 @@ def test_paper_dry_run_lists_the_whole_grid(tmp_path):
     counts = job_counts(out)
     assert counts["data"] == 8 and counts["graphs"] == 8
     assert counts["pretrain"] == 1 and counts["select_checkpoint"] == 1
-    # one job per (dataset, fraction, mode) trains its 3 seeds: 7 x 7 x 2
-    assert counts["finetune"] == 98
+    # one job per (dataset, fraction, mode) trains its 3 seeds: 7 x 7 for each of ssl, sl
+    assert counts["finetune"] == 49 and counts["finetune_ssl"] == 49
+
+
+def test_a_sigma_list_gives_each_noise_scale_its_pretraining_and_ssl_cells(tmp_path):
+    from cdssl.config import load_config
+
+    config = load_config(ROOT / "config/test.yaml")
+    assert config["pretrain"]["sigma"] == [0.3, 0.5]
+    counts = job_counts(snakemake("-n", "--configfile", str(ROOT / "config/test.yaml"), workdir=tmp_path).stdout)
+    # 2 fractions x 1 seed: ssl cells per sigma, sl and sl_large shared
+    assert counts["pretrain"] == 2 and counts["select_checkpoint"] == 2
+    assert counts["finetune_ssl"] == 2 * 2 and counts["finetune"] == 2 * 2
+    assert counts["probe"] == 1 and counts["figure3"] == 1
+    one = tmp_path / "one.yaml"
+    one.write_text((ROOT / "config/test.yaml").read_text().replace("sigma: [0.3, 0.5]", "sigma: 0.5"))
+    counts = job_counts(snakemake("-n", "--configfile", str(one), workdir=tmp_path).stdout)
+    assert counts["pretrain"] == 1 and counts["finetune_ssl"] == 2 and counts["finetune"] == 4
 
 
 def test_sl_jobs_never_wait_for_pretraining(tmp_path):
@@ -54,7 +71,7 @@ def test_sl_jobs_never_wait_for_pretraining(tmp_path):
     # targets before --configfile, which takes several values
     out = snakemake("-n", *targets, "--configfile", str(ROOT / "config/config.yaml"), workdir=tmp_path).stdout
     counts = job_counts(out)
-    assert counts["finetune"] == 49
+    assert counts["finetune"] == 49 and "finetune_ssl" not in counts
     assert "pretrain" not in counts and "select_checkpoint" not in counts
 
 
@@ -63,7 +80,7 @@ def test_figures_target_lists_analysis_for_all_paper_datasets(tmp_path):
     counts = job_counts(out)
     for rule in ("aggregate", "figure3", "figure4", "probe", "figure5"):
         assert counts[rule] == 1
-    assert counts["finetune"] == 98
+    assert counts["finetune"] == 49 and counts["finetune_ssl"] == 49
 
 
 def test_wrong_config_key_stops_before_any_job(tmp_path):
@@ -99,20 +116,26 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
     for dataset in ("dielectric", "dielectric_unlabelled"):
         assert (r / "graphs" / dataset / "graphs.pt").stat().st_size > 0
         assert (r / "graphs" / dataset / "skipped.csv").exists()
-    selected = json.loads((r / "pretrain/selected.json").read_text())
-    assert (r / "pretrain/encoder/model.pt").exists() and selected["epoch"] in (0, 1)
+    for sigma in ("0.3", "0.5"):
+        selected = json.loads((r / f"pretrain/sigma_{sigma}/selected.json").read_text())
+        assert (r / f"pretrain/sigma_{sigma}/encoder/model.pt").exists() and selected["epoch"] in (0, 1)
     for fraction in ("0.3", "0.7"):
-        for mode in ("ssl", "sl", "sl_large"):
-            d = r / "finetune/dielectric" / fraction / "0" / mode
+        for cell in ("ssl/sigma_0.3", "ssl/sigma_0.5", "sl", "sl_large"):
+            d = r / "finetune/dielectric" / fraction / "0" / cell
             metrics = json.loads((d / "metrics.json").read_text())
-            assert metrics["mode"] == mode and metrics["test_mae"] > 0
+            assert metrics["mode"] == cell.split("/")[0] and metrics["test_mae"] > 0
+            assert metrics["sigma"] == (float(cell.split("_")[-1]) if cell.startswith("ssl") else None)
             assert (d / "predictions.csv").exists() and (d / "history.csv").exists()
-            assert (r / "logs/finetune/dielectric" / fraction / f"{mode}.log").exists()
+            assert (r / "logs/finetune/dielectric" / fraction / f"{cell}.log").exists()
     for name in ("jobs.csv", "cells.csv", "summary.json", "probe.csv", "fig3_pretraining.png",
                  "fig4_finetune.png", "fig5_umap.png", "fig4/dielectric.png"):
         assert (r / "analysis" / name).stat().st_size > 0, name
     summary = json.loads((r / "analysis/summary.json").read_text())
-    assert set(summary["comparisons"]) == {"ssl_vs_sl", "ssl_vs_sl_large"}
+    assert {"ssl_sigma_0.3_vs_sl", "ssl_sigma_0.5_vs_sl_large", "ssl_sigma_0.5_vs_mean_predictor"} <= set(
+        summary["comparisons"])
+    probe = pd.read_csv(r / "analysis/probe.csv")
+    assert {"pretrained_sigma_0.3", "pretrained_sigma_0.5", "random_init", "element_fractions"} <= set(
+        probe["features"])
 
 
 def test_changed_metrics_rerun_only_aggregation_and_figures(tiny_run):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real single-node SLURM cluster on localhost, for the tests (SPEC section 7).
+# A real single-node SLURM cluster on localhost, for the tests (see profiles/slurm and tests/test_slurm.py).
 #   tools/slurm_cluster.sh install   apt-get the daemons (root only)
 #   tools/slurm_cluster.sh start     write /etc/slurm/slurm.conf, start munged, slurmctld, slurmd
 #   tools/slurm_cluster.sh stop      stop the daemons by their pid files

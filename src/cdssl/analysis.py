@@ -16,10 +16,41 @@ MODE_COLOURS = {"ssl": "#1b9e77", "sl": "#d95f02", "sl_large": "#7570b3"}
 BASELINES = ("sl", "sl_large")
 
 
+def ssl_model(sigma: float) -> str:
+    """The model name of the ssl cells pretrained at noise scale ``sigma`` in a sweep."""
+    return f"ssl_sigma_{float(sigma):g}"
+
+
+def model_label(model: str) -> str:
+    if model.startswith("ssl_sigma_"):
+        return f"SSL (pretrained, sigma {model.removeprefix('ssl_sigma_')} A)"
+    return MODE_LABELS.get(model, model)
+
+
+def model_colour(model: str, models: list[str]) -> str | None:
+    if model.startswith("ssl_sigma_"):
+        import matplotlib
+
+        ssl = [m for m in models if m.startswith("ssl_sigma_")]
+        return matplotlib.colormaps["Greens"](0.45 + 0.5 * ssl.index(model) / max(1, len(ssl) - 1))
+    return MODE_COLOURS.get(model)
+
+
 def collect_jobs(metric_files: list[str | Path]) -> pd.DataFrame:
+    """Every run's metrics, with ``model``: the mode, except that in a noise-scale sweep
+    (ssl runs at several sigmas) each sigma's ssl runs are their own model."""
     rows = [json.loads(Path(f).read_text()) for f in metric_files]
     jobs = pd.DataFrame(rows)
-    return jobs.sort_values(["dataset", "fraction", "mode", "seed"]).reset_index(drop=True)
+    jobs["model"] = jobs["mode"]
+    if "sigma" in jobs:
+        ssl = jobs["mode"] == "ssl"
+        if jobs.loc[ssl, "sigma"].nunique() > 1:
+            jobs.loc[ssl, "model"] = jobs.loc[ssl, "sigma"].map(ssl_model)
+    return jobs.sort_values(["dataset", "fraction", "model", "seed"]).reset_index(drop=True)
+
+
+def ssl_models(models) -> list[str]:
+    return [m for m in models if m == "ssl" or m.startswith("ssl_sigma_")]
 
 
 TRIVIAL = {"mean_predictor": "test_mae_mean_predictor", "composition": "test_mae_composition"}
@@ -35,11 +66,14 @@ def cell_table(jobs: pd.DataFrame) -> pd.DataFrame:
     and for the trivial answers of the same test sets; per mode whether it beat the mean
     predictor (``beats_mean_<mode>``); per baseline, SSL minus baseline, whether SSL has
     the lower mean (``ssl_wins_<base>``, the paper's count) and whether the cell counts
-    (``counted_<base>``: both SSL and the baseline beat the mean predictor)."""
-    g = jobs.groupby(["dataset", "fraction", "mode"])["test_mae"]
-    wide = g.agg(mean="mean", sem=_sem, n="count").unstack("mode")
-    wide.columns = [f"{stat}_{mode}" for stat, mode in wide.columns]
-    modes = sorted(jobs["mode"].unique())
+    (``counted_<ssl>_<base>``: both SSL and the baseline beat the mean predictor). In a
+    noise-scale sweep every ``ssl_sigma_<s>`` model gets these columns in place of ssl."""
+    if "model" not in jobs:
+        jobs = jobs.assign(model=jobs["mode"])
+    g = jobs.groupby(["dataset", "fraction", "model"])["test_mae"]
+    wide = g.agg(mean="mean", sem=_sem, n="count").unstack("model")
+    wide.columns = [f"{stat}_{model}" for stat, model in wide.columns]
+    modes = sorted(jobs["model"].unique())
     # one trivial answer per (dataset, fraction, seed): the same for every mode
     per_seed = jobs.groupby(["dataset", "fraction", "seed"])[[c for c in TRIVIAL.values() if c in jobs]].first()
     for name, column in TRIVIAL.items():
@@ -56,25 +90,27 @@ def cell_table(jobs: pd.DataFrame) -> pd.DataFrame:
         "; ".join(f"{m} not below the mean predictor" for m in modes if not row[f"beats_mean_{m}"])
         for _, row in wide.iterrows()
     ]
-    for base in BASELINES:
-        if f"mean_{base}" in wide and "mean_ssl" in wide:
-            wide[f"diff_ssl_{base}"] = wide["mean_ssl"] - wide[f"mean_{base}"]
-            wide[f"ssl_wins_{base}"] = wide["mean_ssl"] < wide[f"mean_{base}"]
-            wide[f"counted_{base}"] = wide["beats_mean_ssl"] & wide[f"beats_mean_{base}"]
+    for ssl in ssl_models(modes):
+        for base in BASELINES:
+            if f"mean_{base}" in wide:
+                wide[f"diff_{ssl}_{base}"] = wide[f"mean_{ssl}"] - wide[f"mean_{base}"]
+                wide[f"{ssl}_wins_{base}"] = wide[f"mean_{ssl}"] < wide[f"mean_{base}"]
+                wide[f"counted_{ssl}_{base}"] = wide[f"beats_mean_{ssl}"] & wide[f"beats_mean_{base}"]
     units = jobs.groupby("dataset")["units"].first()
     wide["units"] = wide["dataset"].map(units)
     return wide
 
 
-def paired_test(jobs: pd.DataFrame, baseline: str) -> dict:
+def paired_test(jobs: pd.DataFrame, baseline: str, ssl: str = "ssl") -> dict:
     """Wilcoxon signed-rank of SSL vs ``baseline`` test MAE, paired over (fraction, seed).
 
     The pairs share test sets, nested training sets and one encoder, so this p-value is
     optimistic; :func:`cell_statistics` gives the one whose unit is the cell.
     """
     keys = ["dataset", "fraction", "seed"]
-    a = jobs[jobs["mode"] == "ssl"].set_index(keys)["test_mae"]
-    b = jobs[jobs["mode"] == baseline].set_index(keys)["test_mae"]
+    model = jobs["model"] if "model" in jobs else jobs["mode"]
+    a = jobs[model == ssl].set_index(keys)["test_mae"]
+    b = jobs[model == baseline].set_index(keys)["test_mae"]
     pairs = pd.concat([a, b], axis=1, keys=["ssl", baseline], join="inner")
     diff = (pairs["ssl"] - pairs[baseline]).to_numpy()
     result = {
@@ -104,10 +140,10 @@ def bootstrap_mean(diffs: np.ndarray, n_boot: int = 10_000, seed: int = 0, level
     return {"mean": float(diffs.mean()), "ci_low": float(low), "ci_high": float(high), "n": int(len(diffs))}
 
 
-def cell_statistics(cells: pd.DataFrame, other: str) -> dict:
+def cell_statistics(cells: pd.DataFrame, other: str, ssl: str = "ssl") -> dict:
     """SSL minus ``other`` (a mode or a trivial answer) on cell means: the mean difference
     with a bootstrap 95% interval over cells, and a Wilcoxon signed-rank test over cells."""
-    diffs = (cells["mean_ssl"] - cells[f"mean_{other}"]).to_numpy()
+    diffs = (cells[f"mean_{ssl}"] - cells[f"mean_{other}"]).to_numpy()
     out = {"unit": "cell (dataset, fraction), mean over seeds", **bootstrap_mean(diffs), "p_value": float("nan")}
     finite = diffs[np.isfinite(diffs)]
     if len(finite) >= 2 and np.any(finite != 0):
@@ -116,35 +152,36 @@ def cell_statistics(cells: pd.DataFrame, other: str) -> dict:
 
 
 def summarise(jobs: pd.DataFrame, cells: pd.DataFrame) -> dict:
-    modes = sorted(jobs["mode"].unique())
+    models = sorted((jobs["model"] if "model" in jobs else jobs["mode"]).unique())
     out: dict = {
         "n_jobs": int(len(jobs)),
-        "modes": modes,
+        "modes": sorted(jobs["mode"].unique()),
+        "models": models,
         "cells": int(len(cells)),
-        "cells_flagged": {m: int((~cells[f"beats_mean_{m}"]).sum()) for m in modes},
+        "cells_flagged": {m: int((~cells[f"beats_mean_{m}"]).sum()) for m in models},
         "comparisons": {},
     }
-    if "ssl" not in modes:
-        return out
-    for other in [b for b in BASELINES if b in modes] + [t for t in TRIVIAL if f"mean_{t}" in cells]:
-        comp: dict = {
-            "cell_means": cell_statistics(cells, other),
-            "per_dataset": {d: cell_statistics(sub, other) for d, sub in cells.groupby("dataset")},
-        }
-        if other in BASELINES:
-            counted = cells[f"counted_{other}"]
-            wins = cells[f"ssl_wins_{other}"]
-            comp.update(
-                ssl_wins=int((wins & counted).sum()),
-                cells_counted=int(counted.sum()),
-                cells_excluded=int((~counted).sum()),
-                excluded=[f"{r.dataset} {r.fraction:g}" for r in cells[~counted].itertuples()],
-                paper_count={"ssl_wins": int(wins.sum()), "cells": int(len(cells))},
-                wins_per_dataset={d: int((s[f"ssl_wins_{other}"] & s[f"counted_{other}"]).sum())
-                                  for d, s in cells.groupby("dataset")},
-                pairs=paired_test(jobs, other),
-            )
-        out["comparisons"][f"ssl_vs_{other}"] = comp
+    others = [b for b in BASELINES if b in models] + [t for t in TRIVIAL if f"mean_{t}" in cells]
+    for ssl in ssl_models(models):
+        for other in others:
+            comp: dict = {
+                "cell_means": cell_statistics(cells, other, ssl),
+                "per_dataset": {d: cell_statistics(sub, other, ssl) for d, sub in cells.groupby("dataset")},
+            }
+            if other in BASELINES:
+                counted = cells[f"counted_{ssl}_{other}"]
+                wins = cells[f"{ssl}_wins_{other}"]
+                comp.update(
+                    ssl_wins=int((wins & counted).sum()),
+                    cells_counted=int(counted.sum()),
+                    cells_excluded=int((~counted).sum()),
+                    excluded=[f"{r.dataset} {r.fraction:g}" for r in cells[~counted].itertuples()],
+                    paper_count={"ssl_wins": int(wins.sum()), "cells": int(len(cells))},
+                    wins_per_dataset={d: int((s[f"{ssl}_wins_{other}"] & s[f"counted_{ssl}_{other}"]).sum())
+                                      for d, s in cells.groupby("dataset")},
+                    pairs=paired_test(jobs, other, ssl),
+                )
+            out["comparisons"][f"{ssl}_vs_{other}"] = comp
     return out
 
 
@@ -187,39 +224,62 @@ def _plt():
     return plt
 
 
-def figure3(history_csv, selected_json, reference_json, out_png) -> None:
+REFERENCES = [
+    ("val_loss_noisy_distances", "noisy distances as answer", ":"),
+    ("val_loss_lookup_noisy_length", "lookup: noisy length", "--"),
+    ("val_loss_lookup_element_pair", "lookup: noisy length x element pair", "-."),
+]
+
+
+def figure3(history_csvs, selected_jsons, reference_jsons, out_png, sigmas: list | None = None) -> None:
+    """Pretraining curves, one colour per noise scale (lists in the order of ``sigmas``),
+    each beside its own references that need no learning."""
     plt = _plt()
-    h = pd.read_csv(history_csv)
-    best = json.loads(Path(selected_json).read_text())["epoch"]
-    ref = json.loads(Path(reference_json).read_text())
+    paths = [history_csvs] if isinstance(history_csvs, (str, Path)) else list(history_csvs)
+    selected = [selected_jsons] if isinstance(selected_jsons, (str, Path)) else list(selected_jsons)
+    refs = [reference_jsons] if isinstance(reference_jsons, (str, Path)) else list(reference_jsons)
+    sigmas = list(sigmas) if sigmas is not None else [None] * len(paths)
+    sweep = len(paths) > 1
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    axes[0].plot(h["epoch"], h["train_loss"], label="train")
-    axes[0].plot(h["epoch"], h["val_loss"], label="validation")
+    for k, (path, sel, ref_path, sigma) in enumerate(zip(paths, selected, refs, sigmas)):
+        h = pd.read_csv(path)
+        best = json.loads(Path(sel).read_text())["epoch"]
+        ref = json.loads(Path(ref_path).read_text())
+        tag = f"sigma {sigma} A: " if sweep else ""
+        colour = f"C{k}"
+        if sweep:
+            axes[0].plot(h["epoch"], h["val_loss"], color=colour, label=f"{tag}validation")
+            axes[0].plot(h["epoch"], h["train_loss"], color=colour, alpha=0.4, lw=0.8)
+            axes[1].plot(h["epoch"], h["val_mae"], color=colour, label=f"{tag}validation MAE")
+        else:
+            axes[0].plot(h["epoch"], h["train_loss"], label="train")
+            axes[0].plot(h["epoch"], h["val_loss"], label="validation")
+            axes[1].plot(h["epoch"], h["train_mae"], label="train MAE")
+            axes[1].plot(h["epoch"], h["val_mae"], label="validation MAE")
+        for key, label, style in REFERENCES:
+            if key in ref:
+                axes[0].axhline(ref[key], color=colour if sweep else "tab:red", ls=style, lw=1,
+                                label=f"{tag}{label} ({ref[key]:.3f})")
+        if "val_output_share_lookup" in h and not sweep:
+            twin = axes[1].twinx()
+            twin.plot(h["epoch"], h["val_output_share_lookup"], color="grey", ls=":",
+                      label="output variance a lookup explains")
+            twin.set_ylim(0, 1.02)
+            twin.set_ylabel("share of output variance explained\nby a lookup of the noisy length", fontsize=8)
+            twin.legend(fontsize=7, loc="center right")
+        axes[2].plot(h["epoch"], h["grad_norm"], color=colour if sweep else "grey", label=tag.rstrip(": ") or None)
+        for ax in axes:
+            ax.axvline(best, color=colour if sweep else "k", ls="--", lw=0.8,
+                       label=f"{tag}selected (epoch {best})" if ax is axes[2] or not sweep else None)
     axes[0].set_ylabel("MSE loss (standardised distance)")
-    references = [
-        ("val_loss_noisy_distances", "noisy distances as answer", "tab:red", ":"),
-        ("val_loss_lookup_noisy_length", "lookup: noisy length", "tab:purple", "--"),
-        ("val_loss_lookup_element_pair", "lookup: noisy length x element pair", "tab:brown", "-."),
-    ]
-    for key, label, colour, style in references:
-        if key in ref:
-            axes[0].axhline(ref[key], color=colour, ls=style, lw=1, label=f"{label} ({ref[key]:.3f})")
-    axes[1].plot(h["epoch"], h["train_mae"], label="train MAE")
-    axes[1].plot(h["epoch"], h["val_mae"], label="validation MAE")
     axes[1].set_ylabel("MAE (standardised distance)")
-    if "val_output_share_lookup" in h:
-        twin = axes[1].twinx()
-        twin.plot(h["epoch"], h["val_output_share_lookup"], color="grey", ls=":", label="output variance a lookup explains")
-        twin.set_ylim(0, 1.02)
-        twin.set_ylabel("share of output variance explained\nby a lookup of the noisy length", fontsize=8)
-        twin.legend(fontsize=7, loc="center right")
-    axes[2].plot(h["epoch"], h["grad_norm"], color="grey")
     axes[2].set_ylabel("mean gradient norm")
     for ax in axes:
-        ax.axvline(best, color="k", ls="--", lw=0.8, label=f"selected (epoch {best})")
         ax.set_xlabel("epoch")
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=6 if sweep else 7)
     axes[1].legend(fontsize=7, loc="upper right")
+    if sweep:
+        axes[2].legend(fontsize=7)
     fig.suptitle("Figure 3: CDSSL pretraining, validation loss beside answers that need no learning")
     fig.tight_layout()
     with atomic_path(out_png, suffix=".png") as tmp:
@@ -231,20 +291,21 @@ def _bars(ax, cells: pd.DataFrame, modes: list[str]) -> None:
     x = np.arange(len(cells))
     width = 0.8 / len(modes)
     for i, mode in enumerate(modes):
+        colour = model_colour(mode, modes)
         bars = ax.bar(
             x + (i - (len(modes) - 1) / 2) * width,
             cells[f"mean_{mode}"],
             width,
             yerr=cells.get(f"sem_{mode}"),
             capsize=2,
-            label=MODE_LABELS.get(mode, mode),
-            color=MODE_COLOURS.get(mode),
+            label=model_label(mode),
+            color=colour,
         )
         # a bar not below the mean predictor is drawn hollow: flagged, never a win
         for bar, beats in zip(bars, cells.get(f"beats_mean_{mode}", [True] * len(cells))):
             if not beats:
                 bar.set_facecolor("none")
-                bar.set_edgecolor(MODE_COLOURS.get(mode, "k"))
+                bar.set_edgecolor(colour or "k")
                 bar.set_hatch("//")
     for name, style in (("mean_predictor", "k--"), ("composition", "k:")):
         if f"mean_{name}" in cells:
@@ -255,13 +316,19 @@ def _bars(ax, cells: pd.DataFrame, modes: list[str]) -> None:
     ax.set_xlabel("training fraction")
 
 
-def _title(dataset: str, sub: pd.DataFrame) -> str:
+def _wins(sub: pd.DataFrame, ssl: str, base: str) -> tuple[int, int]:
+    counted = sub[f"counted_{ssl}_{base}"]
+    return int((sub[f"{ssl}_wins_{base}"] & counted).sum()), int(counted.sum())
+
+
+def _title(dataset: str, sub: pd.DataFrame, models: list[str]) -> str:
     wins = []
-    for base in BASELINES:
-        if f"ssl_wins_{base}" in sub:
-            counted = sub[f"counted_{base}"]
-            wins.append(f"{int((sub[f'ssl_wins_{base}'] & counted).sum())}/{int(counted.sum())} vs "
-                        f"{MODE_LABELS[base].split(' (')[0]}")
+    for ssl in ssl_models(models):
+        for base in BASELINES:
+            if f"{ssl}_wins_{base}" in sub:
+                won, counted = _wins(sub, ssl, base)
+                who = "" if ssl == "ssl" else f"sigma {ssl.removeprefix('ssl_sigma_')}: "
+                wins.append(f"{who}{won}/{counted} vs {MODE_LABELS[base].split(' (')[0]}")
     text = f"{dataset}: SSL lower in " + ", ".join(wins) if wins else dataset
     return text + "\n(counted cells: every model below the mean predictor; hollow bars are not)"
 
@@ -270,14 +337,27 @@ def _panel(ax, sub: pd.DataFrame, dataset: str, modes: list[str]) -> None:
     units = sub["units"].iloc[0] if isinstance(sub["units"].iloc[0], str) else ""
     _bars(ax, sub, modes)
     ax.set_ylabel(f"test MAE ({units})" if units else "test MAE")
-    ax.set_title(_title(dataset, sub), fontsize=9)
+    ax.set_title(_title(dataset, sub, modes), fontsize=9)
     ax.legend(fontsize=7)
+
+
+def cell_models(cells: pd.DataFrame, modes: list[str]) -> list[str]:
+    """The models of ``cells`` in the order of ``modes``; ssl expands to a sweep's sigmas."""
+    out = []
+    for mode in modes:
+        if mode == "ssl":
+            out += sorted((c.removeprefix("mean_") for c in cells.columns if c.startswith("mean_ssl")),
+                          key=lambda m: float(m.removeprefix("ssl_sigma_")) if m != "ssl" else 0.0)
+        elif f"mean_{mode}" in cells:
+            out.append(mode)
+    return out
 
 
 def figure4(cells_csv, modes: list[str], out_png, per_dataset_dir) -> list[Path]:
     """One multi-panel figure plus one file per dataset."""
     plt = _plt()
     cells = pd.read_csv(cells_csv)
+    modes = cell_models(cells, modes)
     datasets = list(dict.fromkeys(cells["dataset"]))
     per_dataset_dir = Path(per_dataset_dir)
     per_dataset_dir.mkdir(parents=True, exist_ok=True)
@@ -300,10 +380,11 @@ def figure4(cells_csv, modes: list[str], out_png, per_dataset_dir) -> list[Path]
     for ax in list(axes.flat)[len(datasets) :]:
         ax.set_visible(False)
     head = "Figure 4: test MAE, mean and standard error over seeds; dashed: mean predictor, dotted: composition"
-    if "ssl_wins_sl" in cells:
-        counted = cells["counted_sl"]
-        head += (f"\nSSL lower than SL in {int((cells['ssl_wins_sl'] & counted).sum())} of {int(counted.sum())} "
-                 f"counted cells ({int((~counted).sum())} excluded)")
+    for ssl in ssl_models(modes):
+        if f"{ssl}_wins_sl" in cells:
+            won, counted = _wins(cells, ssl, "sl")
+            head += (f"\n{model_label(ssl)} lower than SL in {won} of {counted} counted cells "
+                     f"({len(cells) - counted} excluded)")
     fig.suptitle(head, fontsize=10)
     fig.tight_layout()
     with atomic_path(out_png, suffix=".png") as tmp:

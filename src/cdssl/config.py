@@ -185,11 +185,27 @@ def graph_settings(config: dict) -> dict[str, Any]:
     return {"cutoff": float(config["graph"]["cutoff"]), "unknown_elements": config["graph"]["unknown_elements"]}
 
 
-def pretrain_settings(config: dict) -> dict[str, Any]:
+def sigmas(config: dict) -> list[float]:
+    """``pretrain.sigma`` as a list: one pretraining (and one set of ssl cells) per value."""
+    sigma = config["pretrain"]["sigma"]
+    return [float(s) for s in (sigma if isinstance(sigma, list) else [sigma])]
+
+
+def fmt_sigma(sigma: float) -> str:
+    """The spelling of a sigma in paths and wildcards: ``0.5``, ``1``."""
+    return f"{float(sigma):g}"
+
+
+def pretrain_settings(config: dict, sigma: float | None = None) -> dict[str, Any]:
+    """One pretraining's settings; ``sigma`` picks one value of a ``pretrain.sigma`` list
+    (default: the only one)."""
+    if sigma is None:
+        (sigma,) = sigmas(config)
     pc = config["pretrain"]
-    keys = ("sigma", "epochs", "batch_size", "lr", "lr_schedule", "lr_min_factor", "val_fraction", "seed", "devices",
+    keys = ("epochs", "batch_size", "lr", "lr_schedule", "lr_min_factor", "val_fraction", "seed", "devices",
             "strategy")
-    return {"sizes": dict(config["models"]["large"]), "cutoff": float(config["graph"]["cutoff"]), **{k: pc[k] for k in keys}}
+    return {"sizes": dict(config["models"]["large"]), "cutoff": float(config["graph"]["cutoff"]), "sigma": float(sigma),
+            **{k: pc[k] for k in keys}}
 
 
 def probe_settings(config: dict) -> dict[str, Any]:

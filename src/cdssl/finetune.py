@@ -140,13 +140,15 @@ def run_finetune(
     ckpt_dir: str | Path,
     encoder_dir: str | Path | None = None,
     units: str = "",
+    sigma: float | None = None,
     accelerator: str = "auto",
 ) -> dict:
     """Train one grid cell; resume from ``ckpt_dir`` when it belongs to this very job.
 
     The keyword arguments are the cell (dataset, fraction, seed, mode) plus
     :func:`cdssl.config.finetune_settings`; with the content digests of the graph cache
-    and (ssl) of the encoder they form the job's identity. ``units`` only labels results.
+    and (ssl) of the encoder they form the job's identity. ``units`` and ``sigma`` (the
+    encoder's noise scale) only label results: the encoder's digest already stands for it.
     """
     settings = dict(dataset=dataset, fraction=fraction, seed=seed, mode=mode, sizes=sizes, cutoff=cutoff,
                     epochs=epochs, batch_size=batch_size, lr=lr, test_fraction=test_fraction,
@@ -184,6 +186,7 @@ def run_finetune(
         "fraction": fraction,
         "seed": seed,
         "mode": mode,
+        "sigma": sigma,
         "n_train": int(len(train)),
         "n_val": int(len(val)),
         "n_test": int(len(test)),

@@ -91,6 +91,9 @@ def no_learning_reference(val_loader: DataLoader, sigma: float, val_seed: int) -
 LOOKUP_EDGES = torch.linspace(-4.0, 4.0, 81)
 
 
+PAIR_PRIOR = 20.0
+
+
 def lookup_bin(noisy: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(noisy, LOOKUP_EDGES.to(noisy.device, noisy.dtype))
 
@@ -111,8 +114,9 @@ def lookup_references(
     train_loader: DataLoader, val_loader: DataLoader, sigma: float, seed: int
 ) -> dict[str, float]:
     """Validation loss of two lookup tables fitted on the training split: the mean target
-    per bin of the standardised noisy length, and the same per element pair (a pair or
-    bin never seen in training falls back to the first table, an unseen bin to its centre). What a network must beat
+    per bin of the standardised noisy length, and the same per element pair, each (pair,
+    bin) mean shrunk towards the bin's mean by :data:`PAIR_PRIOR` edges (a pair or bin
+    never seen in training falls back to the first table, an unseen bin to its centre). What a network must beat
     to have learned more than "read the noisy length, correct its average bias".
 
     The training noise is one draw per training graph (generator keyed by the seed and
@@ -138,7 +142,10 @@ def lookup_references(
     edges = LOOKUP_EDGES.double()
     centres = torch.cat([edges[:1] - 0.05, (edges[1:] + edges[:-1]) / 2, edges[-1:] + 0.05])
     by_bin = torch.where(n_bin > 0, s_bin / n_bin.clamp(min=1), centres)
-    by_pair = {k: float(v[0] / v[1]) for k, v in pair_sums.items()}
+    # a (pair, bin) cell seen a few times is mostly noise: its mean is shrunk towards the
+    # bin's mean with the weight of PAIR_PRIOR edges (an empirical-Bayes average), which
+    # keeps the table from doing worse than the binned lookup on a pool of many elements
+    by_pair = {k: float((v[0] + PAIR_PRIOR * by_bin[k % nb]) / (v[1] + PAIR_PRIOR)) for k, v in pair_sums.items()}
     se_bin = se_pair = n = 0.0
     for batch_idx, batch in enumerate(val_loader):
         target = denoising_target(batch).double()

@@ -92,7 +92,7 @@ def probe_structures(
 
 
 def run_probes(
-    encoder_dir,
+    encoder_dirs,
     pretrain_graphs,
     split_csv,
     other_graphs: list,
@@ -103,7 +103,11 @@ def run_probes(
     repeats: int,
     probe_csv,
     embeddings_npz,
+    sigmas: list | None = None,
 ) -> pd.DataFrame:
+    """Probe every pretrained encoder (one per noise scale ``sigmas``, in that order) and
+    the three references on the same crystals; ``embeddings_npz`` holds the first
+    encoder's embeddings (Figure 5)."""
     import lightning as L
     import matgl
 
@@ -121,20 +125,26 @@ def run_probes(
     atoms = stack(lambda c, idx: (c.node_ptr[idx + 1] - c.node_ptr[idx]).numpy().astype(float))
     targets = {"log_density": np.log(density), "log_volume": np.log(volume)}
     L.seed_everything(0, verbose=False)
-    encoders = {"pretrained": matgl.load_model(Path(encoder_dir)), "random_init": build_megnet(megnet_sizes(sizes), cutoff)}
+    dirs = [encoder_dirs] if isinstance(encoder_dirs, (str, Path)) else list(encoder_dirs)
+    sigmas = list(sigmas) if sigmas is not None else [None] * len(dirs)
+    names = ["pretrained"] if len(dirs) == 1 else [f"pretrained_sigma_{float(s):g}" for s in sigmas]
+    encoders = {name: matgl.load_model(Path(d)) for name, d in zip(names, dirs)}
+    encoders["random_init"] = build_megnet(megnet_sizes(sizes), cutoff)
     fractions = stack(lambda c, idx: element_fractions(c, idx, n_types))
     features = {name: stack(lambda c, idx, m=model: embeddings(m, c, idx)) for name, model in encoders.items()}
     features["element_fractions"] = fractions
     features["element_fractions+atoms"] = np.column_stack([fractions, atoms, np.log(atoms)])
+    sigma_of = dict(zip(names, sigmas))
     rows = []
-    for name in FEATURES:
+    for name in names + list(FEATURES[1:]):
         for target, y in targets.items():
-            rows.append({"features": name, "target": target, **repeated_probe(features[name], y, repeats),
-                         "n_structures": len(y), "paper_r2": PAPER_R2[target]})
+            rows.append({"features": name, "sigma": sigma_of.get(name), "target": target,
+                         **repeated_probe(features[name], y, repeats), "n_structures": len(y),
+                         "paper_r2": PAPER_R2[target]})
     table = pd.DataFrame(rows)
     with atomic_path(probe_csv, suffix=".csv") as tmp:
         table.to_csv(tmp, index=False)
     ids = stack(lambda c, idx: np.array(c.ids)[idx])
     with atomic_path(embeddings_npz, suffix=".npz") as tmp:
-        np.savez(tmp, z=features["pretrained"], density=density, ids=ids)
+        np.savez(tmp, z=features[names[0]], density=density, ids=ids)
     return table

@@ -29,15 +29,18 @@ rule aggregate:
 
 rule figure3:
     input:
-        history=f"{R}/pretrain/history.csv",
-        selected=f"{R}/pretrain/selected.json",
-        reference=f"{R}/pretrain/reference.json",
+        # one curve per noise scale, in the order of pretrain.sigma
+        history=expand(f"{PT}/history.csv", sigma=SIGMAS),
+        selected=expand(f"{PT}/selected.json", sigma=SIGMAS),
+        reference=expand(f"{PT}/reference.json", sigma=SIGMAS),
     output:
         png=report(
             f"{R}/analysis/fig3_pretraining.png",
             caption="../report/fig3.rst",
             category="Figures",
         ),
+    params:
+        sigmas=SIGMAS,
     log:
         f"{R}/logs/analysis/figure3.log",
     benchmark:
@@ -77,9 +80,11 @@ rule figure4:
 
 rule probe:
     input:
-        encoder=f"{R}/pretrain/encoder",
+        # one pretrained encoder per noise scale, in the order of pretrain.sigma; the
+        # split depends on the seed and val_fraction only, so every sigma shares it
+        encoders=expand(f"{PT}/encoder", sigma=SIGMAS),
         graphs=f"{R}/graphs/{PRE}/graphs.pt",
-        split=f"{R}/pretrain/split.csv",
+        split=f"{R}/pretrain/sigma_{SIGMAS[0]}/split.csv",
         # crystals pretraining never saw, beside its validation split: the fine-tuning
         # sets, when the pretraining pool left them out
         finetune_graphs=[
@@ -95,6 +100,7 @@ rule probe:
         embeddings=f"{R}/analysis/embeddings.npz",
     params:
         settings=probe_settings(config),
+        sigmas=SIGMAS,
     threads: config["threads"]
     log:
         f"{R}/logs/analysis/probe.log",

@@ -10,10 +10,12 @@ from cdssl.config import (
     data_settings,
     excluded_datasets,
     finetune_settings,
+    fmt_sigma,
     graph_settings,
     load_config,
     pretrain_settings,
     probe_settings,
+    sigmas,
     validate_config,
 )
 
@@ -43,39 +45,43 @@ wildcard_constraints:
     fraction="[0-9.]+",
     seed="[0-9]+",
     mode="ssl|sl_large|sl",
+    sigma="[0-9.]+",
 
 
 R = config["results_dir"]
 FT = config["finetune"]
 PRE = config["pretrain"]["dataset"]
+# one pretraining per noise scale; a single sigma is a sweep of one
+SIGMAS = [fmt_sigma(s) for s in sigmas(config)]
+PT = f"{R}/pretrain/sigma_{{sigma}}"
 
 
 def fmt_fraction(fraction):
     return f"{float(fraction):g}"
 
 
+# A fine-tuning cell's folder: {mode} for sl and sl_large, ssl/sigma_{sigma} for the
+# pretrained model of each noise scale.
+CELL = f"{R}/finetune/{{dataset}}/{{fraction}}/{{seed}}"
+SSL_CELL = f"{CELL}/ssl/sigma_{{sigma}}"
+
+
 def finetune_metrics():
-    return expand(
-        f"{R}/finetune/{{dataset}}/{{fraction}}/{{seed}}/{{mode}}/metrics.json",
+    grid = dict(
         dataset=FT["datasets"],
         fraction=[fmt_fraction(f) for f in FT["fractions"]],
         seed=FT["seeds"],
-        mode=FT["modes"],
     )
+    scratch = [m for m in FT["modes"] if m != "ssl"]
+    files = expand(f"{CELL}/{{mode}}/metrics.json", mode=scratch, **grid)
+    if "ssl" in FT["modes"]:
+        files += expand(f"{SSL_CELL}/metrics.json", sigma=SIGMAS, **grid)
+    return files
 
 
-def seed_files(name):
+def seed_files(cell, name):
     """One fine-tuning job's outputs: ``name`` for every seed of its cell."""
-    return expand(
-        f"{R}/finetune/{{dataset}}/{{fraction}}/{{seed}}/{{mode}}/{name}",
-        seed=FT["seeds"],
-        allow_missing=True,
-    )
-
-
-def encoder_input(wildcards):
-    # sl and sl_large never wait for pretraining
-    return {"encoder": f"{R}/pretrain/encoder"} if wildcards.mode == "ssl" else {}
+    return expand(f"{cell}/{name}", seed=FT["seeds"], allow_missing=True)
 
 
 def data_input(wildcards):
@@ -113,7 +119,7 @@ def all_targets():
     datasets = sorted(set(FT["datasets"]) | {PRE})
     return (
         expand(f"{R}/graphs/{{dataset}}/graphs.pt", dataset=datasets)
-        + [f"{R}/pretrain/selected.json"]
+        + expand(f"{PT}/selected.json", sigma=SIGMAS)
         + finetune_metrics()
         + analysis_targets()
     )

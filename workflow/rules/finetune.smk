@@ -3,14 +3,18 @@
 # while each seed keeps its own outputs, checkpoints and resume. A change to one cell
 # reruns at most its seeds; a finished seed of a failed job resumes from its final
 # checkpoint in seconds.
+
+
+# sl and sl_large: from scratch, so they never wait for pretraining
 rule finetune:
     input:
-        unpack(encoder_input),
         graphs=f"{R}/graphs/{{dataset}}/graphs.pt",
     output:
-        metrics=seed_files("metrics.json"),
-        predictions=seed_files("predictions.csv"),
-        history=seed_files("history.csv"),
+        metrics=seed_files(f"{CELL}/{{mode}}", "metrics.json"),
+        predictions=seed_files(f"{CELL}/{{mode}}", "predictions.csv"),
+        history=seed_files(f"{CELL}/{{mode}}", "history.csv"),
+    wildcard_constraints:
+        mode="sl|sl_large",
     params:
         seeds=FT["seeds"],
         # outside the declared outputs: Snakemake must not delete them before a rerun
@@ -32,3 +36,28 @@ rule finetune:
         "../../envs/cdssl.yaml"
     script:
         "../scripts/finetune.py"
+
+
+# ssl: the encoder pretrained at noise scale sigma, with a fresh readout
+use rule finetune as finetune_ssl with:
+    input:
+        graphs=f"{R}/graphs/{{dataset}}/graphs.pt",
+        encoder=f"{PT}/encoder",
+    output:
+        metrics=seed_files(SSL_CELL, "metrics.json"),
+        predictions=seed_files(SSL_CELL, "predictions.csv"),
+        history=seed_files(SSL_CELL, "history.csv"),
+    wildcard_constraints:
+        sigma="[0-9.]+",
+    params:
+        seeds=FT["seeds"],
+        ckpt_dirs=lambda wc: [
+            f"{R}/checkpoints/finetune/{wc.dataset}/{wc.fraction}/{seed}/ssl/sigma_{wc.sigma}"
+            for seed in FT["seeds"]
+        ],
+        settings=lambda wc: finetune_settings(config, wc.dataset, "ssl"),
+        accelerator=config["accelerator"],
+    log:
+        f"{R}/logs/finetune/{{dataset}}/{{fraction}}/ssl/sigma_{{sigma}}.log",
+    benchmark:
+        f"{R}/benchmarks/finetune/{{dataset}}/{{fraction}}/ssl/sigma_{{sigma}}.tsv"

@@ -2,14 +2,14 @@ rule pretrain:
     input:
         graphs=f"{R}/graphs/{PRE}/graphs.pt",
     output:
-        history=f"{R}/pretrain/history.csv",
-        split=f"{R}/pretrain/split.csv",
-        reference=f"{R}/pretrain/reference.json",
+        history=f"{PT}/history.csv",
+        split=f"{PT}/split.csv",
+        reference=f"{PT}/reference.json",
     params:
         # Outside the declared outputs: Snakemake must not delete them before a rerun,
         # or a killed pretraining could not resume.
-        ckpt_dir=f"{R}/checkpoints/pretrain",
-        settings=pretrain_settings(config),
+        ckpt_dir=f"{R}/checkpoints/pretrain/sigma_{{sigma}}",
+        settings=lambda wc: pretrain_settings(config, float(wc.sigma)),
         accelerator=config["accelerator"],
     threads: config["threads"]
     # pretraining is the critical path: every ssl job waits on it
@@ -18,9 +18,9 @@ rule pretrain:
         mem_mb=16000,
         runtime=2880,
     log:
-        f"{R}/logs/pretrain.log",
+        f"{R}/logs/pretrain/sigma_{{sigma}}.log",
     benchmark:
-        f"{R}/benchmarks/pretrain.tsv"
+        f"{R}/benchmarks/pretrain/sigma_{{sigma}}.tsv"
     conda:
         "../../envs/cdssl.yaml"
     script:
@@ -29,17 +29,17 @@ rule pretrain:
 
 rule select_checkpoint:
     input:
-        history=f"{R}/pretrain/history.csv",
+        history=f"{PT}/history.csv",
     output:
-        selected=f"{R}/pretrain/selected.json",
-        encoder=directory(f"{R}/pretrain/encoder"),
+        selected=f"{PT}/selected.json",
+        encoder=directory(f"{PT}/encoder"),
     params:
-        ckpt_dir=f"{R}/checkpoints/pretrain",
+        ckpt_dir=f"{R}/checkpoints/pretrain/sigma_{{sigma}}",
     priority: 50
     log:
-        f"{R}/logs/select_checkpoint.log",
+        f"{R}/logs/select_checkpoint/sigma_{{sigma}}.log",
     benchmark:
-        f"{R}/benchmarks/select_checkpoint.tsv"
+        f"{R}/benchmarks/select_checkpoint/sigma_{{sigma}}.tsv"
     conda:
         "../../envs/cdssl.yaml"
     script:

@@ -6,4 +6,9 @@ from _bootstrap import start
 log = start(snakemake)
 from cdssl.analysis import figure3
 
-figure3(snakemake.input.history, snakemake.input.selected, snakemake.input.reference, snakemake.output.png)
+try:
+    inp = snakemake.input
+    figure3(inp.history, inp.selected, inp.reference, snakemake.output.png, snakemake.params.sigmas)
+except Exception:
+    log.exception("figure 3 failed")
+    raise

@@ -6,4 +6,9 @@ from _bootstrap import start
 log = start(snakemake)
 from cdssl.analysis import figure4
 
-figure4(snakemake.input.cells, snakemake.params.modes, snakemake.output.png, snakemake.output.per_dataset)
+try:
+    out = snakemake.output
+    figure4(snakemake.input.cells, snakemake.params.modes, out.png, out.per_dataset)
+except Exception:
+    log.exception("figure 4 failed")
+    raise

@@ -6,4 +6,8 @@ from _bootstrap import start
 log = start(snakemake)
 from cdssl.analysis import figure5
 
-figure5(snakemake.input.embeddings, snakemake.output.png)
+try:
+    figure5(snakemake.input.embeddings, snakemake.output.png)
+except Exception:
+    log.exception("figure 5 failed")
+    raise

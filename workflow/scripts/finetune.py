@@ -8,6 +8,9 @@ from cdssl.finetune import run_finetune
 
 wc = snakemake.wildcards
 out = snakemake.output
+# rule finetune_ssl has no mode wildcard: its cells are ssl at the noise scale sigma
+mode = wc.get("mode", "ssl")
+sigma = float(wc.sigma) if "sigma" in wc.keys() else None
 # one cell, every seed in turn; the output lists follow params.seeds
 for i, seed in enumerate(snakemake.params.seeds):
     try:
@@ -16,7 +19,8 @@ for i, seed in enumerate(snakemake.params.seeds):
             dataset=wc.dataset,
             fraction=float(wc.fraction),
             seed=int(seed),
-            mode=wc.mode,
+            mode=mode,
+            sigma=sigma,
             **snakemake.params.settings,
             accelerator=snakemake.params.accelerator,
             encoder_dir=snakemake.input.get("encoder"),

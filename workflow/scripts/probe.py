@@ -8,11 +8,12 @@ from cdssl.probes import run_probes
 
 try:
     table = run_probes(
-        snakemake.input.encoder,
+        list(snakemake.input.encoders),
         snakemake.input.graphs,
         snakemake.input.split,
         list(snakemake.input.finetune_graphs),
         **snakemake.params.settings,
+        sigmas=[float(s) for s in snakemake.params.sigmas],
         probe_csv=snakemake.output.probe,
         embeddings_npz=snakemake.output.embeddings,
     )
