@@ -330,7 +330,7 @@ def _title(dataset: str, sub: pd.DataFrame, models: list[str]) -> str:
                 who = "" if ssl == "ssl" else f"sigma {ssl.removeprefix('ssl_sigma_')}: "
                 wins.append(f"{who}{won}/{counted} vs {MODE_LABELS[base].split(' (')[0]}")
     text = f"{dataset}: SSL lower in " + ", ".join(wins) if wins else dataset
-    return text + "\n(counted cells: every model below the mean predictor; hollow bars are not)"
+    return text + "\n(hollow bars: not below the mean predictor, cell not counted)"
 
 
 def _panel(ax, sub: pd.DataFrame, dataset: str, modes: list[str]) -> None:
@@ -374,12 +374,12 @@ def figure4(cells_csv, modes: list[str], out_png, per_dataset_dir) -> list[Path]
         written.append(path)
     ncols = min(3, len(datasets))
     nrows = int(np.ceil(len(datasets) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.8 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(8, 5 * ncols), 3.8 * nrows + 0.6), squeeze=False)
     for ax, dataset in zip(axes.flat, datasets):
         _panel(ax, cells[cells["dataset"] == dataset].sort_values("fraction"), dataset, modes)
     for ax in list(axes.flat)[len(datasets) :]:
         ax.set_visible(False)
-    head = "Figure 4: test MAE, mean and standard error over seeds; dashed: mean predictor, dotted: composition"
+    head = "Figure 4: test MAE, mean and standard error over seeds\ndashed: mean predictor, dotted: composition ridge"
     for ssl in ssl_models(modes):
         if f"{ssl}_wins_sl" in cells:
             won, counted = _wins(cells, ssl, "sl")
