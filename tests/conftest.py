@@ -26,7 +26,10 @@ def test_config() -> dict:
 
 @pytest.fixture
 def config(test_config) -> dict:
-    return copy.deepcopy(test_config)
+    """test.yaml with one noise scale (it sweeps two): the unit tests train one model."""
+    config = copy.deepcopy(test_config)
+    config["pretrain"]["sigma"] = 0.5
+    return config
 
 
 @pytest.fixture(scope="session")

@@ -79,7 +79,7 @@ def test_pretraining_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, sm
     _run("pretrain", kwargs, tmp_path / "second.log")
     second = (tmp_path / "second.log").read_text()
     assert "resuming from" in second
-    trained = [int(e) for e in re.findall(r"epoch (\d+):", second)]
+    trained = [int(e) for e in re.findall(r"epoch (\d+): train_loss", second)]
     assert trained == list(range(last_done + 1, epochs)), "the rerun continues right after the last checkpoint"
     _same_history(clean / "history.csv", killed / "history.csv")
     best = [torch.load(d / "ckpt" / "best.ckpt", weights_only=False) for d in (clean, killed)]

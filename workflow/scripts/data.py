@@ -10,7 +10,8 @@ from cdssl.utils import atomic_path
 try:
     settings = snakemake.params.settings
     # the input tables come in the order settings["exclude"] names them
-    exclude = dict(zip(settings["exclude"], map(read_table, snakemake.input.exclude)))
+    # (a user's file entry declares no exclude input)
+    exclude = dict(zip(settings["exclude"], map(read_table, snakemake.input.get("exclude", []))))
     table, dropped = build_table(
         snakemake.wildcards.dataset, settings["entry"], settings["data_dir"], exclude
     )
