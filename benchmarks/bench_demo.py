@@ -52,6 +52,7 @@ def main() -> None:
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--configfile", args.configfile,
            "--config", f"results_dir={args.results}"]
     log_path = ROOT / f"{args.results.rstrip('/')}.snakemake.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"# {os.cpu_count()} CPUs, --cores {args.cores}; {' '.join(cmd[2:])}; output in {log_path}")
     start = time.monotonic()
     # to a file, never a pipe: an unread pipe fills up and blocks snakemake
