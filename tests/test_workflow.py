@@ -42,6 +42,27 @@ def test_paper_dry_run_lists_the_whole_grid(tmp_path):
     assert counts["finetune"] == 49 and counts["finetune_ssl"] == 49
 
 
+def test_the_paper_configs_dielectric_constant_data_job_runs_offline(tmp_path):
+    # the paper's own entry, unchanged, reads the embedded file when data_dir points there
+    out = tmp_path / "out"
+    snakemake(f"{out}/data/dielectric_constant.json.gz", "--cores", "1", "--configfile",
+              str(ROOT / "config/config.yaml"), "--config", f"data_dir={ROOT / 'data/matminer'}", f"results_dir={out}",
+              workdir=tmp_path)
+    from cdssl.data import read_table
+
+    table = read_table(out / "data/dielectric_constant.json.gz")
+    assert len(table) == 1056
+    log = (out / "logs/data/dielectric_constant.log").read_text()
+    assert "1056 rows written" in log
+
+
+def test_the_study_lists_the_full_grid_of_its_four_tasks(tmp_path):
+    counts = job_counts(snakemake("-n", "--configfile", str(ROOT / "config/study.yaml"), workdir=tmp_path).stdout)
+    # the pool and four fine-tuning datasets; 4 datasets x 7 fractions x (sl, sl_large | ssl)
+    assert counts["data"] == 5 and counts["graphs"] == 5
+    assert counts["finetune"] == 4 * 7 * 2 and counts["finetune_ssl"] == 4 * 7
+
+
 def test_a_sigma_list_gives_each_noise_scale_its_pretraining_and_ssl_cells(tmp_path):
     from cdssl.config import load_config
 
