@@ -12,13 +12,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-TABLE2 = dict(
-    dim_node_embedding=16, dim_edge_embedding=100, dim_state_embedding=2, nblocks=3,
-    hidden_layer_sizes_input=(128, 64), hidden_layer_sizes_conv=(128, 128, 64),
-    hidden_layer_sizes_output=(64, 32), nlayers_set2set=1, niters_set2set=2, activation_type="softplus2",
-)
-TABLE3 = {**TABLE2, "hidden_layer_sizes_input": (64, 32), "hidden_layer_sizes_conv": (64, 64, 32),
-          "hidden_layer_sizes_output": (32, 16)}
+from cdssl.config import load_config, model_kwargs  # noqa: E402 (after the path)
+
+# the paper's sizes, from the one place they are written (the config schema's defaults)
+_PAPER = load_config(ROOT / "config" / "config.yaml")
+TABLE2 = model_kwargs(_PAPER, "sl_large")
+TABLE3 = model_kwargs(_PAPER, "sl")
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -41,9 +40,11 @@ def device(name: str):
 def environment(args, dev=None) -> None:
     import torch
 
-    print(f"# python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
-          f"torch threads {torch.get_num_threads()}, device {dev or 'cpu'}"
-          + (f" ({torch.cuda.get_device_name(dev)})" if dev is not None and dev.type == "cuda" else ""))
+    print(
+        f"# python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
+        f"torch threads {torch.get_num_threads()}, device {dev or 'cpu'}"
+        + (f" ({torch.cuda.get_device_name(dev)})" if dev is not None and dev.type == "cuda" else "")
+    )
     print(f"# {args.n} structures of matbench_dielectric with <= {args.max_sites} sites")
 
 
@@ -80,8 +81,12 @@ def matgl_loader(t, batch_size: int, root: str):
 
     from cdssl.graphs import element_types
 
-    ds = MGLDataset(structures=[Structure.from_dict(s) for s in t["structure"]],
-                    converter=Structure2Graph(element_types(), 5.0), labels={"y": t["target"].tolist()},
-                    root=root, save_cache=False)
+    ds = MGLDataset(
+        structures=[Structure.from_dict(s) for s in t["structure"]],
+        converter=Structure2Graph(element_types(), 5.0),
+        labels={"y": t["target"].tolist()},
+        root=root,
+        save_cache=False,
+    )
     loader, _ = MGLDataLoader(ds, ds, collate_fn=collate_fn_graph, batch_size=batch_size, num_workers=0)
     return loader

@@ -7,33 +7,45 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from cdssl.analysis import (
+from cdssl.figures import figure3, figure4
+from cdssl.probes import repeated_probe, ridge_probe
+from cdssl.statistics import (
     bootstrap_mean,
     cell_table,
-    figure3,
-    figure4,
     paired_test,
     summarise,
     summary_lines,
     write_aggregates,
 )
-from cdssl.probes import repeated_probe, ridge_probe
 
 
 def _jobs():
     rows = []
     # dataset A: SSL better at both fractions; dataset B: SSL worse at 0.1, equal means at 0.2
     values = {
-        ("A", 0.1, "ssl"): [1.0, 2.0, 3.0], ("A", 0.1, "sl"): [2.0, 3.0, 4.0],
-        ("A", 0.2, "ssl"): [0.5, 0.5, 0.8], ("A", 0.2, "sl"): [1.0, 1.5, 2.0],
-        ("B", 0.1, "ssl"): [5.0, 6.0, 7.0], ("B", 0.1, "sl"): [4.0, 4.5, 5.0],
-        ("B", 0.2, "ssl"): [3.0, 3.0, 3.0], ("B", 0.2, "sl"): [2.0, 3.0, 4.0],
+        ("A", 0.1, "ssl"): [1.0, 2.0, 3.0],
+        ("A", 0.1, "sl"): [2.0, 3.0, 4.0],
+        ("A", 0.2, "ssl"): [0.5, 0.5, 0.8],
+        ("A", 0.2, "sl"): [1.0, 1.5, 2.0],
+        ("B", 0.1, "ssl"): [5.0, 6.0, 7.0],
+        ("B", 0.1, "sl"): [4.0, 4.5, 5.0],
+        ("B", 0.2, "ssl"): [3.0, 3.0, 3.0],
+        ("B", 0.2, "sl"): [2.0, 3.0, 4.0],
     }
     for (dataset, fraction, mode), maes in values.items():
         for seed, mae in enumerate(maes):
-            rows.append({"dataset": dataset, "fraction": fraction, "seed": seed, "mode": mode,
-                         "test_mae": mae, "units": "eV", "test_mae_mean_predictor": 10.0 + seed,
-                         "test_mae_composition": 8.0})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "fraction": fraction,
+                    "seed": seed,
+                    "mode": mode,
+                    "test_mae": mae,
+                    "units": "eV",
+                    "test_mae_mean_predictor": 10.0 + seed,
+                    "test_mae_composition": 8.0,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -118,18 +130,38 @@ def test_probe_recovers_a_linear_relation_and_not_noise():
 
 def test_figures_are_written(tmp_path):
     files = []
-    for i, (dataset, fraction, mode) in enumerate([("A", 0.1, "ssl"), ("A", 0.1, "sl"), ("A", 0.2, "ssl"), ("A", 0.2, "sl")]):
+    for i, (dataset, fraction, mode) in enumerate(
+        [("A", 0.1, "ssl"), ("A", 0.1, "sl"), ("A", 0.2, "ssl"), ("A", 0.2, "sl")]
+    ):
         for seed in range(2):
             path = tmp_path / f"m{i}{seed}.json"
-            path.write_text(json.dumps({"dataset": dataset, "fraction": fraction, "seed": seed, "mode": mode,
-                                        "test_mae": 1.0 + i + seed, "units": "eV"}))
+            path.write_text(
+                json.dumps(
+                    {
+                        "dataset": dataset,
+                        "fraction": fraction,
+                        "seed": seed,
+                        "mode": mode,
+                        "test_mae": 1.0 + i + seed,
+                        "units": "eV",
+                    }
+                )
+            )
             files.append(path)
     summary = write_aggregates(files, tmp_path / "jobs.csv", tmp_path / "cells.csv", tmp_path / "s.json")
     assert summary["n_jobs"] == 8
     out = figure4(tmp_path / "cells.csv", ["ssl", "sl"], tmp_path / "fig4.png", tmp_path / "fig4")
     assert [p.name for p in out] == ["A.png"]
-    pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [1, 0.8, 0.7], "val_loss": [1, 0.9, 0.95],
-                  "train_mae": [1, 0.8, 0.7], "val_mae": [1, 0.9, 0.95], "grad_norm": [1, 1, 1]}).to_csv(tmp_path / "h.csv")
+    pd.DataFrame(
+        {
+            "epoch": [0, 1, 2],
+            "train_loss": [1, 0.8, 0.7],
+            "val_loss": [1, 0.9, 0.95],
+            "train_mae": [1, 0.8, 0.7],
+            "val_mae": [1, 0.9, 0.95],
+            "grad_norm": [1, 1, 1],
+        }
+    ).to_csv(tmp_path / "h.csv")
     (tmp_path / "sel.json").write_text(json.dumps({"epoch": 1}))
     (tmp_path / "ref.json").write_text(json.dumps({"val_loss_noisy_distances": 0.97}))
     figure3(tmp_path / "h.csv", tmp_path / "sel.json", tmp_path / "ref.json", tmp_path / "fig3.png")
@@ -150,9 +182,8 @@ def test_repeated_probe_reports_the_spread_over_splits():
 def test_probes_use_unseen_crystals_and_put_composition_beside_the_encoders(tmp_path, small_cache_path, test_config):
     import torch
 
-    from cdssl.config import model_kwargs
     from cdssl.graphs import GraphCache
-    from cdssl.models import build_megnet
+    from cdssl.models import build_model
     from cdssl.probes import probe_structures, run_probes
 
     cache = GraphCache.load(small_cache_path)
@@ -161,13 +192,27 @@ def test_probes_use_unseen_crystals_and_put_composition_beside_the_encoders(tmp_
     # the validation split, then every crystal of the other caches, capped with seed 0
     parts = probe_structures(small_cache_path, tmp_path / "split.csv", [small_cache_path], 5.0, 10_000)
     assert [len(idx) for _, idx in parts] == [10, 40] and parts[0][1].tolist() == list(range(30, 40))
-    assert sum(len(idx) for _, idx in probe_structures(small_cache_path, tmp_path / "split.csv",
-                                                         [small_cache_path], 5.0, 25)) == 25
+    assert (
+        sum(
+            len(idx)
+            for _, idx in probe_structures(small_cache_path, tmp_path / "split.csv", [small_cache_path], 5.0, 25)
+        )
+        == 25
+    )
     torch.manual_seed(0)
-    build_megnet(model_kwargs(test_config, "ssl"), 5.0).save(tmp_path / "enc")
-    table = run_probes(tmp_path / "enc", small_cache_path, tmp_path / "split.csv", [small_cache_path],
-                       sizes=test_config["models"]["large"], cutoff=5.0, max_structures=10_000, repeats=3,
-                       probe_csv=tmp_path / "probe.csv", embeddings_npz=tmp_path / "z.npz")
+    build_model(test_config, "ssl").save(tmp_path / "enc")
+    table = run_probes(
+        tmp_path / "enc",
+        small_cache_path,
+        tmp_path / "split.csv",
+        [small_cache_path],
+        sizes=test_config["models"]["large"],
+        cutoff=5.0,
+        max_structures=10_000,
+        repeats=3,
+        probe_csv=tmp_path / "probe.csv",
+        embeddings_npz=tmp_path / "z.npz",
+    )
     assert set(table["features"]) == {"pretrained", "random_init", "element_fractions", "element_fractions+atoms"}
     assert (table["n_structures"] == 50).all() and (table["repeats"] == 3).all()
     # volume grows with the atom count: the composition + atoms row must see it

@@ -1,3 +1,5 @@
+"""Configs: the shipped ones are valid and hold the paper's numbers; every wrong key is named."""
+
 import copy
 
 import pytest
@@ -6,10 +8,16 @@ import yaml
 from cdssl.config import ConfigError, load_config, model_kwargs, validate_config
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "test.yaml"])
-def test_shipped_configs_are_valid(root, name):
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "test.yaml", "study.yaml"])
+def test_shipped_configs_declare_only_datasets_they_use_and_the_papers_model_sizes(root, name):
+    # load_config checks that every name used is declared; this is the converse, which it
+    # does not check: an entry no stage reads is a dataset a user would think was run
     config = load_config(root / "config" / name)
-    assert set(config["finetune"]["datasets"]) <= set(config["datasets"])
+    used = {config["pretrain"]["dataset"], *config["finetune"]["datasets"]}
+    assert set(config["datasets"]) == used
+    # the sizes are the schema's defaults (written once), not a copy in the config file
+    assert "models" not in yaml.safe_load((root / "config" / name).read_text())
+    assert model_kwargs(config, "sl_large")["hidden_layer_sizes_conv"] == (128, 128, 64)
 
 
 def test_paper_config_holds_the_paper_numbers(root):

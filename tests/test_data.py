@@ -36,8 +36,15 @@ def test_clean_targets_counts_every_dropped_row():
     assert counts == {"missing": 1, "non_numeric": 1, "non_finite": 1, "non_positive_for_log10": 2}
     assert values.iloc[0] == 0.0 and values.iloc[6] == 2.0
     assert values.notna().sum() == 2
-    assert reasons.tolist() == [None, "target missing", "target not positive (transform log10)",
-                                "target not positive (transform log10)", "target not finite", "target not a number", None]
+    assert reasons.tolist() == [
+        None,
+        "target missing",
+        "target not positive (transform log10)",
+        "target not positive (transform log10)",
+        "target not finite",
+        "target not a number",
+        None,
+    ]
 
 
 def _cif(structure: Structure) -> str:
@@ -65,7 +72,13 @@ def broken_csv(tmp_path_factory, dielectric):
 
 
 def test_user_csv_drops_bad_labels_with_counts(broken_csv, caplog):
-    entry = {"file": str(broken_csv), "structure_column": "cif", "id_column": "name", "target": "y", "transform": "log10"}
+    entry = {
+        "file": str(broken_csv),
+        "structure_column": "cif",
+        "id_column": "name",
+        "target": "y",
+        "transform": "log10",
+    }
     with caplog.at_level(logging.WARNING, logger="cdssl"):
         logging.getLogger("cdssl").propagate = True
         table, _ = build_table("mine", entry)
@@ -76,11 +89,13 @@ def test_user_csv_drops_bad_labels_with_counts(broken_csv, caplog):
 
 
 def test_graph_stage_skips_bad_structures_with_reasons(broken_csv):
-    table, _ = build_table("mine", {"file": str(broken_csv), "structure_column": "cif", "id_column": "name", "target": "y"})
+    table, _ = build_table(
+        "mine", {"file": str(broken_csv), "structure_column": "cif", "id_column": "name", "target": "y"}
+    )
     cache, skipped = build_cache(table, 5.0, processes=2)
     # nan-label never reaches the graph stage; without log10 the negative target is valid
     assert cache["ids"] == ["good-1", "good-2", "negative"]
-    reasons = dict(zip(skipped["id"], skipped["reason"]))
+    reasons = dict(zip(skipped["id"], skipped["reason"], strict=True))
     assert reasons["garbage"].startswith("unparsable")
     assert reasons["partial"].startswith("disordered: site 0")
     assert reasons["isolated"].startswith("isolated atom: site 0 (Na)")
@@ -114,27 +129,32 @@ def test_table_round_trip_and_pools_are_disjoint(tmp_path, small_table):
 def test_demo_pools_come_from_the_real_loader(root):
     base = {"matminer": "matbench_dielectric", "target": "n", "transform": "log10", "max_sites": 6}
     sizes = {"pretrain": 30, "labelled": 20}
-    pre, _ = build_table("u", {**base, "target": None, "pool": {"seed": 0, "sizes": sizes, "take": "pretrain"}}, str(root / "data/matminer"))
-    lab, _ = build_table("l", {**base, "pool": {"seed": 0, "sizes": sizes, "take": "labelled"}}, str(root / "data/matminer"))
+    pre, _ = build_table(
+        "u",
+        {**base, "target": None, "pool": {"seed": 0, "sizes": sizes, "take": "pretrain"}},
+        str(root / "data/matminer"),
+    )
+    lab, _ = build_table(
+        "l", {**base, "pool": {"seed": 0, "sizes": sizes, "take": "labelled"}}, str(root / "data/matminer")
+    )
     assert len(pre) == 30 and len(lab) == 20 and not set(pre["id"]) & set(lab["id"])
     assert pre["target"].isna().all() and lab["target"].notna().all()
     assert all(len(s["sites"]) <= 6 for s in lab["structure"])
 
 
-def test_cache_batches_reproduce_matgl_own_prediction(small_table, small_cache_path):
+def test_cache_batches_reproduce_matgl_own_prediction(small_table, small_cache_path, test_config):
     """Precomputed geometry must give MEGNet exactly what MatGL's own path gives it."""
     import torch
 
-    from cdssl.models import build_megnet, predict
+    from cdssl.models import build_model, predict
 
     torch.manual_seed(0)
-    sizes = dict(dim_node_embedding=16, dim_edge_embedding=100, dim_state_embedding=2, nblocks=3,
-                 hidden_layer_sizes_input=(64, 32), hidden_layer_sizes_conv=(64, 64, 32),
-                 hidden_layer_sizes_output=(32, 16), nlayers_set2set=1, niters_set2set=2, activation_type="softplus2")
-    model = build_megnet(sizes, 5.0).eval()
+    model = build_model(test_config, "sl").eval()
     cache = GraphCache.load(small_cache_path, 5.0)
     ours = predict(model, cache.collate([0, 3, 7])).detach()
-    theirs = torch.stack([model.predict_structure(Structure.from_dict(small_table["structure"].iloc[i])) for i in (0, 3, 7)])
+    theirs = torch.stack(
+        [model.predict_structure(Structure.from_dict(small_table["structure"].iloc[i])) for i in (0, 3, 7)]
+    )
     assert torch.allclose(ours, theirs.reshape(-1), atol=1e-5)
 
 
@@ -162,7 +182,9 @@ def _labelled_csv(tmp_path, dielectric) -> Path:
     y = small["n"].to_numpy().copy()
     y[::4] = -1.0
     path = tmp_path / "mixed.csv"
-    pd.DataFrame({"cif": [_cif(s) for s in small["structure"]], "y": y, "name": [f"r{i}" for i in range(40)]}).to_csv(path, index=False)
+    pd.DataFrame({"cif": [_cif(s) for s in small["structure"]], "y": y, "name": [f"r{i}" for i in range(40)]}).to_csv(
+        path, index=False
+    )
     return path
 
 
@@ -171,7 +193,9 @@ def test_pools_stay_disjoint_when_the_labelled_entry_drops_rows(tmp_path, dielec
     pool = {"seed": 0, "sizes": {"pretrain": 20, "labelled": 20}}
     common = {"file": str(path), "structure_column": "cif", "id_column": "name"}
     pre, _ = build_table("pre", {**common, "target": None, "pool": {**pool, "take": "pretrain"}})
-    lab, dropped = build_table("lab", {**common, "target": "y", "transform": "log10", "pool": {**pool, "take": "labelled"}})
+    lab, dropped = build_table(
+        "lab", {**common, "target": "y", "transform": "log10", "pool": {**pool, "take": "labelled"}}
+    )
     assert len(pre) == 20 and 0 < len(lab) < 20
     assert not set(pre["id"]) & set(lab["id"]) and not set(pre["id"]) & set(dropped["id"])
     assert set(dropped["reason"]) == {"target not positive (transform log10)"}
@@ -179,11 +203,14 @@ def test_pools_stay_disjoint_when_the_labelled_entry_drops_rows(tmp_path, dielec
 
 def test_max_sites_applies_to_cif_text(tmp_path, dielectric):
     path = _labelled_csv(tmp_path, dielectric)
-    table, dropped = build_table("cif", {"file": str(path), "structure_column": "cif", "id_column": "name",
-                                         "target": None, "max_sites": 3})
+    table, dropped = build_table(
+        "cif", {"file": str(path), "structure_column": "cif", "id_column": "name", "target": None, "max_sites": 3}
+    )
     n = {f"r{i}": len(s) for i, s in enumerate(dielectric[dielectric["structure"].map(len) <= 6].head(40)["structure"])}
     assert set(table["id"]) == {k for k, v in n.items() if v <= 3}
-    assert dict(zip(dropped["id"], dropped["reason"])) == {k: f"{v} sites, more than max_sites 3" for k, v in n.items() if v > 3}
+    assert dict(zip(dropped["id"], dropped["reason"], strict=True)) == {
+        k: f"{v} sites, more than max_sites 3" for k, v in n.items() if v > 3
+    }
 
 
 @pytest.mark.parametrize("layout", ["records", "split", "columns", "id-keyed"])

@@ -29,11 +29,10 @@ def test_splits_share_test_and_nest_training():
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory, test_config):
     """A real exported encoder whose weights differ from any fresh initialisation."""
-    from cdssl.config import model_kwargs
-    from cdssl.models import build_megnet
+    from cdssl.models import build_model
 
     torch.manual_seed(123)
-    model = build_megnet(model_kwargs(test_config, "ssl"), 5.0)
+    model = build_model(test_config, "ssl")
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01)
@@ -61,9 +60,18 @@ def test_same_seed_gives_identical_metrics(tmp_path, small_cache_path, config):
     results = []
     for run in ("a", "b"):
         d = tmp_path / run
-        m = run_finetune(small_cache_path, dataset="dielectric", fraction=0.5, seed=0, mode="sl",
-                         **finetune_settings(config, "dielectric", "sl"), metrics_json=d / "m.json",
-                         predictions_csv=d / "p.csv", history_csv=d / "h.csv", ckpt_dir=d / "ckpt")
+        m = run_finetune(
+            small_cache_path,
+            dataset="dielectric",
+            fraction=0.5,
+            seed=0,
+            mode="sl",
+            **finetune_settings(config, "dielectric", "sl"),
+            metrics_json=d / "m.json",
+            predictions_csv=d / "p.csv",
+            history_csv=d / "h.csv",
+            ckpt_dir=d / "ckpt",
+        )
         results.append(m)
     for key in ("test_mae", "val_mae", "best_epoch", "n_train"):
         assert results[0][key] == results[1][key]
@@ -80,16 +88,37 @@ def test_cli_finetunes_a_user_csv(tmp_path, small_table, root):
     from cdssl.cli import finetune_main
 
     csv = tmp_path / "mine.csv"
-    pd.DataFrame({
-        "name": small_table["id"],
-        "cif": [str(CifWriter(Structure.from_dict(s))) for s in small_table["structure"]],
-        "n": 10 ** small_table["target"],
-    }).to_csv(csv, index=False)
-    metrics = finetune_main([
-        "--data", str(csv), "--structure-column", "cif", "--id-column", "name", "--target", "n",
-        "--transform", "log10", "--units", "log10(n)", "--mode", "sl", "--epochs", "1",
-        "--config", str(root / "config/test.yaml"), "--out", str(tmp_path / "run"),
-    ])
+    pd.DataFrame(
+        {
+            "name": small_table["id"],
+            "cif": [str(CifWriter(Structure.from_dict(s))) for s in small_table["structure"]],
+            "n": 10 ** small_table["target"],
+        }
+    ).to_csv(csv, index=False)
+    metrics = finetune_main(
+        [
+            "--data",
+            str(csv),
+            "--structure-column",
+            "cif",
+            "--id-column",
+            "name",
+            "--target",
+            "n",
+            "--transform",
+            "log10",
+            "--units",
+            "log10(n)",
+            "--mode",
+            "sl",
+            "--epochs",
+            "1",
+            "--config",
+            str(root / "config/test.yaml"),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert metrics["n_train"] == 28 and metrics["units"] == "log10(n)"
     predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
     assert len(predictions) == metrics["n_test"] == 8
@@ -98,9 +127,18 @@ def test_cli_finetunes_a_user_csv(tmp_path, small_table, root):
 
 def _cell(tmp_path, cache, config, name):
     d = tmp_path / name
-    return run_finetune(cache, dataset="dielectric", fraction=0.5, seed=0, mode="sl",
-                        **finetune_settings(config, "dielectric", "sl"), metrics_json=d / "m.json",
-                        predictions_csv=d / "p.csv", history_csv=d / "h.csv", ckpt_dir=d / "ckpt")
+    return run_finetune(
+        cache,
+        dataset="dielectric",
+        fraction=0.5,
+        seed=0,
+        mode="sl",
+        **finetune_settings(config, "dielectric", "sl"),
+        metrics_json=d / "m.json",
+        predictions_csv=d / "p.csv",
+        history_csv=d / "h.csv",
+        ckpt_dir=d / "ckpt",
+    )
 
 
 def test_early_stopping_stops_records_why_and_a_rerun_does_not_train_on(tmp_path, small_cache_path, config):

@@ -3,16 +3,15 @@
 import pytest
 import torch
 
-from cdssl.config import model_kwargs
 from cdssl.graphs import GraphCache
-from cdssl.models import build_megnet, predict, state_attr
+from cdssl.models import build_model, predict, state_attr
 
 
 @pytest.mark.parametrize("mode", ["ssl", "sl"])
 @pytest.mark.parametrize("indices", [[4], list(range(24))], ids=["one graph", "batch"])
 def test_forward_and_gradients_equal_matgl(small_cache_path, test_config, mode, indices):
     torch.manual_seed(0)
-    model = build_megnet(model_kwargs(test_config, mode), 5.0)
+    model = build_model(test_config, mode)
     batch = GraphCache.load(small_cache_path, 5.0).collate(indices)
     params = [p for p in model.parameters() if p.requires_grad]
     ref = model(batch, state_attr=state_attr(batch, model)).reshape(-1)
@@ -20,5 +19,5 @@ def test_forward_and_gradients_equal_matgl(small_cache_path, test_config, mode, 
     assert torch.allclose(ours, ref, atol=1e-5)
     g_ref = torch.autograd.grad((ref**2).sum(), params)
     g_ours = torch.autograd.grad((predict(model, batch) ** 2).sum(), params)
-    for a, b in zip(g_ref, g_ours):
+    for a, b in zip(g_ref, g_ours, strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)

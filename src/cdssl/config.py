@@ -6,13 +6,13 @@ Snakemake user sees only the message, not a traceback into our code.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
-
 
 
 def _resource(packaged: str, in_checkout: str) -> Path:
@@ -45,8 +45,8 @@ def _fill_defaults(instance: dict, schema: dict, defs: dict) -> None:
         schema = defs[schema["$ref"].split("/")[-1]]
     for key, sub in schema.get("properties", {}).items():
         if key not in instance and "default" in sub:
-            default = sub["default"]
-            instance[key] = dict(default) if isinstance(default, dict) else default
+            # a copy: a default's lists must not be shared between configs
+            instance[key] = copy.deepcopy(sub["default"])
         if isinstance(instance.get(key), dict):
             _fill_defaults(instance[key], sub, defs)
     extra = schema.get("additionalProperties")
@@ -117,8 +117,7 @@ def _check_references(config: dict, source: str) -> None:
             )
         if entry.get("exclude_finetune") and not entry.get("union"):
             raise ConfigError(
-                f"invalid configuration in {source}: 'datasets.{name}.exclude_finetune' applies only "
-                f"to a 'union' entry"
+                f"invalid configuration in {source}: 'datasets.{name}.exclude_finetune' applies only to a 'union' entry"
             )
     pools: dict[str, tuple] = {}
     for name, entry in datasets.items():
@@ -202,16 +201,23 @@ def pretrain_settings(config: dict, sigma: float | None = None) -> dict[str, Any
     if sigma is None:
         (sigma,) = sigmas(config)
     pc = config["pretrain"]
-    keys = ("epochs", "batch_size", "lr", "lr_schedule", "lr_min_factor", "val_fraction", "seed", "devices",
-            "strategy")
-    return {"sizes": dict(config["models"]["large"]), "cutoff": float(config["graph"]["cutoff"]), "sigma": float(sigma),
-            **{k: pc[k] for k in keys}}
+    keys = ("epochs", "batch_size", "lr", "lr_schedule", "lr_min_factor", "val_fraction", "seed", "devices", "strategy")
+    return {
+        "sizes": dict(config["models"]["large"]),
+        "cutoff": float(config["graph"]["cutoff"]),
+        "sigma": float(sigma),
+        **{k: pc[k] for k in keys},
+    }
 
 
 def probe_settings(config: dict) -> dict[str, Any]:
     ac = config["analysis"]
-    return {"sizes": dict(config["models"]["large"]), "cutoff": float(config["graph"]["cutoff"]),
-            "max_structures": ac["probe_max_structures"], "repeats": ac["probe_repeats"]}
+    return {
+        "sizes": dict(config["models"]["large"]),
+        "cutoff": float(config["graph"]["cutoff"]),
+        "max_structures": ac["probe_max_structures"],
+        "repeats": ac["probe_repeats"],
+    }
 
 
 def finetune_settings(config: dict, dataset: str, mode: str) -> dict[str, Any]:

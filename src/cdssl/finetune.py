@@ -13,7 +13,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .baselines import composition_mae, mean_predictor_mae
-from .config import megnet_sizes
 from .graphs import GraphBatch, GraphCache
 from .models import build_megnet, predict, reset_readout
 from .training import (
@@ -104,7 +103,7 @@ def initial_model(mode: str, sizes: dict | None, cutoff: float, encoder_dir: str
         return model
     if sizes is None:
         raise ValueError(f"mode {mode!r} needs model sizes")
-    return build_megnet(megnet_sizes(sizes), cutoff)
+    return build_megnet(sizes, cutoff)
 
 
 @torch.no_grad()
@@ -150,9 +149,21 @@ def run_finetune(
     and (ssl) of the encoder they form the job's identity. ``units`` and ``sigma`` (the
     encoder's noise scale) only label results: the encoder's digest already stands for it.
     """
-    settings = dict(dataset=dataset, fraction=fraction, seed=seed, mode=mode, sizes=sizes, cutoff=cutoff,
-                    epochs=epochs, batch_size=batch_size, lr=lr, test_fraction=test_fraction,
-                    val_fraction=val_fraction, patience=patience, min_steps=min_steps)
+    settings = dict(
+        dataset=dataset,
+        fraction=fraction,
+        seed=seed,
+        mode=mode,
+        sizes=sizes,
+        cutoff=cutoff,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        test_fraction=test_fraction,
+        val_fraction=val_fraction,
+        patience=patience,
+        min_steps=min_steps,
+    )
     start = time.monotonic()
     L.seed_everything(seed, workers=True, verbose=False)
     cache = GraphCache.load(graphs, cutoff)
@@ -162,15 +173,24 @@ def run_finetune(
     std = std if std > 0 else 1.0
     LOG.info(
         "%s fraction=%s seed=%d mode=%s: %d train, %d val, %d test; target mean %.4g std %.4g",
-        dataset, fraction, seed, mode, len(train), len(val), len(test), mean, std,
+        dataset,
+        fraction,
+        seed,
+        mode,
+        len(train),
+        len(val),
+        len(test),
+        mean,
+        std,
     )
     model = initial_model(mode, sizes, cutoff, encoder_dir)
     encoder = encoder_dir if mode == "ssl" else None
     resume = prepare_checkpoint_dir(ckpt_dir, job_identity(settings, {"graphs": graphs, "encoder": encoder}))
     module = PropertyModule(model, mean, std, lr, str(history_csv))
     train_list = train.tolist()
-    train_dl = DataLoader(train_list, batch_size=batch_size, sampler=EpochShuffle(train_list, seed),
-                          collate_fn=cache.collate)
+    train_dl = DataLoader(
+        train_list, batch_size=batch_size, sampler=EpochShuffle(train_list, seed), collate_fn=cache.collate
+    )
     val_dl = DataLoader(val.tolist(), batch_size=batch_size, collate_fn=cache.collate)
     trainer = make_trainer(epochs, accelerator, [EpochCheckpoint(ckpt_dir, "val_mae", patience, min_steps)])
     trainer.fit(module, train_dl, val_dl, ckpt_path=resume)

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-import torch
-from matgl.models import MEGNet
-from matgl.graph._compute import compute_pair_vector_and_distance
+from collections.abc import Mapping
+from typing import Any
 
+import torch
+from matgl.graph._compute import compute_pair_vector_and_distance
+from matgl.models import MEGNet
+
+from .config import megnet_sizes, model_kwargs
 from .graphs import GraphBatch, element_types
 
 GAUSS_WIDTH = 0.5
 
 
-def build_megnet(sizes: dict, cutoff: float) -> MEGNet:
-    """A MatGL MEGNet with the given sizes; 100 Gaussian centres come from dim_edge_embedding."""
+def build_megnet(sizes: Mapping[str, Any], cutoff: float) -> MEGNet:
+    """A MatGL MEGNet with the given sizes (a config's models entry, lists allowed); 100
+    Gaussian centres come from dim_edge_embedding."""
     return MEGNet(
-        **sizes,
+        **megnet_sizes(sizes),
         cutoff=cutoff,
         gauss_width=GAUSS_WIDTH,
         element_types=element_types(),
@@ -23,14 +28,26 @@ def build_megnet(sizes: dict, cutoff: float) -> MEGNet:
     )
 
 
+def build_model(config: dict, mode: str) -> MEGNet:
+    """A fresh MEGNet for ``mode`` of a validated config: Table 2 for ssl and sl_large,
+    Table 3 for sl, at the config's cutoff."""
+    return build_megnet(model_kwargs(config, mode), config["graph"]["cutoff"])
+
+
 def state_attr(batch: GraphBatch, model: MEGNet) -> torch.Tensor:
     """MatGL's default crystal state (zeros), one row per graph."""
     dim = model.embedding.dim_state_embedding
     return torch.zeros(batch.num_graphs, dim, device=batch.pos.device)
 
 
-def _edge_update(conv, edge_index: torch.Tensor, edge: torch.Tensor, node: torch.Tensor,
-                 state: torch.Tensor, edge_batch: torch.Tensor) -> torch.Tensor:
+def _edge_update(
+    conv,
+    edge_index: torch.Tensor,
+    edge: torch.Tensor,
+    node: torch.Tensor,
+    state: torch.Tensor,
+    edge_batch: torch.Tensor,
+) -> torch.Tensor:
     """``MEGNetGraphConv.edge_update_`` with its first Linear split by input block.
 
     W [v_src; v_dst; e; u] + b = (W_s v)[src] + (W_d v)[dst] + W_e e + (W_u u + b)[graph]:

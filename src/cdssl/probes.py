@@ -54,15 +54,24 @@ def ridge_probe(z: np.ndarray, y: np.ndarray, seed: int = 0) -> dict:
     tr, te = order[:n_train], order[n_train:]
     probe = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-4, 4, 17)))
     probe.fit(z[tr], y[tr])
-    return {"r2": float(probe.score(z[te], y[te])), "alpha": float(probe[-1].alpha_), "n_train": int(len(tr)),
-            "n_test": int(len(te))}
+    return {
+        "r2": float(probe.score(z[te], y[te])),
+        "alpha": float(probe[-1].alpha_),
+        "n_train": int(len(tr)),
+        "n_test": int(len(te)),
+    }
 
 
 def repeated_probe(z: np.ndarray, y: np.ndarray, repeats: int) -> dict:
     """:func:`ridge_probe` over ``repeats`` seeded splits: R^2 mean, sd, min and max."""
     r2 = np.array([ridge_probe(z, y, seed)["r2"] for seed in range(repeats)])
-    return {"r2_mean": float(r2.mean()), "r2_sd": float(r2.std(ddof=1)) if repeats > 1 else float("nan"),
-            "r2_min": float(r2.min()), "r2_max": float(r2.max()), "repeats": repeats}
+    return {
+        "r2_mean": float(r2.mean()),
+        "r2_sd": float(r2.std(ddof=1)) if repeats > 1 else float("nan"),
+        "r2_min": float(r2.min()),
+        "r2_max": float(r2.max()),
+        "repeats": repeats,
+    }
 
 
 def probe_structures(
@@ -111,7 +120,6 @@ def run_probes(
     import lightning as L
     import matgl
 
-    from .config import megnet_sizes
     from .models import build_megnet
 
     parts = probe_structures(pretrain_graphs, split_csv, other_graphs, cutoff, max_structures)
@@ -128,19 +136,26 @@ def run_probes(
     dirs = [encoder_dirs] if isinstance(encoder_dirs, (str, Path)) else list(encoder_dirs)
     sigmas = list(sigmas) if sigmas is not None else [None] * len(dirs)
     names = ["pretrained"] if len(dirs) == 1 else [f"pretrained_sigma_{float(s):g}" for s in sigmas]
-    encoders = {name: matgl.load_model(Path(d)) for name, d in zip(names, dirs)}
-    encoders["random_init"] = build_megnet(megnet_sizes(sizes), cutoff)
+    encoders = {name: matgl.load_model(Path(d)) for name, d in zip(names, dirs, strict=True)}
+    encoders["random_init"] = build_megnet(sizes, cutoff)
     fractions = stack(lambda c, idx: element_fractions(c, idx, n_types))
     features = {name: stack(lambda c, idx, m=model: embeddings(m, c, idx)) for name, model in encoders.items()}
     features["element_fractions"] = fractions
     features["element_fractions+atoms"] = np.column_stack([fractions, atoms, np.log(atoms)])
-    sigma_of = dict(zip(names, sigmas))
+    sigma_of = dict(zip(names, sigmas, strict=True))
     rows = []
     for name in names + list(FEATURES[1:]):
         for target, y in targets.items():
-            rows.append({"features": name, "sigma": sigma_of.get(name), "target": target,
-                         **repeated_probe(features[name], y, repeats), "n_structures": len(y),
-                         "paper_r2": PAPER_R2[target]})
+            rows.append(
+                {
+                    "features": name,
+                    "sigma": sigma_of.get(name),
+                    "target": target,
+                    **repeated_probe(features[name], y, repeats),
+                    "n_structures": len(y),
+                    "paper_r2": PAPER_R2[target],
+                }
+            )
     table = pd.DataFrame(rows)
     with atomic_path(probe_csv, suffix=".csv") as tmp:
         table.to_csv(tmp, index=False)

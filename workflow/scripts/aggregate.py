@@ -1,10 +1,12 @@
+"""Rule aggregate: every fine-tuning metrics.json -> jobs.csv, cells.csv, summary.json (cdssl.statistics)."""
+
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)
 from _bootstrap import start
 
 log = start(snakemake)
-from cdssl.analysis import summary_lines, write_aggregates
+from cdssl.statistics import summary_lines, write_aggregates
 
 try:
     out = snakemake.output

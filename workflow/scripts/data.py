@@ -1,3 +1,5 @@
+"""Rule data: one dataset entry -> its cleaned table and the rows it dropped, with reasons (cdssl.data)."""
+
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)
@@ -11,10 +13,8 @@ try:
     settings = snakemake.params.settings
     # the input tables come in the order settings["exclude"] names them
     # (a user's file entry declares no exclude input)
-    exclude = dict(zip(settings["exclude"], map(read_table, snakemake.input.get("exclude", []))))
-    table, dropped = build_table(
-        snakemake.wildcards.dataset, settings["entry"], settings["data_dir"], exclude
-    )
+    exclude = dict(zip(settings["exclude"], map(read_table, snakemake.input.get("exclude", [])), strict=True))
+    table, dropped = build_table(snakemake.wildcards.dataset, settings["entry"], settings["data_dir"], exclude)
     write_table(table, snakemake.output.table)
     with atomic_path(snakemake.output.skipped, suffix=".csv") as tmp:
         dropped.to_csv(tmp, index=False)

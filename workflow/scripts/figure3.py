@@ -1,10 +1,12 @@
+"""Rule figure3: pretraining histories and their references -> Figure 3 (cdssl.figures)."""
+
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)
 from _bootstrap import start
 
 log = start(snakemake)
-from cdssl.analysis import figure3
+from cdssl.figures import figure3
 
 try:
     inp = snakemake.input

@@ -1,10 +1,12 @@
+"""Rule figure4: the per-cell table -> Figure 4, SSL against every baseline (cdssl.figures)."""
+
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)
 from _bootstrap import start
 
 log = start(snakemake)
-from cdssl.analysis import figure4
+from cdssl.figures import figure4
 
 try:
     out = snakemake.output

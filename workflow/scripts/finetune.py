@@ -1,3 +1,5 @@
+"""Rules finetune and finetune_ssl: every seed of one (dataset, fraction, mode) cell (cdssl.finetune)."""
+
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)

@@ -1,3 +1,5 @@
+"""Rule graphs: a dataset's table -> its packed graph cache and skipped rows (cdssl.graphs)."""
+
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)
@@ -20,7 +22,9 @@ try:
         log.warning("skipped %d structure(s): %s", count, reason)
     # one list of every row that left the dataset: the data stage's (labels, site cap), then ours
     skipped = pd.concat([pd.read_csv(snakemake.input.dropped, dtype=str), skipped], ignore_index=True)
-    log.info("%d graphs cached, %d rows skipped in all (see %s)", len(cache["ids"]), len(skipped), snakemake.output.skipped)
+    log.info(
+        "%d graphs cached, %d rows skipped in all (see %s)", len(cache["ids"]), len(skipped), snakemake.output.skipped
+    )
     with atomic_path(snakemake.output.skipped, suffix=".csv") as tmp:
         skipped.to_csv(tmp, index=False)
     save_cache(cache, snakemake.output.graphs)

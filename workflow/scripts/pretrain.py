@@ -1,3 +1,5 @@
+"""Rule pretrain: the denoising pretext task for one sigma, resumable (cdssl.pretrain)."""
+
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)

@@ -1,3 +1,5 @@
+"""Rule probe: ridge probes on frozen embeddings of unseen crystals (cdssl.probes)."""
+
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)

@@ -1,3 +1,5 @@
+"""Rule select_checkpoint: the lowest-validation-loss epoch -> the exported encoder (cdssl.selection)."""
+
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)

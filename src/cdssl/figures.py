@@ -1,0 +1,254 @@
+"""Figures 3-5: pretraining curves beside their references, SSL against the baselines per cell, the UMAP map."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .statistics import BASELINES, ssl_models
+from .utils import atomic_path
+
+MODE_LABELS = {"ssl": "SSL (pretrained)", "sl": "SL (Table 3)", "sl_large": "SL large (Table 2)"}
+MODE_COLOURS = {"ssl": "#1b9e77", "sl": "#d95f02", "sl_large": "#7570b3"}
+TRIVIAL_LABELS = {"mean_predictor": "mean predictor", "composition": "composition ridge"}
+
+
+def model_label(model: str) -> str:
+    if model.startswith("ssl_sigma_"):
+        return f"SSL (pretrained, sigma {model.removeprefix('ssl_sigma_')} A)"
+    return MODE_LABELS.get(model, model)
+
+
+def model_colour(model: str, models: list[str]) -> str | None:
+    if model.startswith("ssl_sigma_"):
+        import matplotlib
+
+        ssl = [m for m in models if m.startswith("ssl_sigma_")]
+        return matplotlib.colormaps["Greens"](0.45 + 0.5 * ssl.index(model) / max(1, len(ssl) - 1))
+    return MODE_COLOURS.get(model)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+REFERENCES = [
+    ("val_loss_noisy_distances", "noisy distances as answer", ":"),
+    ("val_loss_lookup_noisy_length", "lookup: noisy length", "--"),
+    ("val_loss_lookup_element_pair", "lookup: noisy length x element pair", "-."),
+]
+
+
+def figure3(history_csvs, selected_jsons, reference_jsons, out_png, sigmas: list | None = None) -> None:
+    """Pretraining curves, one colour per noise scale (lists in the order of ``sigmas``),
+    each beside its own references that need no learning."""
+    plt = _plt()
+    paths = [history_csvs] if isinstance(history_csvs, (str, Path)) else list(history_csvs)
+    selected = [selected_jsons] if isinstance(selected_jsons, (str, Path)) else list(selected_jsons)
+    refs = [reference_jsons] if isinstance(reference_jsons, (str, Path)) else list(reference_jsons)
+    sigmas = list(sigmas) if sigmas is not None else [None] * len(paths)
+    sweep = len(paths) > 1
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for k, (path, sel, ref_path, sigma) in enumerate(zip(paths, selected, refs, sigmas, strict=True)):
+        h = pd.read_csv(path)
+        best = json.loads(Path(sel).read_text())["epoch"]
+        ref = json.loads(Path(ref_path).read_text())
+        tag = f"sigma {sigma} A: " if sweep else ""
+        colour = f"C{k}"
+        if sweep:
+            axes[0].plot(h["epoch"], h["val_loss"], color=colour, label=f"{tag}validation")
+            axes[0].plot(h["epoch"], h["train_loss"], color=colour, alpha=0.4, lw=0.8)
+            axes[1].plot(h["epoch"], h["val_mae"], color=colour, label=f"{tag}validation MAE")
+        else:
+            axes[0].plot(h["epoch"], h["train_loss"], label="train")
+            axes[0].plot(h["epoch"], h["val_loss"], label="validation")
+            axes[1].plot(h["epoch"], h["train_mae"], label="train MAE")
+            axes[1].plot(h["epoch"], h["val_mae"], label="validation MAE")
+        for key, label, style in REFERENCES:
+            if key in ref:
+                axes[0].axhline(
+                    ref[key],
+                    color=colour if sweep else "tab:red",
+                    ls=style,
+                    lw=1,
+                    label=f"{tag}{label} ({ref[key]:.3f})",
+                )
+        if "val_output_share_lookup" in h and not sweep:
+            twin = axes[1].twinx()
+            twin.plot(
+                h["epoch"],
+                h["val_output_share_lookup"],
+                color="grey",
+                ls=":",
+                label="output variance a lookup explains",
+            )
+            twin.set_ylim(0, 1.02)
+            twin.set_ylabel("share of output variance explained\nby a lookup of the noisy length", fontsize=8)
+            twin.legend(fontsize=7, loc="center right")
+        axes[2].plot(h["epoch"], h["grad_norm"], color=colour if sweep else "grey", label=tag.rstrip(": ") or None)
+        for ax in axes:
+            ax.axvline(
+                best,
+                color=colour if sweep else "k",
+                ls="--",
+                lw=0.8,
+                label=f"{tag}selected (epoch {best})" if ax is axes[2] or not sweep else None,
+            )
+    axes[0].set_ylabel("MSE loss (standardised distance)")
+    axes[1].set_ylabel("MAE (standardised distance)")
+    axes[2].set_ylabel("mean gradient norm")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=6 if sweep else 7)
+    axes[1].legend(fontsize=7, loc="upper right")
+    if sweep:
+        axes[2].legend(fontsize=7)
+    fig.suptitle("Figure 3: CDSSL pretraining, validation loss beside answers that need no learning")
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def _bars(ax, cells: pd.DataFrame, modes: list[str]) -> None:
+    x = np.arange(len(cells))
+    width = 0.8 / len(modes)
+    for i, mode in enumerate(modes):
+        colour = model_colour(mode, modes)
+        bars = ax.bar(
+            x + (i - (len(modes) - 1) / 2) * width,
+            cells[f"mean_{mode}"],
+            width,
+            yerr=cells.get(f"sem_{mode}"),
+            capsize=2,
+            label=model_label(mode),
+            color=colour,
+        )
+        # a bar not below the mean predictor is drawn hollow: flagged, never a win
+        for bar, beats in zip(bars, cells.get(f"beats_mean_{mode}", [True] * len(cells)), strict=True):
+            if not beats:
+                bar.set_facecolor("none")
+                bar.set_edgecolor(colour or "k")
+                bar.set_hatch("//")
+    for name, style in (("mean_predictor", "k--"), ("composition", "k:")):
+        if f"mean_{name}" in cells:
+            for j, value in enumerate(cells[f"mean_{name}"]):
+                ax.plot(
+                    [x[j] - 0.45, x[j] + 0.45],
+                    [value, value],
+                    style,
+                    lw=1.2,
+                    label=TRIVIAL_LABELS[name] if j == 0 else None,
+                )
+    ax.set_xticks(x, [f"{f:g}" for f in cells["fraction"]])
+    ax.set_xlabel("training fraction")
+
+
+def _wins(sub: pd.DataFrame, ssl: str, base: str) -> tuple[int, int]:
+    counted = sub[f"counted_{ssl}_{base}"]
+    return int((sub[f"{ssl}_wins_{base}"] & counted).sum()), int(counted.sum())
+
+
+def _title(dataset: str, sub: pd.DataFrame, models: list[str]) -> str:
+    wins = []
+    for ssl in ssl_models(models):
+        for base in BASELINES:
+            if f"{ssl}_wins_{base}" in sub:
+                won, counted = _wins(sub, ssl, base)
+                who = "" if ssl == "ssl" else f"sigma {ssl.removeprefix('ssl_sigma_')}: "
+                wins.append(f"{who}{won}/{counted} vs {MODE_LABELS[base].split(' (')[0]}")
+    text = f"{dataset}: SSL lower in " + ", ".join(wins) if wins else dataset
+    return text + "\n(hollow bars: not below the mean predictor, cell not counted)"
+
+
+def _panel(ax, sub: pd.DataFrame, dataset: str, modes: list[str]) -> None:
+    units = sub["units"].iloc[0] if isinstance(sub["units"].iloc[0], str) else ""
+    _bars(ax, sub, modes)
+    ax.set_ylabel(f"test MAE ({units})" if units else "test MAE")
+    ax.set_title(_title(dataset, sub, modes), fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def cell_models(cells: pd.DataFrame, modes: list[str]) -> list[str]:
+    """The models of ``cells`` in the order of ``modes``; ssl expands to a sweep's sigmas."""
+    out = []
+    for mode in modes:
+        if mode == "ssl":
+            out += sorted(
+                (c.removeprefix("mean_") for c in cells.columns if c.startswith("mean_ssl")),
+                key=lambda m: float(m.removeprefix("ssl_sigma_")) if m != "ssl" else 0.0,
+            )
+        elif f"mean_{mode}" in cells:
+            out.append(mode)
+    return out
+
+
+def figure4(cells_csv, modes: list[str], out_png, per_dataset_dir) -> list[Path]:
+    """One multi-panel figure plus one file per dataset."""
+    plt = _plt()
+    cells = pd.read_csv(cells_csv)
+    modes = cell_models(cells, modes)
+    datasets = list(dict.fromkeys(cells["dataset"]))
+    per_dataset_dir = Path(per_dataset_dir)
+    per_dataset_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for dataset in datasets:
+        sub = cells[cells["dataset"] == dataset].sort_values("fraction")
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        _panel(ax, sub, dataset, modes)
+        fig.tight_layout()
+        path = per_dataset_dir / f"{dataset}.png"
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    ncols = min(3, len(datasets))
+    nrows = int(np.ceil(len(datasets) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(8, 5 * ncols), 3.8 * nrows + 0.6), squeeze=False)
+    for ax, dataset in zip(axes.flat, datasets, strict=True):
+        _panel(ax, cells[cells["dataset"] == dataset].sort_values("fraction"), dataset, modes)
+    for ax in list(axes.flat)[len(datasets) :]:
+        ax.set_visible(False)
+    head = "Figure 4: test MAE, mean and standard error over seeds\ndashed: mean predictor, dotted: composition ridge"
+    for ssl in ssl_models(modes):
+        if f"{ssl}_wins_sl" in cells:
+            won, counted = _wins(cells, ssl, "sl")
+            head += (
+                f"\n{model_label(ssl)} lower than SL in {won} of {counted} counted cells "
+                f"({len(cells) - counted} excluded)"
+            )
+    fig.suptitle(head, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    return written
+
+
+def figure5(embeddings_npz, out_png, seed: int = 0) -> None:
+    import umap
+
+    plt = _plt()
+    data = np.load(embeddings_npz)
+    z, density = data["z"], data["density"]
+    coords = umap.UMAP(n_neighbors=min(15, len(z) - 1), random_state=seed).fit_transform(z)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    sc = ax.scatter(coords[:, 0], coords[:, 1], c=density, s=6, cmap="viridis")
+    fig.colorbar(sc, ax=ax, label="density (g/cm$^3$)")
+    ax.set_xlabel("UMAP 1")
+    ax.set_ylabel("UMAP 2")
+    ax.set_title(
+        f"Figure 5: pretrained embeddings of {len(z)} crystals\nnever trained on (the probes' crystals)", fontsize=10
+    )
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,202 @@
+"""Statistics of the fine-tuning grid: per-cell means, SSL against every baseline and trivial answer, win counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .utils import atomic_path, write_json
+
+BASELINES = ("sl", "sl_large")
+
+
+def ssl_model(sigma: float) -> str:
+    """The model name of the ssl cells pretrained at noise scale ``sigma`` in a sweep."""
+    return f"ssl_sigma_{float(sigma):g}"
+
+
+def collect_jobs(metric_files: list[str | Path]) -> pd.DataFrame:
+    """Every run's metrics, with ``model``: the mode, except that in a noise-scale sweep
+    (ssl runs at several sigmas) each sigma's ssl runs are their own model."""
+    rows = [json.loads(Path(f).read_text()) for f in metric_files]
+    jobs = pd.DataFrame(rows)
+    jobs["model"] = jobs["mode"]
+    if "sigma" in jobs:
+        ssl = jobs["mode"] == "ssl"
+        if jobs.loc[ssl, "sigma"].nunique() > 1:
+            jobs.loc[ssl, "model"] = jobs.loc[ssl, "sigma"].map(ssl_model)
+    return jobs.sort_values(["dataset", "fraction", "model", "seed"]).reset_index(drop=True)
+
+
+def ssl_models(models) -> list[str]:
+    return [m for m in models if m == "ssl" or m.startswith("ssl_sigma_")]
+
+
+TRIVIAL = {"mean_predictor": "test_mae_mean_predictor", "composition": "test_mae_composition"}
+
+
+def _sem(x: pd.Series) -> float:
+    return x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else np.nan
+
+
+def cell_table(jobs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, fraction): mean and standard error over seeds for each mode
+    and for the trivial answers of the same test sets; per mode whether it beat the mean
+    predictor (``beats_mean_<mode>``); per baseline, SSL minus baseline, whether SSL has
+    the lower mean (``ssl_wins_<base>``, the paper's count) and whether the cell counts
+    (``counted_<ssl>_<base>``: both SSL and the baseline beat the mean predictor). In a
+    noise-scale sweep every ``ssl_sigma_<s>`` model gets these columns in place of ssl."""
+    if "model" not in jobs:
+        jobs = jobs.assign(model=jobs["mode"])
+    g = jobs.groupby(["dataset", "fraction", "model"])["test_mae"]
+    wide = g.agg(mean="mean", sem=_sem, n="count").unstack("model")
+    wide.columns = [f"{stat}_{model}" for stat, model in wide.columns]
+    modes = sorted(jobs["model"].unique())
+    # one trivial answer per (dataset, fraction, seed): the same for every mode
+    per_seed = jobs.groupby(["dataset", "fraction", "seed"])[[c for c in TRIVIAL.values() if c in jobs]].first()
+    for name, column in TRIVIAL.items():
+        if column in per_seed:
+            wide[f"mean_{name}"] = per_seed[column].groupby(["dataset", "fraction"]).mean()
+            wide[f"sem_{name}"] = per_seed[column].groupby(["dataset", "fraction"]).agg(_sem)
+    wide = wide.reset_index()
+    for mode in modes:
+        if "mean_mean_predictor" in wide:
+            wide[f"beats_mean_{mode}"] = wide[f"mean_{mode}"] < wide["mean_mean_predictor"]
+        else:  # metrics written before the baselines existed: nothing to flag against
+            wide[f"beats_mean_{mode}"] = True
+    wide["flagged"] = [
+        "; ".join(f"{m} not below the mean predictor" for m in modes if not row[f"beats_mean_{m}"])
+        for _, row in wide.iterrows()
+    ]
+    for ssl in ssl_models(modes):
+        for base in BASELINES:
+            if f"mean_{base}" in wide:
+                wide[f"diff_{ssl}_{base}"] = wide[f"mean_{ssl}"] - wide[f"mean_{base}"]
+                wide[f"{ssl}_wins_{base}"] = wide[f"mean_{ssl}"] < wide[f"mean_{base}"]
+                wide[f"counted_{ssl}_{base}"] = wide[f"beats_mean_{ssl}"] & wide[f"beats_mean_{base}"]
+    units = jobs.groupby("dataset")["units"].first()
+    wide["units"] = wide["dataset"].map(units)
+    return wide
+
+
+def paired_test(jobs: pd.DataFrame, baseline: str, ssl: str = "ssl") -> dict:
+    """Wilcoxon signed-rank of SSL vs ``baseline`` test MAE, paired over (fraction, seed).
+
+    The pairs share test sets, nested training sets and one encoder, so this p-value is
+    optimistic; :func:`cell_statistics` gives the one whose unit is the cell.
+    """
+    keys = ["dataset", "fraction", "seed"]
+    model = jobs["model"] if "model" in jobs else jobs["mode"]
+    a = jobs[model == ssl].set_index(keys)["test_mae"]
+    b = jobs[model == baseline].set_index(keys)["test_mae"]
+    pairs = pd.concat([a, b], axis=1, keys=["ssl", baseline], join="inner")
+    diff = (pairs["ssl"] - pairs[baseline]).to_numpy()
+    result = {
+        "baseline": baseline,
+        "n_pairs": int(len(diff)),
+        "median_diff": float(np.median(diff)) if len(diff) else float("nan"),
+        "ssl_lower_pairs": int((diff < 0).sum()),
+        "statistic": float("nan"),
+        "p_value": float("nan"),
+    }
+    if len(diff) >= 2 and np.any(diff != 0):
+        res = stats.wilcoxon(pairs["ssl"], pairs[baseline], alternative="two-sided", zero_method="wilcox")
+        result["statistic"], result["p_value"] = float(res.statistic), float(res.pvalue)
+    return result
+
+
+def bootstrap_mean(diffs: np.ndarray, n_boot: int = 10_000, seed: int = 0, level: float = 0.95) -> dict:
+    """Mean of ``diffs`` with a percentile bootstrap interval (resampling the values)."""
+    diffs = np.asarray(diffs, dtype=float)
+    diffs = diffs[np.isfinite(diffs)]
+    if len(diffs) == 0:
+        return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), size=(n_boot, len(diffs)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return {"mean": float(diffs.mean()), "ci_low": float(low), "ci_high": float(high), "n": int(len(diffs))}
+
+
+def cell_statistics(cells: pd.DataFrame, other: str, ssl: str = "ssl") -> dict:
+    """SSL minus ``other`` (a mode or a trivial answer) on cell means: the mean difference
+    with a bootstrap 95% interval over cells, and a Wilcoxon signed-rank test over cells."""
+    diffs = (cells[f"mean_{ssl}"] - cells[f"mean_{other}"]).to_numpy()
+    out = {"unit": "cell (dataset, fraction), mean over seeds", **bootstrap_mean(diffs), "p_value": float("nan")}
+    finite = diffs[np.isfinite(diffs)]
+    if len(finite) >= 2 and np.any(finite != 0):
+        out["p_value"] = float(stats.wilcoxon(finite, zero_method="wilcox").pvalue)
+    return out
+
+
+def summarise(jobs: pd.DataFrame, cells: pd.DataFrame) -> dict:
+    models = sorted((jobs["model"] if "model" in jobs else jobs["mode"]).unique())
+    out: dict = {
+        "n_jobs": int(len(jobs)),
+        "modes": sorted(jobs["mode"].unique()),
+        "models": models,
+        "cells": int(len(cells)),
+        "cells_flagged": {m: int((~cells[f"beats_mean_{m}"]).sum()) for m in models},
+        "comparisons": {},
+    }
+    others = [b for b in BASELINES if b in models] + [t for t in TRIVIAL if f"mean_{t}" in cells]
+    for ssl in ssl_models(models):
+        for other in others:
+            comp: dict = {
+                "cell_means": cell_statistics(cells, other, ssl),
+                "per_dataset": {d: cell_statistics(sub, other, ssl) for d, sub in cells.groupby("dataset")},
+            }
+            if other in BASELINES:
+                counted = cells[f"counted_{ssl}_{other}"]
+                wins = cells[f"{ssl}_wins_{other}"]
+                comp.update(
+                    ssl_wins=int((wins & counted).sum()),
+                    cells_counted=int(counted.sum()),
+                    cells_excluded=int((~counted).sum()),
+                    excluded=[f"{r.dataset} {r.fraction:g}" for r in cells[~counted].itertuples()],
+                    paper_count={"ssl_wins": int(wins.sum()), "cells": int(len(cells))},
+                    wins_per_dataset={
+                        d: int((s[f"{ssl}_wins_{other}"] & s[f"counted_{ssl}_{other}"]).sum())
+                        for d, s in cells.groupby("dataset")
+                    },
+                    pairs=paired_test(jobs, other, ssl),
+                )
+            out["comparisons"][f"{ssl}_vs_{other}"] = comp
+    return out
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """The summary in words: what a log or a README quotes."""
+    lines = [
+        f"{summary['cells']} cells; not below the mean predictor: "
+        + ", ".join(f"{m} {n}" for m, n in summary["cells_flagged"].items())
+    ]
+    for name, comp in summary["comparisons"].items():
+        c = comp["cell_means"]
+        line = (
+            f"{name}: mean difference {c['mean']:+.4g} (95% bootstrap CI {c['ci_low']:+.4g} to "
+            f"{c['ci_high']:+.4g}) over {c['n']} cells, Wilcoxon on cell means p = {c['p_value']:.3g}"
+        )
+        if "ssl_wins" in comp:
+            line += (
+                f"; SSL lower in {comp['ssl_wins']} of {comp['cells_counted']} counted cells "
+                f"({comp['cells_excluded']} excluded: a model not below the mean predictor); paper-style "
+                f"count {comp['paper_count']['ssl_wins']} of {comp['paper_count']['cells']}"
+            )
+        lines.append(line)
+    return lines
+
+
+def write_aggregates(metric_files, jobs_csv, cells_csv, summary_json) -> dict:
+    jobs = collect_jobs(metric_files)
+    cells = cell_table(jobs)
+    for frame, path in ((jobs, jobs_csv), (cells, cells_csv)):
+        with atomic_path(path, suffix=".csv") as tmp:
+            frame.to_csv(tmp, index=False)
+    summary = summarise(jobs, cells)
+    write_json(summary, summary_json)
+    return summary
