@@ -13,9 +13,9 @@ from cdssl.pretrain import (
     DenoisingModule,
     denoising_target,
     edge_lengths,
+    loaders,
     lookup_references,
     lookup_share,
-    loaders,
     no_learning_reference,
     perturb,
     pretrain_split,
@@ -31,16 +31,33 @@ def cache(small_cache_path):
 
 def test_perturbation_moves_positions_but_not_edges(cache):
     batch = cache.collate(list(range(8)))
-    edges_before = batch.edge_index.clone()
-    shift_before = batch.pbc_offshift.clone()
     noisy = perturb(batch.pos, 0.5, torch.Generator().manual_seed(1))
-    step = (noisy - batch.pos).norm(dim=1)
-    assert (step > 0).all()
+    assert ((noisy - batch.pos).norm(dim=1) > 0).all()
     # per-coordinate noise has the configured scale
     assert abs(float((noisy - batch.pos).std()) - 0.5) < 0.05
+
+
+def test_the_network_sees_noisy_lengths_on_the_original_edges_and_predicts_the_clean_ones(cache, test_config):
+    # What the pretext step feeds the network: the distances its bond expansion receives
+    # must be the shaken positions measured along the clean graph's edges (same edges,
+    # same periodic shifts, no neighbour list rebuilt from the shaken atoms), and the
+    # target the standardised clean lengths. Feeding the clean positions, or rebuilding
+    # the edges after shaking, fails here.
+    torch.manual_seed(0)
+    module = DenoisingModule(model_kwargs(test_config, "ssl"), 5.0, 0.5, 1e-3)
+    batch = cache.collate(list(range(8)))
+    edges_before, shift_before, pos_before = batch.edge_index.clone(), batch.pbc_offshift.clone(), batch.pos.clone()
+    seen = []
+    module.model.bond_expansion.register_forward_hook(lambda mod, args, out: seen.append(args[0].detach()))
+    pred, target = module._step(batch, torch.Generator().manual_seed(1))
+    noisy = perturb(pos_before, 0.5, torch.Generator().manual_seed(1))
+    assert len(seen) == 1 and seen[0].shape == (edges_before.shape[1],) and pred.shape == seen[0].shape
+    assert torch.allclose(seen[0], edge_lengths(noisy, batch), atol=1e-5)
+    assert not torch.allclose(seen[0], edge_lengths(pos_before, batch), atol=1e-2)
+    assert torch.allclose(target, denoising_target(batch))
+    # the batch itself is left as it was: the next epoch shakes the clean positions again
     assert torch.equal(batch.edge_index, edges_before) and torch.equal(batch.pbc_offshift, shift_before)
-    # the same edges now have other lengths; the originals are untouched
-    assert not torch.allclose(edge_lengths(noisy, batch), edge_lengths(batch.pos, batch))
+    assert torch.equal(batch.pos, pos_before)
 
 
 def test_original_lengths_match_pymatgen(small_table, cache):
@@ -102,8 +119,9 @@ def test_no_learning_reference_uses_the_validation_noise(cache, test_config):
     # validation_step sees the same shaken crystals: a module whose answer is the
     # noisy distances' own standardisation scores exactly the reference
     module = DenoisingModule(model_kwargs(test_config, "ssl"), 5.0, 0.5, 1e-3)
-    module.forward = lambda batch, pos: standardise_per_graph(edge_lengths(pos, batch), batch.edge_batch,
-                                                              batch.num_graphs)
+    module.forward = lambda batch, pos: standardise_per_graph(
+        edge_lengths(pos, batch), batch.edge_batch, batch.num_graphs
+    )
     for i, batch in enumerate(val_dl):
         module.validation_step(batch, i)
     row = module.epoch_row(module._reduced())
@@ -134,8 +152,11 @@ def test_lookup_share_is_one_for_a_copy_of_the_input_and_zero_for_noise():
     def share(pred):
         zeros = torch.zeros(82, dtype=torch.float64)
         p = pred.double()
-        sums = {"bin_n": zeros.index_add(0, bins, torch.ones_like(p)), "bin_s": zeros.index_add(0, bins, p),
-                "bin_ss": zeros.index_add(0, bins, p * p)}
+        sums = {
+            "bin_n": zeros.index_add(0, bins, torch.ones_like(p)),
+            "bin_s": zeros.index_add(0, bins, p),
+            "bin_ss": zeros.index_add(0, bins, p * p),
+        }
         return lookup_share(sums)
 
     assert share(noisy) > 0.99
@@ -146,9 +167,14 @@ def test_lookup_share_is_one_for_a_copy_of_the_input_and_zero_for_noise():
 def test_measuring_the_reference_leaves_training_unchanged(tmp_path, small_cache_path, config):
     config["pretrain"].update(epochs=1, batch_size=16)
     for name, ref in (("a", None), ("b", tmp_path / "ref.json")):
-        run_pretraining(small_cache_path, **pretrain_settings(config), history_csv=tmp_path / f"{name}.csv",
-                        split_csv=tmp_path / f"{name}_split.csv", ckpt_dir=tmp_path / f"{name}_ckpt",
-                        reference_json=ref)
+        run_pretraining(
+            small_cache_path,
+            **pretrain_settings(config),
+            history_csv=tmp_path / f"{name}.csv",
+            split_csv=tmp_path / f"{name}_split.csv",
+            ckpt_dir=tmp_path / f"{name}_ckpt",
+            reference_json=ref,
+        )
     columns = ["train_loss", "val_loss", "grad_norm"]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv")[columns], pd.read_csv(tmp_path / "b.csv")[columns])
 
@@ -168,8 +194,14 @@ def test_pretraining_run_logs_every_epoch_and_selection_exports_for_matgl(tmp_pa
     from cdssl.selection import select_checkpoint
 
     config["pretrain"].update(epochs=4, batch_size=16)
-    run_pretraining(small_cache_path, **pretrain_settings(config), history_csv=tmp_path / "h.csv",
-                    split_csv=tmp_path / "split.csv", ckpt_dir=tmp_path / "ckpt", reference_json=tmp_path / "ref.json")
+    run_pretraining(
+        small_cache_path,
+        **pretrain_settings(config),
+        history_csv=tmp_path / "h.csv",
+        split_csv=tmp_path / "split.csv",
+        ckpt_dir=tmp_path / "ckpt",
+        reference_json=tmp_path / "ref.json",
+    )
     h = pd.read_csv(tmp_path / "h.csv")
     reference = json.loads((tmp_path / "ref.json").read_text())
     assert reference["sigma"] == 0.5 and 0 < reference["val_loss_noisy_distances"] < reference["val_loss_zeros"]
