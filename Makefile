@@ -33,9 +33,13 @@ report: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile config/test.yaml
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: $(STAMP)
 	$(BIN)/snakefmt Snakefile workflow/rules
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --configfile config/config.yaml

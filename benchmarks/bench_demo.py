@@ -49,8 +49,17 @@ def main() -> None:
         print_time_shares(results)
         return
     shutil.rmtree(results, ignore_errors=True)
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--configfile", args.configfile,
-           "--config", f"results_dir={args.results}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        str(args.cores),
+        "--configfile",
+        args.configfile,
+        "--config",
+        f"results_dir={args.results}",
+    ]
     log_path = ROOT / f"{args.results.rstrip('/')}.snakemake.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"# {os.cpu_count()} CPUs, --cores {args.cores}; {' '.join(cmd[2:])}; output in {log_path}")
@@ -89,8 +98,10 @@ def time_shares(results: Path) -> pd.DataFrame:
         rows.append({"rule": rule, "wall_s": float(pd.read_csv(tsv, sep="\t")["s"].iloc[0]), "jobs": 1})
     jobs = pd.DataFrame(rows).groupby("rule").sum()
     jobs["epoch_s"] = 0.0
-    histories = {"pretrain": sorted((results / "pretrain").rglob("history.csv")),
-                 "finetune": sorted((results / "finetune").rglob("history.csv"))}
+    histories = {
+        "pretrain": sorted((results / "pretrain").rglob("history.csv")),
+        "finetune": sorted((results / "finetune").rglob("history.csv")),
+    }
     for rule, files in histories.items():
         if rule in jobs.index:
             jobs.loc[rule, "epoch_s"] = sum(pd.read_csv(f)["epoch_seconds"].sum() for f in files if f.exists())
@@ -102,10 +113,15 @@ def print_time_shares(results: Path) -> None:
     total = jobs["wall_s"].sum()
     print(f"{'rule':<20} {'jobs':>5} {'job s':>9} {'share':>7} {'in epochs s':>12}")
     for rule, row in jobs.sort_values("wall_s", ascending=False).iterrows():
-        print(f"{rule:<20} {int(row['jobs']):>5} {row['wall_s']:>9.0f} {row['wall_s'] / total:>7.1%} {row['epoch_s']:>12.0f}")
+        print(
+            f"{rule:<20} {int(row['jobs']):>5} {row['wall_s']:>9.0f} "
+            f"{row['wall_s'] / total:>7.1%} {row['epoch_s']:>12.0f}"
+        )
     epochs = jobs["epoch_s"].sum()
-    print(f"share of the jobs' time spent in training epochs (training + validation steps): "
-          f"{epochs / total:.1%} of {total:.0f} job-seconds")
+    print(
+        f"share of the jobs' time spent in training epochs (training + validation steps): "
+        f"{epochs / total:.1%} of {total:.0f} job-seconds"
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 
-from _common import TABLE2, TABLE3, device, matgl_loader, environment, parser, report, table
+from _common import TABLE2, TABLE3, device, environment, matgl_loader, parser, report, table
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     import torch
     from matgl.utils.training import ModelLightningModule
     from torch.utils.data import DataLoader
-    
+
     from cdssl.finetune import PropertyModule
     from cdssl.graphs import GraphCache, build_cache
     from cdssl.models import build_megnet
@@ -38,9 +38,16 @@ def main() -> None:
     mean, std = float(y.mean()), float(y.std())
 
     def fit(module, loader) -> float:
-        trainer = L.Trainer(max_epochs=args.epochs, accelerator="gpu" if dev.type == "cuda" else "cpu", devices=1,
-                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, limit_val_batches=0)
+        trainer = L.Trainer(
+            max_epochs=args.epochs,
+            accelerator="gpu" if dev.type == "cuda" else "cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
         start = time.perf_counter()
         trainer.fit(module, loader)
         return args.epochs * len(t) / (time.perf_counter() - start)
@@ -48,15 +55,22 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         plain_loader = matgl_loader(t, args.batch, tmp)
-        plain = fit(ModelLightningModule(model=build_megnet(sizes, 5.0), data_mean=mean, data_std=std, lr=1e-3,
-                                         loss="mse_loss"), plain_loader)
+        plain = fit(
+            ModelLightningModule(
+                model=build_megnet(sizes, 5.0), data_mean=mean, data_std=std, lr=1e-3, loss="mse_loss"
+            ),
+            plain_loader,
+        )
 
     torch.manual_seed(0)
     cache = GraphCache(build_cache(t, 5.0, 1)[0])
     loader = DataLoader(list(range(len(cache))), batch_size=args.batch, shuffle=True, collate_fn=cache.collate)
     ours = fit(PropertyModule(build_megnet(sizes, 5.0), mean, std, 1e-3), loader)
-    report([("MatGL ModelLightningModule", plain, ""), ("cdssl PropertyModule", ours, "")],
-           "MatGL ModelLightningModule", "graphs/s")
+    report(
+        [("MatGL ModelLightningModule", plain, ""), ("cdssl PropertyModule", ours, "")],
+        "MatGL ModelLightningModule",
+        "graphs/s",
+    )
 
 
 if __name__ == "__main__":

@@ -28,12 +28,17 @@ def main() -> None:
     def matgl_path():
         with tempfile.TemporaryDirectory() as tmp:
             structures = [Structure.from_dict(s) for s in t["structure"]]
-            MGLDataset(structures=structures, converter=Structure2Graph(element_types(), 5.0),
-                       labels={"y": t["target"].tolist()}, root=tmp, save_cache=True)
+            MGLDataset(
+                structures=structures,
+                converter=Structure2Graph(element_types(), 5.0),
+                labels={"y": t["target"].tolist()},
+                root=tmp,
+                save_cache=True,
+            )
 
     rows = [("MatGL MGLDataset (save_cache)", len(t) / timed(matgl_path), "")]
     for p in sorted({1, args.threads}):
-        rows.append((f"cdssl build_cache, {p} process(es)", len(t) / timed(lambda: build_cache(t, 5.0, p)), ""))
+        rows.append((f"cdssl build_cache, {p} process(es)", len(t) / timed(lambda p=p: build_cache(t, 5.0, p)), ""))
     report(rows, "MatGL MGLDataset (save_cache)", "structures/s")
 
 

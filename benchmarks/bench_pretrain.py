@@ -15,16 +15,20 @@ import statistics
 import tempfile
 import time
 
-from _common import TABLE2, device, matgl_loader, environment, parser, report, table
+from _common import TABLE2, device, environment, matgl_loader, parser, report, table
 
 
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--compile", action="store_true",
-                   help="also time the cdssl step with torch.compile(dynamic=True) on its forward")
-    p.add_argument("--profile", action="store_true",
-                   help="also print torch.profiler's op table for one pass of the cdssl step")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the cdssl step with torch.compile(dynamic=True) on its forward",
+    )
+    p.add_argument(
+        "--profile", action="store_true", help="also print torch.profiler's op table for one pass of the cdssl step"
+    )
     p.add_argument("--passes", type=int, default=3, help="passes over the data; the median rate is reported")
     args = p.parse_args()
     import torch
@@ -115,8 +119,10 @@ def main() -> None:
                     step(b)
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
             every = cache.collate(order)
-            print(f"# per structure: {every.edge_index.shape[1] / len(order):.1f} edges, "
-                  f"{every.pos.shape[0] / len(order):.1f} atoms")
+            print(
+                f"# per structure: {every.edge_index.shape[1] / len(order):.1f} edges, "
+                f"{every.pos.shape[0] / len(order):.1f} atoms"
+            )
         return rate
 
     base = "plain MatGL loop (MEGNet.forward + head)"

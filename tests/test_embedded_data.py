@@ -13,8 +13,13 @@ from cdssl.data import build_table, load_matminer
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "matminer"
 
-ROWS = {"matbench_dielectric": 4764, "dielectric_constant": 1056, "elastic_tensor_2015": 1181,
-        "piezoelectric_tensor": 941, "flla": 3938}
+ROWS = {
+    "matbench_dielectric": 4764,
+    "dielectric_constant": 1056,
+    "elastic_tensor_2015": 1181,
+    "piezoelectric_tensor": 941,
+    "flla": 3938,
+}
 UNION = ["dielectric_constant", "piezoelectric_tensor", "elastic_tensor_2015", "flla"]
 
 

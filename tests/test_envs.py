@@ -7,7 +7,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # tools that only the test/dev side needs; conda users running the workflow do not
-DEV_ONLY = {"pytest", "snakefmt", "snakemake", "snakemake-executor-plugin-slurm"}
+DEV_ONLY = {"pytest", "snakefmt", "ruff", "snakemake", "snakemake-executor-plugin-slurm"}
 
 
 def pins(lines) -> dict[str, str]:
@@ -32,7 +32,9 @@ def test_every_env_matches_requirements():
         env_pins = pins(pip)
         assert "python=3.11" in spec["dependencies"], env
         for name, version in env_pins.items():
-            assert required.get(name) == version, f"{env.name}: {name}=={version}, requirements.txt has {required.get(name)}"
+            assert required.get(name) == version, (
+                f"{env.name}: {name}=={version}, requirements.txt has {required.get(name)}"
+            )
         missing = set(required) - set(env_pins) - DEV_ONLY
         assert not missing, f"{env.name} lacks {sorted(missing)}"
 
@@ -57,16 +59,34 @@ def test_a_plain_pip_install_validates_configs_and_runs_the_cli(tmp_path):
     src = tmp_path / "src"  # a copy, so the build never writes into the checkout
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "results", ".snakemake", "data", "tests"))
     target = tmp_path / "site"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                          "--target", str(target), str(src)], capture_output=True, text=True)
+    pip = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert pip.returncode == 0, pip.stderr
     shutil.rmtree(src)  # nothing may be read from a checkout any more
-    probe = ("from cdssl.config import PAPER_CONFIG, SCHEMA_PATH, load_config; "
-             "c = load_config(PAPER_CONFIG); print(PAPER_CONFIG); print(SCHEMA_PATH); print(c['pretrain']['epochs'])")
+    probe = (
+        "from cdssl.config import PAPER_CONFIG, SCHEMA_PATH, load_config; "
+        "c = load_config(PAPER_CONFIG); print(PAPER_CONFIG); print(SCHEMA_PATH); print(c['pretrain']['epochs'])"
+    )
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     config_path, schema_path, epochs = out.stdout.split()
     assert config_path.startswith(str(target)) and schema_path.startswith(str(target)) and epochs == "4096"
-    cli = subprocess.run([sys.executable, "-m", "cdssl.cli", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    cli = subprocess.run(
+        [sys.executable, "-m", "cdssl.cli", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert cli.returncode == 0 and "--encoder" in cli.stdout, cli.stderr

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
@@ -26,15 +25,27 @@ MODES = ("ssl", "sl", "sl_large")
 
 
 def snakemake(workdir: Path, *args: str) -> str:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        *args,
+    ]
     # umask 022, the common default: outputs must then be readable by the group
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, preexec_fn=lambda: os.umask(0o022))
     assert proc.returncode == 0, f"{' '.join(args)}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout + proc.stderr
 
 
-TARGETS = [f"results/finetune/labelled/0.5/0/{'ssl/sigma_0.5' if mode == 'ssl' else mode}/metrics.json" for mode in MODES]
+TARGETS = [
+    f"results/finetune/labelled/0.5/0/{'ssl/sigma_0.5' if mode == 'ssl' else mode}/metrics.json" for mode in MODES
+]
 
 
 def jobs(workdir: Path) -> dict[str, int]:
@@ -47,7 +58,7 @@ def run(workdir: Path, config: dict) -> dict[str, dict]:
     workdir.mkdir(exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     snakemake(workdir, "--cores", "2", *TARGETS)
-    return {mode: json.loads((workdir / t).read_text()) for mode, t in zip(MODES, TARGETS)}
+    return {mode: json.loads((workdir / t).read_text()) for mode, t in zip(MODES, TARGETS, strict=True)}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +67,10 @@ def base(tmp_path_factory):
     work = tmp_path_factory.mktemp("base")
     df = load_matminer("matbench_dielectric", str(ROOT / "data/matminer"))
     small = df[df["structure"].map(len) <= 6].tail(40)
-    export = {f"mp-{i}": {"structure": s.as_dict(), "n": float(n)} for i, s, n in zip(small.index, small["structure"], small["n"])}
+    export = {
+        f"mp-{i}": {"structure": s.as_dict(), "n": float(n)}
+        for i, s, n in zip(small.index, small["structure"], small["n"], strict=True)
+    }
     # two crystals the graph rule must skip, given as CIF text: americium (outside MatGL's
     # element list) and a 30-site supercell (over max_sites)
     am = Structure(Lattice.cubic(3.5), ["Am", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
@@ -69,9 +83,17 @@ def base(tmp_path_factory):
     config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
     config.update(results_dir="results", data_dir=str(ROOT / "data/matminer"))
     config["datasets"] = {
-        "dielectric_unlabelled": {**config["datasets"]["dielectric_unlabelled"],
-                                  "pool": {"seed": 0, "sizes": {"pretrain": 50}, "take": "pretrain"}},
-        "labelled": {"file": "labelled.json", "target": "n", "transform": "log10", "units": "log10(n)", "max_sites": 20},
+        "dielectric_unlabelled": {
+            **config["datasets"]["dielectric_unlabelled"],
+            "pool": {"seed": 0, "sizes": {"pretrain": 50}, "take": "pretrain"},
+        },
+        "labelled": {
+            "file": "labelled.json",
+            "target": "n",
+            "transform": "log10",
+            "units": "log10(n)",
+            "max_sites": 20,
+        },
     }
     config["finetune"].update(datasets=["labelled"], fractions=[0.5], seeds=[0], modes=list(MODES), epochs=2)
     config["pretrain"]["sigma"] = 0.5  # one noise scale (config/test.yaml sweeps two)
@@ -119,14 +141,18 @@ PRETRAIN_AND_SSL = {"pretrain": 1, "select_checkpoint": 1, "finetune_ssl": 1}
 LABELLED = {"data": 1, "graphs": 1, "finetune": 2, "finetune_ssl": 1}
 
 
-@pytest.mark.parametrize("change, expected", [
-    (_pool_seed, {"data": 1, "graphs": 1, **PRETRAIN_AND_SSL}),
-    (_pretrain_seed, PRETRAIN_AND_SSL),
-    (_transform, LABELLED),
-    (_edit_file, LABELLED),
-    (_epochs, {"finetune": 2, "finetune_ssl": 1}),
-    (_small_sizes, {"finetune": 1}),
-], ids=["new pretraining pool", "re-pretraining", "transform", "edited data file", "epochs", "model sizes"])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (_pool_seed, {"data": 1, "graphs": 1, **PRETRAIN_AND_SSL}),
+        (_pretrain_seed, PRETRAIN_AND_SSL),
+        (_transform, LABELLED),
+        (_edit_file, LABELLED),
+        (_epochs, {"finetune": 2, "finetune_ssl": 1}),
+        (_small_sizes, {"finetune": 1}),
+    ],
+    ids=["new pretraining pool", "re-pretraining", "transform", "edited data file", "epochs", "model sizes"],
+)
 def test_a_change_reruns_exactly_the_affected_jobs(base, tmp_path, change, expected):
     work, config = changed(base, tmp_path, change)
     assert jobs(work) == expected
@@ -135,7 +161,7 @@ def test_a_change_reruns_exactly_the_affected_jobs(base, tmp_path, change, expec
 def test_skipped_lists_unknown_elements_and_the_site_cap_and_keeps_the_rest(base):
     work, _, metrics = base
     skipped = pd.read_csv(work / "results/graphs/labelled/skipped.csv")
-    reasons = dict(zip(skipped["id"], skipped["reason"]))
+    reasons = dict(zip(skipped["id"], skipped["reason"], strict=True))
     assert reasons["am-oxide"].startswith("unknown element(s) Am:")
     assert reasons["big-cell"] == "30 sites, more than max_sites 20"
     assert set(reasons) == {"am-oxide", "big-cell"}
@@ -148,11 +174,15 @@ def test_nothing_to_do_without_a_change(base):
     assert jobs(work) == {}
 
 
-@pytest.mark.parametrize("changes", [
-    (_pretrain_seed,),
-    (_transform,),
-    (_epochs, _small_sizes),
-], ids=["re-pretraining", "transform", "epochs and sizes"])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        (_pretrain_seed,),
+        (_transform,),
+        (_epochs, _small_sizes),
+    ],
+    ids=["re-pretraining", "transform", "epochs and sizes"],
+)
 def test_rerun_after_a_change_equals_a_clean_run(base, tmp_path, changes):
     work, config = changed(base, tmp_path, lambda c, w: [f(c, w) for f in changes])
     rerun = run(work, config)
@@ -174,8 +204,18 @@ def test_a_user_config_without_a_section_is_rejected(tmp_path):
     config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
     del config["pretrain"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(tmp_path / "config.yaml")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "'pretrain' is a required property" in proc.stdout + proc.stderr
@@ -185,7 +225,17 @@ def test_a_missing_data_file_fails_the_dry_run(tmp_path):
     config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
     config["datasets"]["dielectric"] = {"file": "nowhere.csv", "target": "n"}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(tmp_path / "config.yaml")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0 and "nowhere.csv" in proc.stdout + proc.stderr

@@ -30,8 +30,11 @@ RUN = textwrap.dedent(
 
 
 def _start(kind: str, kwargs: dict, log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", RUN, kind, json.dumps(kwargs, default=str), str(log)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-c", RUN, kind, json.dumps(kwargs, default=str), str(log)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _run(kind: str, kwargs: dict, log) -> None:
@@ -52,13 +55,20 @@ def _kill_after(proc: subprocess.Popen, history, rows: int, sig) -> None:
 
 def _same_history(a, b) -> None:
     """Identical to the bit, apart from wall time."""
-    pd.testing.assert_frame_equal(pd.read_csv(a).drop(columns="epoch_seconds"),
-                                  pd.read_csv(b).drop(columns="epoch_seconds"), check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(a).drop(columns="epoch_seconds"), pd.read_csv(b).drop(columns="epoch_seconds"), check_exact=True
+    )
 
 
 def _pretrain_kwargs(config, cache, out) -> dict:
-    return {"graphs": str(cache), **pretrain_settings(config), "accelerator": "cpu", "history_csv": str(out / "history.csv"),
-            "split_csv": str(out / "split.csv"), "ckpt_dir": str(out / "ckpt")}
+    return {
+        "graphs": str(cache),
+        **pretrain_settings(config),
+        "accelerator": "cpu",
+        "history_csv": str(out / "history.csv"),
+        "split_csv": str(out / "split.csv"),
+        "ckpt_dir": str(out / "ckpt"),
+    }
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
@@ -93,10 +103,19 @@ def test_finetuning_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, sma
     runs = {}
     for name in ("clean", "killed"):
         out = tmp_path / name
-        runs[name] = {"graphs": str(small_cache_path), "dataset": "dielectric", "fraction": 0.7, "seed": 1,
-                      "mode": "sl", **finetune_settings(config, "dielectric", "sl"), "accelerator": "cpu",
-                      "metrics_json": str(out / "metrics.json"), "predictions_csv": str(out / "predictions.csv"),
-                      "history_csv": str(out / "history.csv"), "ckpt_dir": str(out / "ckpt")}
+        runs[name] = {
+            "graphs": str(small_cache_path),
+            "dataset": "dielectric",
+            "fraction": 0.7,
+            "seed": 1,
+            "mode": "sl",
+            **finetune_settings(config, "dielectric", "sl"),
+            "accelerator": "cpu",
+            "metrics_json": str(out / "metrics.json"),
+            "predictions_csv": str(out / "predictions.csv"),
+            "history_csv": str(out / "history.csv"),
+            "ckpt_dir": str(out / "ckpt"),
+        }
     _run("finetune", runs["clean"], tmp_path / "clean.log")
     killed = tmp_path / "killed"
     _kill_after(_start("finetune", runs["killed"], tmp_path / "first.log"), killed / "history.csv", 3, signal.SIGKILL)
@@ -121,12 +140,16 @@ def test_ddp_on_cpu_with_two_processes(tmp_path, small_cache_path, config):
     assert (tmp_path / "ckpt" / "last.ckpt").exists() and (tmp_path / "ckpt" / "best.ckpt").exists()
 
 
-@pytest.mark.parametrize("change", [
-    lambda s, i: s.update(epochs=s["epochs"] + 1),
-    lambda s, i: s.update(sizes={**s["sizes"], "nblocks": 2}),
-    lambda s, i: s.update(lr=s["lr"] * 2),
-    lambda s, i: i.write_bytes(i.read_bytes() + b"\0"),
-], ids=["epochs", "model sizes", "lr", "input content"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s, i: s.update(epochs=s["epochs"] + 1),
+        lambda s, i: s.update(sizes={**s["sizes"], "nblocks": 2}),
+        lambda s, i: s.update(lr=s["lr"] * 2),
+        lambda s, i: i.write_bytes(i.read_bytes() + b"\0"),
+    ],
+    ids=["epochs", "model sizes", "lr", "input content"],
+)
 def test_checkpoints_of_another_identity_are_discarded_with_the_reason(tmp_path, config, change, caplog):
     import logging
 

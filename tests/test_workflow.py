@@ -45,9 +45,17 @@ def test_paper_dry_run_lists_the_whole_grid(tmp_path):
 def test_the_paper_configs_dielectric_constant_data_job_runs_offline(tmp_path):
     # the paper's own entry, unchanged, reads the embedded file when data_dir points there
     out = tmp_path / "out"
-    snakemake(f"{out}/data/dielectric_constant.json.gz", "--cores", "1", "--configfile",
-              str(ROOT / "config/config.yaml"), "--config", f"data_dir={ROOT / 'data/matminer'}", f"results_dir={out}",
-              workdir=tmp_path)
+    snakemake(
+        f"{out}/data/dielectric_constant.json.gz",
+        "--cores",
+        "1",
+        "--configfile",
+        str(ROOT / "config/config.yaml"),
+        "--config",
+        f"data_dir={ROOT / 'data/matminer'}",
+        f"results_dir={out}",
+        workdir=tmp_path,
+    )
     from cdssl.data import read_table
 
     table = read_table(out / "data/dielectric_constant.json.gz")
@@ -86,7 +94,9 @@ def test_sl_jobs_never_wait_for_pretraining(tmp_path):
     ft = config["finetune"]
     targets = [
         f"results/finetune/{d}/{f:g}/{s}/sl/metrics.json"
-        for d in ft["datasets"] for f in ft["fractions"] for s in ft["seeds"]
+        for d in ft["datasets"]
+        for f in ft["fractions"]
+        for s in ft["seeds"]
     ]
     assert len(targets) == 147
     # targets before --configfile, which takes several values
@@ -117,16 +127,31 @@ def test_lint_and_format(tmp_path):
     assert "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     fmt = subprocess.run(
         [str(Path(sys.executable).parent / "snakefmt"), "--check", "Snakefile", "workflow/rules"],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert fmt.returncode == 0, fmt.stderr
+
+
+def test_python_passes_ruff(tmp_path):
+    # the settings are pyproject.toml's [tool.ruff]; `make lint` runs the same two commands
+    ruff = str(Path(sys.executable).parent / "ruff")
+    for cmd in ([ruff, "check", "."], [ruff, "format", "--check", "."]):
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{' '.join(cmd[1:])}:\n{proc.stdout}{proc.stderr}"
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("tiny")
-    args = ["--configfile", str(ROOT / "config/test.yaml"), "--config", "results_dir=results",
-            f"data_dir={ROOT / 'data/matminer'}"]
+    args = [
+        "--configfile",
+        str(ROOT / "config/test.yaml"),
+        "--config",
+        "results_dir=results",
+        f"data_dir={ROOT / 'data/matminer'}",
+    ]
     snakemake("--cores", "2", *args, workdir=work)
     return work, args
 
@@ -148,15 +173,25 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
             assert metrics["sigma"] == (float(cell.split("_")[-1]) if cell.startswith("ssl") else None)
             assert (d / "predictions.csv").exists() and (d / "history.csv").exists()
             assert (r / "logs/finetune/dielectric" / fraction / f"{cell}.log").exists()
-    for name in ("jobs.csv", "cells.csv", "summary.json", "probe.csv", "fig3_pretraining.png",
-                 "fig4_finetune.png", "fig5_umap.png", "fig4/dielectric.png"):
+    for name in (
+        "jobs.csv",
+        "cells.csv",
+        "summary.json",
+        "probe.csv",
+        "fig3_pretraining.png",
+        "fig4_finetune.png",
+        "fig5_umap.png",
+        "fig4/dielectric.png",
+    ):
         assert (r / "analysis" / name).stat().st_size > 0, name
     summary = json.loads((r / "analysis/summary.json").read_text())
     assert {"ssl_sigma_0.3_vs_sl", "ssl_sigma_0.5_vs_sl_large", "ssl_sigma_0.5_vs_mean_predictor"} <= set(
-        summary["comparisons"])
+        summary["comparisons"]
+    )
     probe = pd.read_csv(r / "analysis/probe.csv")
     assert {"pretrained_sigma_0.3", "pretrained_sigma_0.5", "random_init", "element_fractions"} <= set(
-        probe["features"])
+        probe["features"]
+    )
 
 
 def test_changed_metrics_rerun_only_aggregation_and_figures(tiny_run):
@@ -185,7 +220,11 @@ def test_rule_scripts_import_the_checkouts_code(tmp_path, monkeypatch):
     import _bootstrap
 
     monkeypatch.setattr(sys, "path", list(sys.path))
-    smk = SimpleNamespace(scriptdir=str(ROOT / "workflow" / "rules" / ".." / "scripts"), log=[str(tmp_path / "x.log")],
-                          threads=1, rule="probe")
+    smk = SimpleNamespace(
+        scriptdir=str(ROOT / "workflow" / "rules" / ".." / "scripts"),
+        log=[str(tmp_path / "x.log")],
+        threads=1,
+        rule="probe",
+    )
     _bootstrap.start(smk)
     assert sys.path[0] == str(ROOT / "src")

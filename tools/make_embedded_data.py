@@ -108,8 +108,19 @@ SETS: dict[str, tuple[str, Callable[[str], dict], str, list[str]]] = {
         "elastic_tensor.csv",
         from_poscar,
         "poscar",
-        ["material_id", "formula", "structure", "K_VRH", "G_VRH", "K_Voigt", "K_Reuss", "G_Voigt", "G_Reuss",
-         "poisson_ratio", "elastic_anisotropy"],
+        [
+            "material_id",
+            "formula",
+            "structure",
+            "K_VRH",
+            "G_VRH",
+            "K_Voigt",
+            "K_Reuss",
+            "G_Voigt",
+            "G_Reuss",
+            "poisson_ratio",
+            "elastic_anisotropy",
+        ],
     ),
     "piezoelectric_tensor": (
         "piezoelectric_tensor.csv",
@@ -168,7 +179,9 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         rows = build(Path(tmp))
-        differ = [n for n in rows if (Path(tmp) / f"{n}.json.gz").read_bytes() != (args.out / f"{n}.json.gz").read_bytes()]
+        differ = [
+            n for n in rows if (Path(tmp) / f"{n}.json.gz").read_bytes() != (args.out / f"{n}.json.gz").read_bytes()
+        ]
     for name, n in rows.items():
         print(f"{name}: {n} rows, {'DIFFERS' if name in differ else 'identical'}")
     sys.exit(1 if differ else 0)

@@ -35,7 +35,9 @@ def finetune_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mode", choices=["ssl", "sl", "sl_large"], default="ssl")
     ap.add_argument("--epochs", type=int, help="default: the config's finetune.epochs")
-    ap.add_argument("--config", default=str(PAPER_CONFIG), help="model sizes and training settings (default: the paper's)")
+    ap.add_argument(
+        "--config", default=str(PAPER_CONFIG), help="model sizes and training settings (default: the paper's)"
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True, help="output directory")
     return ap
@@ -48,8 +50,14 @@ def finetune_main(argv: list[str] | None = None) -> dict:
     log = setup_logging(out / "finetune.log")
     set_threads(args.threads)
     config = copy.deepcopy(load_config(args.config))
-    entry = {"file": args.data, "structure_column": args.structure_column, "id_column": args.id_column,
-             "target": args.target, "transform": args.transform, "units": args.units}
+    entry = {
+        "file": args.data,
+        "structure_column": args.structure_column,
+        "id_column": args.id_column,
+        "target": args.target,
+        "transform": args.transform,
+        "units": args.units,
+    }
     config["datasets"]["user"] = entry
     config["finetune"].update(datasets=["user"], fractions=[args.fraction], seeds=[args.seed], modes=[args.mode])
     if args.epochs:
@@ -58,15 +66,25 @@ def finetune_main(argv: list[str] | None = None) -> dict:
     # the same settings functions the Snakemake rules declare as params
     table, dropped = build_table("user", config["datasets"]["user"])
     graph = graph_settings(config)
-    cache, skipped = build_cache(table, graph["cutoff"], processes=args.threads, unknown_elements=graph["unknown_elements"])
+    cache, skipped = build_cache(
+        table, graph["cutoff"], processes=args.threads, unknown_elements=graph["unknown_elements"]
+    )
     with atomic_path(out / "skipped.csv", suffix=".csv") as tmp:
         pd.concat([dropped, skipped], ignore_index=True).to_csv(tmp, index=False)
     save_cache(cache, out / "graphs.pt")
     metrics = run_finetune(
-        out / "graphs.pt", dataset="user", fraction=args.fraction, seed=args.seed, mode=args.mode,
-        **finetune_settings(config, "user", args.mode), accelerator=config["accelerator"],
-        encoder_dir=args.encoder, metrics_json=out / "metrics.json", predictions_csv=out / "predictions.csv",
-        history_csv=out / "history.csv", ckpt_dir=out / "checkpoints",
+        out / "graphs.pt",
+        dataset="user",
+        fraction=args.fraction,
+        seed=args.seed,
+        mode=args.mode,
+        **finetune_settings(config, "user", args.mode),
+        accelerator=config["accelerator"],
+        encoder_dir=args.encoder,
+        metrics_json=out / "metrics.json",
+        predictions_csv=out / "predictions.csv",
+        history_csv=out / "history.csv",
+        ckpt_dir=out / "checkpoints",
     )
     log.info("metrics written to %s", out / "metrics.json")
     return metrics

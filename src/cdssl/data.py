@@ -81,7 +81,9 @@ def _json_frame(raw: Any, structure_column: str, path: Path) -> pd.DataFrame:
     if isinstance(raw, list):
         return pd.DataFrame(raw)
     if not isinstance(raw, dict) or not raw:
-        raise DataError(f"local dataset file {path}: expected a JSON list of records or an object, got {type(raw).__name__}")
+        raise DataError(
+            f"local dataset file {path}: expected a JSON list of records or an object, got {type(raw).__name__}"
+        )
     if {"columns", "data"} <= set(raw) and set(raw) <= {"columns", "index", "data"}:
         return pd.DataFrame(**raw)
     if structure_column in raw:
@@ -130,7 +132,9 @@ def load_local(path: str | Path, structure_column: str, target: str | None) -> p
     else:
         raise DataError(f"local dataset file {path}: unsupported format (use .csv, .json, .json.gz or .extxyz)")
     if structure_column not in df.columns:
-        raise DataError(f"local dataset file {path}: no structure column {structure_column!r}; columns are {list(df.columns)}")
+        raise DataError(
+            f"local dataset file {path}: no structure column {structure_column!r}; columns are {list(df.columns)}"
+        )
     return df
 
 
@@ -281,19 +285,34 @@ def build_table(
         cap = entry["max_sites"]
         sites = rows.table["structure"].map(n_sites)
         big = sites.notna() & (sites > cap)
-        LOG.info("dataset %s: left out %d structure(s) with more than %d sites (config max_sites)", name, int(big.sum()), cap)
+        LOG.info(
+            "dataset %s: left out %d structure(s) with more than %d sites (config max_sites)", name, int(big.sum()), cap
+        )
         drop(big, sites.map(lambda n: f"{n:.0f} sites, more than max_sites {cap}"))
     if entry.get("union"):
         _match_union(name, rows, exclude or {})
     table = rows.table.drop(columns="crystal", errors="ignore")
     if entry.get("pool"):
         table = take_pool(table, entry["pool"])
-        LOG.info("dataset %s: pool %r of %s (seed %d) holds %d rows", name, entry["pool"]["take"], entry["pool"]["sizes"], entry["pool"]["seed"], len(table))
+        LOG.info(
+            "dataset %s: pool %r of %s (seed %d) holds %d rows",
+            name,
+            entry["pool"]["take"],
+            entry["pool"]["sizes"],
+            entry["pool"]["seed"],
+            len(table),
+        )
     if target_col:
         values, counts, reasons = clean_targets(table["target"], entry.get("transform", "none"))
         for reason, count in counts.items():
             if count:
-                LOG.warning("dataset %s: dropped %d row(s) with %s target (column %r)", name, count, reason.replace("_", " "), target_col)
+                LOG.warning(
+                    "dataset %s: dropped %d row(s) with %s target (column %r)",
+                    name,
+                    count,
+                    reason.replace("_", " "),
+                    target_col,
+                )
         table["target"] = values.values
         rows = Rows(table, rows.dropped)
         rows.drop(reasons.notna(), reasons)
@@ -303,6 +322,8 @@ def build_table(
     LOG.info("dataset %s: %d rows written", name, len(table))
     skipped = pd.concat(rows.dropped, ignore_index=True) if rows.dropped else pd.DataFrame(columns=["id", "reason"])
     return table[COLUMNS], skipped
+
+
 def _match_union(name: str, rows: Rows, exclude: dict[str, pd.DataFrame]) -> None:
     """Drop a union's unparsable rows, its repeated crystals (first kept) and, for each
     ``exclude`` table (the run's fine-tuning sets), every crystal that table holds."""
@@ -311,7 +332,11 @@ def _match_union(name: str, rows: Rows, exclude: dict[str, pd.DataFrame]) -> Non
     rows.drop(rows.table["crystal"].isna(), "structure could not be parsed")
     table = rows.table
     twins = pd.Series(duplicates(list(table["crystal"]), list(table["id"])), index=table.index, dtype=object)
-    LOG.info("dataset %s: %d structure(s) repeat an earlier one (StructureMatcher), kept once", name, int(twins.notna().sum()))
+    LOG.info(
+        "dataset %s: %d structure(s) repeat an earlier one (StructureMatcher), kept once",
+        name,
+        int(twins.notna().sum()),
+    )
     rows.drop(twins.notna(), twins.map(lambda t: f"same structure as {t}"))
     for other, ref in sorted(exclude.items()):
         table = rows.table
@@ -319,7 +344,9 @@ def _match_union(name: str, rows: Rows, exclude: dict[str, pd.DataFrame]) -> Non
         keep = [i for i, c in enumerate(crystals) if c is not None]
         hits = found_in(list(table["crystal"]), [crystals[i] for i in keep], [str(ref["id"].iloc[i]) for i in keep])
         hits = pd.Series(hits, index=table.index, dtype=object)
-        LOG.info("dataset %s: %d structure(s) are in fine-tuning dataset %s, left out", name, int(hits.notna().sum()), other)
+        LOG.info(
+            "dataset %s: %d structure(s) are in fine-tuning dataset %s, left out", name, int(hits.notna().sum()), other
+        )
         rows.drop(hits.notna(), hits.map(lambda t, o=other: f"same structure as {t} of fine-tuning dataset {o}"))
     LOG.info("dataset %s: %d distinct structures after matching", name, len(rows.table))
 
@@ -334,4 +361,3 @@ def write_table(table: pd.DataFrame, path: str | Path) -> None:
 def read_table(path: str | Path) -> pd.DataFrame:
     with gzip.open(path, "rt") as fh:
         return pd.DataFrame(**json.load(fh))
-

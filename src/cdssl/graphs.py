@@ -112,7 +112,9 @@ def structure_to_arrays(
     known = set(elements)
     unknown = sorted({el.symbol for el in structure.composition.elements} - known)
     if unknown:
-        reason = f"unknown element(s) {', '.join(unknown)}: not in the model's element list (matgl.config.DEFAULT_ELEMENTS)"
+        reason = (
+            f"unknown element(s) {', '.join(unknown)}: not in the model's element list (matgl.config.DEFAULT_ELEMENTS)"
+        )
         if unknown_elements == "error":
             raise UnknownElementError(f"structure {sid}: {reason}; set graph.unknown_elements: skip to skip it")
         return None, reason
@@ -148,7 +150,7 @@ def build_cache(
 ) -> tuple[dict, pd.DataFrame]:
     """Convert a data table; return (packed cache, skipped table with id and reason)."""
     elements = element_types()
-    items = list(zip(table["id"], table["structure"], table["target"]))
+    items = list(zip(table["id"], table["structure"], table["target"], strict=True))
     work = partial(_convert, cutoff=cutoff, elements=elements, unknown_elements=unknown_elements)
     if processes > 1 and len(items) > 1:
         # fork keeps pymatgen/matgl imports from being paid again per worker
@@ -203,7 +205,10 @@ class GraphBatch:
     def to(self, device, non_blocking: bool = False) -> GraphBatch:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return GraphBatch(
-            **{k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+            **{
+                k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+                for k, v in values.items()
+            }
         )
 
     @property
@@ -230,11 +235,15 @@ class GraphCache:
         except FileNotFoundError:
             raise
         except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... for a bad file
-            raise CacheError(f"graph cache {path} cannot be read ({exc.__class__.__name__}: {str(exc)[:200]}); {hint}") from exc
+            raise CacheError(
+                f"graph cache {path} cannot be read ({exc.__class__.__name__}: {str(exc)[:200]}); {hint}"
+            ) from exc
         if meta.get("format") != CACHE_FORMAT:
             raise CacheError(f"graph cache {path} has format {meta.get('format')}, expected {CACHE_FORMAT}; {hint}")
         if cutoff is not None and abs(meta["cutoff"] - cutoff) > 1e-9:
-            raise CacheError(f"graph cache {path} was built with cutoff {meta['cutoff']}, the job asks for {cutoff}; {hint}")
+            raise CacheError(
+                f"graph cache {path} was built with cutoff {meta['cutoff']}, the job asks for {cutoff}; {hint}"
+            )
         if list(meta["element_types"]) != list(element_types()):
             raise CacheError(f"graph cache {path} was built with another element list; {hint}")
         return cls(data)

@@ -110,9 +110,7 @@ def _noisy_standardised(batch: GraphBatch, sigma: float, generator: torch.Genera
     return standardise_per_graph(edge_lengths(shaken, batch), batch.edge_batch, batch.num_graphs)
 
 
-def lookup_references(
-    train_loader: DataLoader, val_loader: DataLoader, sigma: float, seed: int
-) -> dict[str, float]:
+def lookup_references(train_loader: DataLoader, val_loader: DataLoader, sigma: float, seed: int) -> dict[str, float]:
     """Validation loss of two lookup tables fitted on the training split: the mean target
     per bin of the standardised noisy length, and the same per element pair, each (pair,
     bin) mean shrunk towards the bin's mean by :data:`PAIR_PRIOR` edges (a pair or bin
@@ -135,7 +133,7 @@ def lookup_references(
         uniq, inverse = torch.unique(keys, return_inverse=True)
         sums = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, target)
         counts = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(target))
-        for k, sv, cv in zip(uniq.tolist(), sums.tolist(), counts.tolist()):
+        for k, sv, cv in zip(uniq.tolist(), sums.tolist(), counts.tolist(), strict=True):
             acc = pair_sums.setdefault(k, torch.zeros(2, dtype=torch.float64))
             acc += torch.tensor([sv, cv], dtype=torch.float64)
     # a bin no training edge fell in answers its own centre: the noisy length as read
@@ -194,7 +192,13 @@ class DenoisingModule(HistoryModule):
         # updates (a MEGNet block updates edges first). Frozen, they get no gradient that
         # DDP would wait for; fine-tuning trains all parameters again.
         last = self.model.blocks[-1].conv
-        for module in (self.model.node_s2s, self.model.edge_s2s, self.model.output_proj, last.node_func, last.state_func):
+        for module in (
+            self.model.node_s2s,
+            self.model.edge_s2s,
+            self.model.output_proj,
+            last.node_func,
+            last.state_func,
+        ):
             module.requires_grad_(False)
         self.head = nn.Linear(sizes["hidden_layer_sizes_conv"][-1], 1)
         self.sigma = sigma
@@ -218,9 +222,7 @@ class DenoisingModule(HistoryModule):
         pred, target = self._step(batch, gen)
         loss = nn.functional.mse_loss(pred, target)
         n = torch.tensor(float(target.numel()), device=pred.device)
-        self.accumulate(
-            train_se=loss.detach() * n, train_ae=(pred - target).abs().sum(), n_train=n
-        )
+        self.accumulate(train_se=loss.detach() * n, train_ae=(pred - target).abs().sum(), n_train=n)
         return loss
 
     def validation_step(self, batch: GraphBatch, batch_idx: int) -> None:
@@ -306,17 +308,37 @@ def run_pretraining(
     where to run); they and the graph cache's content digest form the job's identity.
     ``reference_json`` receives :func:`no_learning_reference` on the validation split.
     """
-    settings = dict(sizes=sizes, cutoff=cutoff, sigma=sigma, epochs=epochs, batch_size=batch_size, lr=lr,
-                    val_fraction=val_fraction, seed=seed, devices=devices, strategy=strategy,
-                    lr_schedule=lr_schedule, lr_min_factor=lr_min_factor)
+    settings = dict(
+        sizes=sizes,
+        cutoff=cutoff,
+        sigma=sigma,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        val_fraction=val_fraction,
+        seed=seed,
+        devices=devices,
+        strategy=strategy,
+        lr_schedule=lr_schedule,
+        lr_min_factor=lr_min_factor,
+    )
     L.seed_everything(seed, workers=True, verbose=False)
     cache = GraphCache.load(graphs, cutoff)
     train, val = pretrain_split(len(cache), val_fraction, seed)
     LOG.info("pretraining on %d graphs, validating on %d (seed %d)", len(train), len(val), seed)
     write_split(cache, train, val, split_csv)
     resume = prepare_checkpoint_dir(ckpt_dir, job_identity(settings, {"graphs": graphs}))
-    module = DenoisingModule(megnet_sizes(sizes), cutoff, sigma, lr, seed, str(history_csv),
-                             lr_schedule=lr_schedule, lr_min_factor=lr_min_factor, max_epochs=epochs)
+    module = DenoisingModule(
+        megnet_sizes(sizes),
+        cutoff,
+        sigma,
+        lr,
+        seed,
+        str(history_csv),
+        lr_schedule=lr_schedule,
+        lr_min_factor=lr_min_factor,
+        max_epochs=epochs,
+    )
     train_dl, val_dl = loaders(cache, train, val, batch_size, seed)
     if reference_json is not None:
         # a DataLoader iterator draws its base seed from the global generator: fork_rng
@@ -324,13 +346,18 @@ def run_pretraining(
         with torch.random.fork_rng(devices=[]):
             reference = no_learning_reference(val_dl, sigma, seed)
             reference.update(lookup_references(train_dl, val_dl, sigma, seed))
-        LOG.info("validation loss without learning: noisy distances %.4f, zeros %.4f, lookup of the noisy "
-                 "length %.4f, per element pair %.4f", reference["val_loss_noisy_distances"],
-                 reference["val_loss_zeros"], reference["val_loss_lookup_noisy_length"],
-                 reference["val_loss_lookup_element_pair"])
+        LOG.info(
+            "validation loss without learning: noisy distances %.4f, zeros %.4f, lookup of the noisy "
+            "length %.4f, per element pair %.4f",
+            reference["val_loss_noisy_distances"],
+            reference["val_loss_zeros"],
+            reference["val_loss_lookup_noisy_length"],
+            reference["val_loss_lookup_element_pair"],
+        )
         write_json(reference, reference_json)
-    trainer = make_trainer(epochs, accelerator, [EpochCheckpoint(ckpt_dir, "val_loss")],
-                           devices=devices, strategy=strategy)
+    trainer = make_trainer(
+        epochs, accelerator, [EpochCheckpoint(ckpt_dir, "val_loss")], devices=devices, strategy=strategy
+    )
     start = time.monotonic()
     trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
     if trainer.is_global_zero and module.history:

@@ -255,8 +255,11 @@ class EpochCheckpoint(Checkpoint):
 
     def stop_reason(self, trainer: L.Trainer, history: list[dict]) -> str:
         epoch = int(history[-1]["epoch"])
-        best = int(best_row(history, self.monitor)["epoch"]) if any(
-            math.isfinite(r[self.monitor]) for r in history) else -1
+        best = (
+            int(best_row(history, self.monitor)["epoch"])
+            if any(math.isfinite(r[self.monitor]) for r in history)
+            else -1
+        )
         if self.patience is not None and epoch - best >= self.patience and trainer.global_step >= self.min_steps:
             return f"early stop: no lower {self.monitor} for {self.patience} epochs (best epoch {best})"
         if epoch + 1 >= trainer.max_epochs:
