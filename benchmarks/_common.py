@@ -57,19 +57,16 @@ def table(n: int, max_sites: int):
     return t
 
 
-def timed(fn, repeat: int = 1) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
-def report(rows: list[tuple[str, float, str]], baseline: str, unit: str) -> None:
-    base = dict((name, value) for name, value, _ in rows)[baseline]
+def report(rows: list[tuple[str, float]], baseline: str, unit: str) -> None:
+    base = dict(rows)[baseline]
     print(f"{'path':<44} {unit:>14} {'ratio':>7}")
-    for name, value, _ in rows:
+    for name, value in rows:
         print(f"{name:<44} {value:>14.1f} {value / base:>7.2f}x")
 
 

@@ -67,7 +67,7 @@ def main() -> None:
     loader = DataLoader(list(range(len(cache))), batch_size=args.batch, shuffle=True, collate_fn=cache.collate)
     ours = fit(PropertyModule(build_megnet(sizes, 5.0), mean, std, 1e-3), loader)
     report(
-        [("MatGL ModelLightningModule", plain, ""), ("cdssl PropertyModule", ours, "")],
+        [("MatGL ModelLightningModule", plain), ("cdssl PropertyModule", ours)],
         "MatGL ModelLightningModule",
         "graphs/s",
     )

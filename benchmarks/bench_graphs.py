@@ -36,9 +36,9 @@ def main() -> None:
                 save_cache=True,
             )
 
-    rows = [("MatGL MGLDataset (save_cache)", len(t) / timed(matgl_path), "")]
+    rows = [("MatGL MGLDataset (save_cache)", len(t) / timed(matgl_path))]
     for p in sorted({1, args.threads}):
-        rows.append((f"cdssl build_cache, {p} process(es)", len(t) / timed(lambda p=p: build_cache(t, 5.0, p)), ""))
+        rows.append((f"cdssl build_cache, {p} process(es)", len(t) / timed(lambda p=p: build_cache(t, 5.0, p))))
     report(rows, "MatGL MGLDataset (save_cache)", "structures/s")
 
 

@@ -126,9 +126,9 @@ def main() -> None:
         return rate
 
     base = "plain MatGL loop (MEGNet.forward + head)"
-    rows = [(base, plain, ""), ("cdssl DenoisingModule step", ours(False), "")]
+    rows = [(base, plain), ("cdssl DenoisingModule step", ours(False))]
     if args.compile:
-        rows.append(("cdssl step, torch.compile", ours(True), ""))
+        rows.append(("cdssl step, torch.compile", ours(True)))
     report(rows, base, "graphs/s")
 
 

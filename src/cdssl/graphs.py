@@ -221,7 +221,6 @@ class GraphCache:
 
     def __init__(self, data: dict):
         self.data = data
-        self.meta = data["meta"]
         self.ids: list[str] = list(data["ids"])
         self.node_ptr = data["node_ptr"]
         self.edge_ptr = data["edge_ptr"]
