@@ -210,6 +210,8 @@ def test_report_is_generated(tiny_run):
     snakemake(*args, "--report", "report.html", workdir=work)
     html = (work / "report.html").read_text(errors="ignore")
     assert "fig4_finetune.png" in html and "probe.csv" in html
+    # the workflow description (workflow/report/workflow.rst) heads the report
+    assert "crystal denoising self-supervised learning on MatGL MEGNet" in html
 
 
 def test_rule_scripts_import_the_checkouts_code(tmp_path, monkeypatch):
