@@ -1,6 +1,7 @@
 """Configs: the shipped ones are valid and hold the paper's numbers; every wrong key is named."""
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -78,3 +79,33 @@ def test_pools_of_one_source_must_agree(test_config):
     config["datasets"]["dielectric"]["pool"]["seed"] = 7
     with pytest.raises(ConfigError, match="disagrees"):
         validate_config(config, "x.yaml")
+
+
+def _schema_keys(schema: dict, node: dict, prefix: str) -> set[str]:
+    """Every dotted key path the schema allows; ``<name>`` and ``<size>`` stand for the
+    free names under ``datasets`` and ``models``."""
+    if "$ref" in node:
+        node = schema["$defs"][node["$ref"].split("/")[-1]]
+    keys = set()
+    for key, sub in node.get("properties", {}).items():
+        path = f"{prefix}{key}"
+        keys.add(path)
+        keys |= _schema_keys(schema, sub, path + ".")
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict) and "$ref" in extra:
+        keys |= _schema_keys(schema, extra, prefix + "<name>.")
+    return keys
+
+
+def test_config_readme_documents_every_schema_key_and_no_other(root):
+    from cdssl.config import load_schema
+
+    schema = load_schema(root / "workflow/schemas/config.schema.yaml")
+    keys = _schema_keys(schema, schema, "")
+    # the two model sizes share one set of keys
+    keys = {k.replace("models.large.", "models.<size>.").replace("models.small.", "models.<size>.") for k in keys}
+    text = (root / "config" / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([^`]+)` \|", text, re.M))
+    documented -= {p.name for p in (root / "config").glob("*.yaml")}  # the table of shipped files
+    assert keys - documented == set(), "schema keys missing from config/README.md"
+    assert documented - keys == set(), "config/README.md documents keys the schema does not have"
