@@ -150,7 +150,9 @@ def test_figures_are_written(tmp_path):
             files.append(path)
     summary = write_aggregates(files, tmp_path / "jobs.csv", tmp_path / "cells.csv", tmp_path / "s.json")
     assert summary["n_jobs"] == 8
-    out = figure4(tmp_path / "cells.csv", ["ssl", "sl"], tmp_path / "fig4.png", tmp_path / "fig4")
+    out = figure4(
+        tmp_path / "jobs.csv", tmp_path / "cells.csv", ["ssl", "sl"], tmp_path / "fig4.png", tmp_path / "fig4"
+    )
     assert [p.name for p in out] == ["A.png"]
     pd.DataFrame(
         {

@@ -118,22 +118,30 @@ def figure3(history_csvs, selected_jsons, reference_jsons, out_png, sigmas: list
     plt.close(fig)
 
 
-def _bars(ax, cells: pd.DataFrame, modes: list[str]) -> None:
-    x = np.arange(len(cells))
-    width = 0.8 / len(modes)
-    for i, mode in enumerate(modes):
+def _bars(ax, jobs: pd.DataFrame, cells: pd.DataFrame, modes: list[str]) -> None:
+    """Grouped bars (seaborn): per fraction and model the mean test MAE over seeds with
+    its standard error, from the per-seed rows; the trivial answers as lines across."""
+    import seaborn as sns
+
+    labels = {m: model_label(m) for m in modes}
+    data = jobs[jobs["model"].isin(modes)].assign(label=lambda d: d["model"].map(labels))
+    sns.barplot(
+        data=data,
+        x="fraction",
+        y="test_mae",
+        hue="label",
+        hue_order=[labels[m] for m in modes],
+        order=sorted(cells["fraction"]),
+        palette={labels[m]: model_colour(m, modes) for m in modes},
+        errorbar="se",
+        capsize=0.15,
+        err_kws={"linewidth": 1},
+        ax=ax,
+    )
+    # a bar not below the mean predictor is drawn hollow: flagged, never a win
+    for mode, container in zip(modes, ax.containers, strict=True):
         colour = model_colour(mode, modes)
-        bars = ax.bar(
-            x + (i - (len(modes) - 1) / 2) * width,
-            cells[f"mean_{mode}"],
-            width,
-            yerr=cells.get(f"sem_{mode}"),
-            capsize=2,
-            label=model_label(mode),
-            color=colour,
-        )
-        # a bar not below the mean predictor is drawn hollow: flagged, never a win
-        for bar, beats in zip(bars, cells.get(f"beats_mean_{mode}", [True] * len(cells)), strict=True):
+        for bar, beats in zip(container, cells.get(f"beats_mean_{mode}", [True] * len(cells)), strict=True):
             if not beats:
                 bar.set_facecolor("none")
                 bar.set_edgecolor(colour or "k")
@@ -142,13 +150,9 @@ def _bars(ax, cells: pd.DataFrame, modes: list[str]) -> None:
         if f"mean_{name}" in cells:
             for j, value in enumerate(cells[f"mean_{name}"]):
                 ax.plot(
-                    [x[j] - 0.45, x[j] + 0.45],
-                    [value, value],
-                    style,
-                    lw=1.2,
-                    label=TRIVIAL_LABELS[name] if j == 0 else None,
+                    [j - 0.45, j + 0.45], [value, value], style, lw=1.2, label=TRIVIAL_LABELS[name] if j == 0 else None
                 )
-    ax.set_xticks(x, [f"{f:g}" for f in cells["fraction"]])
+    ax.set_xticks(range(len(cells)), [f"{f:g}" for f in cells["fraction"]])
     ax.set_xlabel("training fraction")
 
 
@@ -169,9 +173,9 @@ def _title(dataset: str, sub: pd.DataFrame, models: list[str]) -> str:
     return text + "\n(hollow bars: not below the mean predictor, cell not counted)"
 
 
-def _panel(ax, sub: pd.DataFrame, dataset: str, modes: list[str]) -> None:
+def _panel(ax, jobs: pd.DataFrame, sub: pd.DataFrame, dataset: str, modes: list[str]) -> None:
     units = sub["units"].iloc[0] if isinstance(sub["units"].iloc[0], str) else ""
-    _bars(ax, sub, modes)
+    _bars(ax, jobs[jobs["dataset"] == dataset], sub, modes)
     ax.set_ylabel(f"test MAE ({units})" if units else "test MAE")
     ax.set_title(_title(dataset, sub, modes), fontsize=9)
     ax.legend(fontsize=7)
@@ -191,9 +195,11 @@ def cell_models(cells: pd.DataFrame, modes: list[str]) -> list[str]:
     return out
 
 
-def figure4(cells_csv, modes: list[str], out_png, per_dataset_dir) -> list[Path]:
-    """One multi-panel figure plus one file per dataset."""
+def figure4(jobs_csv, cells_csv, modes: list[str], out_png, per_dataset_dir) -> list[Path]:
+    """One multi-panel figure plus one file per dataset: bars and error bars from the
+    per-seed rows (``jobs_csv``), flags and trivial answers from the cells."""
     plt = _plt()
+    jobs = pd.read_csv(jobs_csv)
     cells = pd.read_csv(cells_csv)
     modes = cell_models(cells, modes)
     datasets = list(dict.fromkeys(cells["dataset"]))
@@ -203,7 +209,7 @@ def figure4(cells_csv, modes: list[str], out_png, per_dataset_dir) -> list[Path]
     for dataset in datasets:
         sub = cells[cells["dataset"] == dataset].sort_values("fraction")
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        _panel(ax, sub, dataset, modes)
+        _panel(ax, jobs, sub, dataset, modes)
         fig.tight_layout()
         path = per_dataset_dir / f"{dataset}.png"
         with atomic_path(path, suffix=".png") as tmp:
@@ -214,7 +220,7 @@ def figure4(cells_csv, modes: list[str], out_png, per_dataset_dir) -> list[Path]
     nrows = int(np.ceil(len(datasets) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(max(8, 5 * ncols), 3.8 * nrows + 0.6), squeeze=False)
     for ax, dataset in zip(axes.flat, datasets, strict=True):
-        _panel(ax, cells[cells["dataset"] == dataset].sort_values("fraction"), dataset, modes)
+        _panel(ax, jobs, cells[cells["dataset"] == dataset].sort_values("fraction"), dataset, modes)
     for ax in list(axes.flat)[len(datasets) :]:
         ax.set_visible(False)
     head = "Figure 4: test MAE, mean and standard error over seeds\ndashed: mean predictor, dotted: composition ridge"
@@ -240,9 +246,22 @@ def figure5(embeddings_npz, out_png, seed: int = 0) -> None:
     data = np.load(embeddings_npz)
     z, density = data["z"], data["density"]
     coords = umap.UMAP(n_neighbors=min(15, len(z) - 1), random_state=seed).fit_transform(z)
+    import seaborn as sns
+
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    sc = ax.scatter(coords[:, 0], coords[:, 1], c=density, s=6, cmap="viridis")
-    fig.colorbar(sc, ax=ax, label="density (g/cm$^3$)")
+    norm = plt.Normalize(float(np.min(density)), float(np.max(density)))
+    sns.scatterplot(
+        x=coords[:, 0],
+        y=coords[:, 1],
+        hue=density,
+        hue_norm=norm,
+        palette="viridis",
+        s=6,
+        linewidth=0,
+        legend=False,
+        ax=ax,
+    )
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="density (g/cm$^3$)")
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
     ax.set_title(

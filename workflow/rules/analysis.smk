@@ -53,6 +53,7 @@ rule figure3:
 
 rule figure4:
     input:
+        jobs=f"{R}/analysis/jobs.csv",
         cells=f"{R}/analysis/cells.csv",
     output:
         png=report(

@@ -1,4 +1,4 @@
-"""Rule figure4: the per-cell table -> Figure 4, SSL against every baseline (cdssl.figures)."""
+"""Rule figure4: the per-seed and per-cell tables -> Figure 4, SSL against every baseline (cdssl.figures)."""
 
 import sys
 
@@ -10,7 +10,7 @@ from cdssl.figures import figure4
 
 try:
     out = snakemake.output
-    figure4(snakemake.input.cells, snakemake.params.modes, out.png, out.per_dataset)
+    figure4(snakemake.input.jobs, snakemake.input.cells, snakemake.params.modes, out.png, out.per_dataset)
 except Exception:
     log.exception("figure 4 failed")
     raise
