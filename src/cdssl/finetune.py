@@ -21,6 +21,7 @@ from .training import (
     EpochShuffle,
     HistoryModule,
     checked_best,
+    epoch_mean,
     job_identity,
     make_trainer,
     prepare_checkpoint_dir,
@@ -50,10 +51,14 @@ def finetune_split(
 class PropertyModule(HistoryModule):
     """MSE on targets standardised with the training subset's mean and std."""
 
+    history_columns = ("train_loss", "train_mae", "val_mae", "grad_norm")
+
     def __init__(self, model: nn.Module, mean: float, std: float, lr: float, history_csv: str | None = None):
         super().__init__(history_csv)
         self.model = model
         self.lr = lr
+        # per graph: the loss on standardised targets, the MAE in the target's units
+        self.train_loss, self.train_mae, self.val_mae = epoch_mean(), epoch_mean(), epoch_mean()
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
 
@@ -63,27 +68,17 @@ class PropertyModule(HistoryModule):
 
     def training_step(self, batch: GraphBatch, batch_idx: int) -> torch.Tensor:
         pred = predict(self.model, batch)
-        loss = nn.functional.mse_loss(pred, (batch.target - self.mean) / self.std)
-        n = torch.tensor(float(batch.num_graphs), device=pred.device)
-        self.accumulate(
-            train_se=loss.detach() * n,
-            train_ae=((pred.detach() * self.std + self.mean) - batch.target).abs().sum(),
-            n_train=n,
-        )
+        target = (batch.target - self.mean) / self.std
+        loss = nn.functional.mse_loss(pred, target)
+        # per graph over the epoch (each graph's error, not the batch means)
+        self.train_loss.update((pred.detach() - target) ** 2)
+        self.train_mae.update(((pred.detach() * self.std + self.mean) - batch.target).abs())
+        self.log_dict({"train_loss": self.train_loss, "train_mae": self.train_mae}, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch: GraphBatch, batch_idx: int) -> None:
-        err = self(batch) - batch.target
-        n = torch.tensor(float(batch.num_graphs), device=err.device)
-        self.accumulate(val_ae=err.abs().sum(), n_val=n)
-
-    def epoch_row(self, s: dict[str, float]) -> dict[str, float]:
-        return {
-            "train_loss": self.ratio(s, "train_se", "n_train"),
-            "train_mae": self.ratio(s, "train_ae", "n_train"),
-            "val_mae": self.ratio(s, "val_ae", "n_val"),
-            "grad_norm": self.ratio(s, "grad_norm", "n_grad"),
-        }
+        self.val_mae.update((self(batch) - batch.target).abs())
+        self.log("val_mae", self.val_mae, on_step=False, on_epoch=True)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
@@ -194,11 +189,15 @@ def run_finetune(
     val_dl = DataLoader(val.tolist(), batch_size=batch_size, collate_fn=cache.collate)
     trainer = make_trainer(epochs, accelerator, [EpochCheckpoint(ckpt_dir, "val_mae", patience, min_steps)])
     trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
-    write_history(module.history, history_csv)
+    history = module.history
+    write_history(history, history_csv)
 
-    state = torch.load(Path(ckpt_dir) / BEST, map_location=module.mean.device, weights_only=False)
-    best = checked_best(module.history, state["cdssl_history"], "val_mae", Path(ckpt_dir) / BEST)
-    module.load_state_dict(state["state_dict"])
+    # the best epoch's weights, through Lightning (the history rides along in the checkpoint)
+    best_ckpt = Path(ckpt_dir) / BEST
+    module = PropertyModule.load_from_checkpoint(
+        best_ckpt, map_location=module.mean.device, weights_only=False, model=model, mean=mean, std=std, lr=lr
+    )
+    best = checked_best(history, module.history, "val_mae", best_ckpt)
     pred = predict_all(module, cache, test, batch_size)
     truth = y[test]
     metrics = {
@@ -214,9 +213,9 @@ def run_finetune(
         "val_mae": float(best["val_mae"]),
         "best_epoch": int(best["epoch"]),
         "epochs": int(epochs),
-        "last_epoch": int(module.history[-1]["epoch"]),
-        "optimizer_steps": int(module.history[-1]["steps"]),
-        "stop": module.history[-1]["stop"],
+        "last_epoch": int(history[-1]["epoch"]),
+        "optimizer_steps": int(history[-1]["steps"]),
+        "stop": history[-1]["stop"],
         # the same test set, answered without learning from structure (cdssl.baselines)
         "test_mae_mean_predictor": mean_predictor_mae(y, train, test),
         "test_mae_composition": composition_mae(cache, y, train, val, test),

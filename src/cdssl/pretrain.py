@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from torchmetrics import Metric
 
 from .config import megnet_sizes
 from .graphs import GraphBatch, GraphCache
@@ -19,6 +20,7 @@ from .training import (
     EpochCheckpoint,
     EpochShuffle,
     HistoryModule,
+    epoch_mean,
     job_identity,
     make_trainer,
     prepare_checkpoint_dir,
@@ -170,8 +172,33 @@ def lookup_share(s: dict) -> float:
     return 1.0 - within / total if total > 0 else float("nan")
 
 
+class LookupShare(Metric):
+    """:func:`lookup_share` of an epoch's validation outputs, as a torchmetrics Metric:
+    per bin of the noisy length the count, sum and sum of squares of the outputs,
+    summed over batches and DDP ranks."""
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        for name in ("bin_n", "bin_s", "bin_ss"):
+            self.add_state(name, torch.zeros(len(LOOKUP_EDGES) + 1, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: torch.Tensor, bins: torch.Tensor) -> None:
+        p = pred.detach().double()
+        self.bin_n += torch.zeros_like(self.bin_n).index_add(0, bins, torch.ones_like(p))
+        self.bin_s += torch.zeros_like(self.bin_s).index_add(0, bins, p)
+        self.bin_ss += torch.zeros_like(self.bin_ss).index_add(0, bins, p * p)
+
+    def compute(self) -> torch.Tensor:
+        share = lookup_share({"bin_n": self.bin_n, "bin_s": self.bin_s, "bin_ss": self.bin_ss})
+        return torch.tensor(share, dtype=torch.float64)
+
+
 class DenoisingModule(HistoryModule):
     """MEGNet encoder + a linear head on the last block's edge features."""
+
+    history_columns = ("train_loss", "train_mae", "val_loss", "val_mae", "val_output_share_lookup", "grad_norm")
 
     def __init__(
         self,
@@ -201,6 +228,9 @@ class DenoisingModule(HistoryModule):
         ):
             module.requires_grad_(False)
         self.head = nn.Linear(sizes["hidden_layer_sizes_conv"][-1], 1)
+        self.train_loss, self.train_mae = epoch_mean(), epoch_mean()
+        self.val_loss, self.val_mae = epoch_mean(), epoch_mean()
+        self.val_output_share_lookup = LookupShare()
         self.sigma = sigma
         self.lr = lr
         self.val_seed = val_seed
@@ -221,38 +251,27 @@ class DenoisingModule(HistoryModule):
         gen = training_generator(batch.pos.device, self.val_seed, self.current_epoch, batch_idx, self.global_rank)
         pred, target = self._step(batch, gen)
         loss = nn.functional.mse_loss(pred, target)
-        n = torch.tensor(float(target.numel()), device=pred.device)
-        self.accumulate(train_se=loss.detach() * n, train_ae=(pred - target).abs().sum(), n_train=n)
+        # per edge over the epoch (each edge's error, not the batch means)
+        err = pred.detach() - target
+        self.train_loss.update(err**2)
+        self.train_mae.update(err.abs())
+        self.log_dict({"train_loss": self.train_loss, "train_mae": self.train_mae}, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch: GraphBatch, batch_idx: int) -> None:
         target = denoising_target(batch)
         shaken = perturb(batch.pos, self.sigma, validation_generator(batch.pos.device, self.val_seed, batch_idx))
         pred = self(batch, shaken)
-        err = pred - target
-        n = torch.tensor(float(target.numel()), device=pred.device)
+        err = pred.detach() - target
         # one validation loss, per edge over the whole split: the history column that both
         # the best-checkpoint rule and the selection read
-        self.accumulate(val_se=(err**2).sum(), val_ae=err.abs().sum(), n_val=n)
+        self.val_loss.update(err**2)
+        self.val_mae.update(err.abs())
         # per bin of the noisy length: how much of the output a lookup of it explains
         bins = lookup_bin(standardise_per_graph(edge_lengths(shaken, batch), batch.edge_batch, batch.num_graphs))
-        p = pred.detach().double()
-        zeros = torch.zeros(len(LOOKUP_EDGES) + 1, dtype=torch.float64, device=p.device)
-        self.accumulate(
-            bin_n=zeros.index_add(0, bins, torch.ones_like(p)),
-            bin_s=zeros.index_add(0, bins, p),
-            bin_ss=zeros.index_add(0, bins, p * p),
-        )
-
-    def epoch_row(self, s: dict[str, float]) -> dict[str, float]:
-        return {
-            "train_loss": self.ratio(s, "train_se", "n_train"),
-            "train_mae": self.ratio(s, "train_ae", "n_train"),
-            "val_loss": self.ratio(s, "val_se", "n_val"),
-            "val_mae": self.ratio(s, "val_ae", "n_val"),
-            "val_output_share_lookup": lookup_share(s),
-            "grad_norm": self.ratio(s, "grad_norm", "n_grad"),
-        }
+        self.val_output_share_lookup.update(pred, bins)
+        metrics = {"val_loss": self.val_loss, "val_mae": self.val_mae}
+        self.log_dict(metrics | {"val_output_share_lookup": self.val_output_share_lookup}, on_step=False, on_epoch=True)
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)

@@ -32,7 +32,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.utilities import grad_norm
 from torch.utils.data import RandomSampler
+from torchmetrics import MeanMetric
 
 from .utils import LOG, atomic_path, write_json
 
@@ -41,50 +43,49 @@ LAST = "last.ckpt"
 BEST = "best.ckpt"
 
 
+def epoch_mean() -> MeanMetric:
+    """A torchmetrics mean for one history column: float64 sums (the history is read to
+    the last digit when epochs are compared), NaN kept (a diverged run must show it),
+    summed over DDP ranks by torchmetrics when computed. Update it with every element's
+    value, never with weights: with NaNs kept, torchmetrics 1.9 drops the weights."""
+    return MeanMetric(nan_strategy="disable").set_dtype(torch.float64)
+
+
 class HistoryModule(L.LightningModule):
-    """A LightningModule that sums per-epoch metrics itself and keeps them in checkpoints."""
+    """A LightningModule whose per-epoch metrics Lightning computes and whose history
+    travels inside every checkpoint.
+
+    Subclasses log torchmetrics objects with ``log_dict(..., on_epoch=True)``; Lightning
+    computes them over the epoch (synchronised across ranks) and resets them. At the end
+    of each training epoch the values of :attr:`history_columns` become one history row,
+    which the checkpoint keeps, so a resumed run rewrites history.csv from it.
+    """
+
+    history_columns: tuple[str, ...] = ()
 
     def __init__(self, history_csv: str | None = None):
         super().__init__()
         self.history_csv = history_csv
         self.history: list[dict[str, float]] = []
-        self._sums: dict[str, torch.Tensor] = {}
+        self.grad_norm_mean = epoch_mean()
         self._epoch_start = time.monotonic()
-
-    def accumulate(self, **values: torch.Tensor) -> None:
-        """Add (sum, count) style values; the caller passes sums, ``n_*`` keys are counts."""
-        for key, value in values.items():
-            value = value.detach().double()
-            self._sums[key] = self._sums.get(key, torch.zeros((), dtype=torch.float64, device=value.device)) + value
-
-    def _reduced(self) -> dict[str, float]:
-        out = {}
-        for key, value in self._sums.items():
-            if self._trainer is not None and self.trainer.world_size > 1:
-                value = self.trainer.strategy.reduce(value, reduce_op="sum")
-            out[key] = float(value) if value.numel() == 1 else value.cpu()
-        return out
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.monotonic()
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        norms = [p.grad.detach().norm(2) for p in self.parameters() if p.grad is not None]
+        # Lightning's grad_norm: every parameter's 2-norm and their total, before the step
+        norms = grad_norm(self, norm_type=2)
         if norms:
-            self.accumulate(grad_norm=torch.stack(norms).norm(2), n_grad=torch.ones(()))
-
-    def epoch_row(self, sums: dict[str, float]) -> dict[str, float]:
-        raise NotImplementedError
-
-    @staticmethod
-    def ratio(sums: dict[str, float], key: str, count: str) -> float:
-        """sums[key] / sums[count]; NaN when that loop did not run (e.g. no validation)."""
-        return sums[key] / sums[count] if sums.get(count) else float("nan")
+            self.grad_norm_mean.update(norms["grad_2.0_norm_total"])
+            self.log("grad_norm", self.grad_norm_mean, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
-        row = {"epoch": self.current_epoch, **self.epoch_row(self._reduced())}
+        logged = self.trainer.callback_metrics
+        row = {"epoch": self.current_epoch}
+        # NaN where a loop did not run (e.g. no validation batches)
+        row |= {key: float(logged[key]) if key in logged else float("nan") for key in self.history_columns}
         row["epoch_seconds"] = time.monotonic() - self._epoch_start
-        self._sums = {}
         self.history.append(row)
         if self.trainer.is_global_zero:
             LOG.info("epoch %d: %s", row["epoch"], ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
