@@ -128,7 +128,12 @@ def _epochs(config, _):
 
 
 def _small_sizes(config, _):
-    config["models"]["small"]["hidden_layer_sizes_output"] = [16, 8]
+    # the shipped configs take the sizes from the schema's defaults; a config that changes
+    # one size gives that model's whole entry
+    from cdssl.config import load_config
+
+    small = load_config(ROOT / "config" / "test.yaml")["models"]["small"]
+    config["models"] = {"small": {**small, "hidden_layer_sizes_output": [16, 8]}}
 
 
 def _edit_file(config, work):
