@@ -53,6 +53,8 @@ def _write(tmp_path, config):
         (lambda c: c["finetune"].update(modes=["ssl", "dgl"]), "finetune.modes.1"),
         (lambda c: c["datasets"]["dielectric"].update(file="x.csv"), "exactly one of"),
         (lambda c: c["finetune"].update(fractions=[0.75]), "exceeds"),
+        (lambda c: c["pretrain"].update(devices=2, strategy="auto"), "'pretrain.strategy' must be ddp"),
+        (lambda c: c["pretrain"].update(nodes=0), "pretrain.nodes"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, test_config, mutate, expected):
@@ -109,3 +111,25 @@ def test_config_readme_documents_every_schema_key_and_no_other(root):
     documented -= {p.name for p in (root / "config").glob("*.yaml")}  # the table of shipped files
     assert keys - documented == set(), "schema keys missing from config/README.md"
     assert documented - keys == set(), "config/README.md documents keys the schema does not have"
+
+
+@pytest.mark.parametrize(
+    "nodes, devices, accelerator, expected",
+    [
+        (1, 1, "cpu", {"nodes": 1}),
+        (1, 1, "auto", {"nodes": 1, "gres": "gpu:1", "tasks_per_gpu": 0}),
+        (1, 2, "cpu", {"nodes": 1, "mpi": "srun", "tasks_per_node": 2}),
+        (2, 1, "cpu", {"nodes": 2, "mpi": "srun", "tasks": 2}),
+        (4, 8, "gpu", {"nodes": 4, "mpi": "srun", "tasks_per_node": 8, "gres": "gpu:8", "tasks_per_gpu": 0}),
+    ],
+)
+def test_pretraining_geometry_becomes_the_rules_slurm_resources(test_config, nodes, devices, accelerator, expected):
+    from cdssl.config import pretrain_ranks, pretrain_resources, pretrain_settings
+
+    config = copy.deepcopy(test_config)
+    config["accelerator"] = accelerator
+    config["pretrain"].update(nodes=nodes, devices=devices, strategy="ddp")
+    assert pretrain_resources(config) == expected
+    assert pretrain_ranks(config) == nodes * devices
+    # the number of nodes is part of the job's identity once it matters, and only then
+    assert ("nodes" in pretrain_settings(config, 0.5)) == (nodes > 1)

@@ -153,18 +153,40 @@ def test_ddp_on_cpu_with_two_processes(tmp_path, small_cache_path, config):
 def test_checkpoints_of_another_identity_are_discarded_with_the_reason(tmp_path, config, change, caplog):
     import logging
 
-    from cdssl.training import job_identity, prepare_checkpoint_dir
+    from cdssl.training import job_identity, prepare_checkpoint_dir, resume_checkpoint
 
     data = tmp_path / "graphs.pt"
     data.write_bytes(b"graphs")
     settings = pretrain_settings(config)
     ckpt = tmp_path / "ckpt"
+    assert resume_checkpoint(ckpt, job_identity(settings, {"graphs": data})) is None
     assert prepare_checkpoint_dir(ckpt, job_identity(settings, {"graphs": data})) is None
     (ckpt / "last.ckpt").write_bytes(b"x")
     assert prepare_checkpoint_dir(ckpt, job_identity(settings, {"graphs": data})) == str(ckpt / "last.ckpt")
+    # what ranks other than 0 ask: the same answer, and the folder left as it is
+    assert resume_checkpoint(ckpt, job_identity(settings, {"graphs": data})) == str(ckpt / "last.ckpt")
     change(settings, data)
+    assert resume_checkpoint(ckpt, job_identity(settings, {"graphs": data})) is None
+    assert (ckpt / "last.ckpt").exists()
     logging.getLogger("cdssl").propagate = True
     with caplog.at_level(logging.WARNING, logger="cdssl"):
         assert prepare_checkpoint_dir(ckpt, job_identity(settings, {"graphs": data})) is None
     assert not (ckpt / "last.ckpt").exists()
     assert f"discarding checkpoints in {ckpt}" in caplog.text and "changed:" in caplog.text
+
+
+def test_several_nodes_without_slurm_stop_with_a_clear_error(monkeypatch):
+    from cdssl.distributed import needs_srun
+
+    for var in ("SLURM_JOB_ID", "SLURM_JOBID", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    assert not needs_srun(1, 1) and not needs_srun(1, 2)  # one machine: Lightning forks the ranks
+    with pytest.raises(RuntimeError, match="needs a SLURM allocation of 2 nodes"):
+        needs_srun(2, 1)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    assert needs_srun(1, 2) and needs_srun(2, 4)
+    # a rank that srun started does not start ranks again
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_NNODES", "2")
+    assert not needs_srun(2, 4)

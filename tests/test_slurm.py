@@ -1,5 +1,7 @@
 """The cluster path, for real: a single-node SLURM cluster on localhost runs the tiny
-workflow through the project's profile and the Snakemake SLURM executor."""
+workflow through the project's profile and the Snakemake SLURM executor, with
+pretraining as one job of 2 ranks started by srun (gloo) and the fine-tuning grid
+grouped into fewer submissions than jobs."""
 
 from __future__ import annotations
 
@@ -8,9 +10,12 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tools" / "slurm_cluster.sh"
@@ -35,9 +40,17 @@ def cluster():
     subprocess.run([str(CLUSTER), "stop"], check=False)
 
 
-@pytest.mark.slurm
-def test_tiny_workflow_runs_as_slurm_jobs(cluster, tmp_path):
-    cmd = [
+def _config(tmp_path: Path, **pretrain) -> Path:
+    """config/test.yaml with pretraining on 2 ranks (CPU processes, gloo)."""
+    config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    config["pretrain"].update(devices=2, strategy="ddp", **pretrain)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _snakemake(tmp_path: Path, configfile: Path, *extra: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -48,7 +61,7 @@ def test_tiny_workflow_runs_as_slurm_jobs(cluster, tmp_path):
         "--profile",
         str(ROOT / "profiles/slurm"),
         "--configfile",
-        str(ROOT / "config/test.yaml"),
+        str(configfile),
         "--config",
         "results_dir=results",
         f"data_dir={ROOT / 'data/matminer'}",
@@ -59,36 +72,98 @@ def test_tiny_workflow_runs_as_slurm_jobs(cluster, tmp_path):
         "5",
         # a CPU-only node: no GPUs to ask for, and small memory requests
         "--set-resources",
-        "pretrain:gpu=0",
         "finetune:gpu=0",
         "finetune_ssl:gpu=0",
-        "pretrain:mem_mb=2000",
-        "finetune:mem_mb=2000",
-        "finetune_ssl:mem_mb=2000",
-        "graphs:mem_mb=2000",
-        "probe:mem_mb=2000",
+        *(f"{rule}:mem_mb=2000" for rule in ("pretrain", "finetune", "finetune_ssl", "graphs", "probe")),
         "--set-threads",
-        "graphs=1",
-        "pretrain=1",
-        "finetune=1",
-        "finetune_ssl=1",
-        "probe=1",
+        *(f"{rule}=1" for rule in ("graphs", "pretrain", "finetune", "finetune_ssl", "probe")),
         "--default-resources",
         "mem_mb=1000",
         "runtime=30",
         "--jobs",
         "2",
+        *extra,
     ]
+
+
+def _slurm_job(log: Path) -> str:
+    found = re.findall(r"SLURM job (\d+)", log.read_text())
+    assert found, f"{log} was not written inside a SLURM job"
+    return found[0]
+
+
+@pytest.mark.slurm
+def test_tiny_workflow_runs_as_slurm_jobs_with_srun_ranks_and_grouped_finetuning(cluster, tmp_path):
+    cmd = _snakemake(tmp_path, _config(tmp_path))
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    submitted = re.findall(r"submitted with SLURM jobid (\d+)", proc.stdout + proc.stderr)
+    submitted = set(re.findall(r"submitted with SLURM jobid (\d+)", proc.stdout + proc.stderr))
     logs = sorted((tmp_path / "results" / "logs").rglob("*.log"))
     assert len(logs) >= 12
-    ids = []
-    for log in logs:
-        found = re.findall(r"SLURM job (\d+)", log.read_text())
-        assert found, f"{log} was not written inside a SLURM job"
-        ids.append(found[0])
-    assert len(set(ids)) == len(ids), "each rule ran as its own SLURM job"
-    assert set(ids) <= set(submitted)
+    jobs = {log: _slurm_job(log) for log in logs}
+    assert set(jobs.values()) <= submitted
+    finetune = {log: job for log, job in jobs.items() if "/finetune/" in str(log)}
+    others = [job for log, job in jobs.items() if log not in finetune]
+    # 2 fractions x (sl, sl_large, ssl at 2 sigmas) = 8 fine-tuning jobs, fewer submissions
+    assert len(finetune) == 8
+    assert len(set(finetune.values())) < len(finetune), "fine-tuning jobs went out one submission each"
+    assert len(submitted) < len(logs)
+    assert len(set(others)) == len(others) and not set(others) & set(finetune.values())
+    # every cell's outputs, each in its own folder
+    metrics = sorted((tmp_path / "results/finetune").rglob("metrics.json"))
+    assert len(metrics) == 8
     assert (tmp_path / "results/analysis/fig4_finetune.png").exists()
+    # each pretraining: one SLURM job whose 2 ranks srun started, both in the rule's log
+    for sigma in ("0.3", "0.5"):
+        text = (tmp_path / f"results/logs/pretrain/sigma_{sigma}.log").read_text()
+        job = _slurm_job(tmp_path / f"results/logs/pretrain/sigma_{sigma}.log")
+        assert "starting 2 ranks: srun" in text
+        for rank in (0, 1):
+            assert re.search(
+                rf"rank {rank} of 2 \(node 0, local rank {rank}\) on \S+, pid \d+, SLURM job {job} step", text
+            )
+            assert f"training rank {rank} of 2" in text
+        history = pd.read_csv(tmp_path / f"results/pretrain/sigma_{sigma}/history.csv")
+        assert history["epoch"].tolist() == [0, 1]
+        ckpt = tmp_path / f"results/checkpoints/pretrain/sigma_{sigma}"
+        assert sorted(p.name for p in ckpt.iterdir()) == ["best.ckpt", "fingerprint.json", "last.ckpt"]
+
+
+@pytest.mark.slurm
+def test_multi_rank_pretraining_killed_under_slurm_resumes_on_rerun(cluster, tmp_path):
+    config = _config(tmp_path, sigma=0.5, epochs=60)
+    target = "results/pretrain/sigma_0.5/selected.json"
+    cmd = _snakemake(tmp_path, config, "--retries", "0", target)
+    log = tmp_path / "results/logs/pretrain/sigma_0.5.log"
+    history = tmp_path / "results/pretrain/sigma_0.5/history.csv"
+    run = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and run.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.1)
+    assert run.poll() is None, "pretraining ended before it could be killed; raise epochs"
+    before = pd.read_csv(history)
+    # the job as a cluster kills it (preemption, a time limit, scancel)
+    subprocess.run(["scancel", _slurm_job(log)], check=True)
+    out, _ = run.communicate(timeout=600)
+    assert run.returncode != 0, out[-3000:]
+    assert "training rank 1 of 2" in log.read_text()
+
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-5000:]
+    text = log.read_text()
+    # Snakemake starts the rerun's log afresh
+    assert "resuming from" in text and "starting 2 ranks: srun" in text
+    after = pd.read_csv(history)
+    assert after["epoch"].tolist() == list(range(60))
+    # the epochs finished before the kill were not trained again: same rows, wall time included
+    done = len(before) - 1  # the last row written may not have had its checkpoint yet
+    # ("stop" is empty in them; its dtype follows the rows read with it)
+    same = [c for c in before.columns if c != "stop"]
+    pd.testing.assert_frame_equal(
+        before.iloc[:done][same], after.iloc[:done][same], check_exact=True, check_dtype=False
+    )
+    ckpt = tmp_path / "results/checkpoints/pretrain/sigma_0.5"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["best.ckpt", "fingerprint.json", "last.ckpt"]
+    assert (tmp_path / target).exists()

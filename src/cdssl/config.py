@@ -83,6 +83,12 @@ def validate_config(config: dict, source: str = "<config>", schema: dict | None 
 
 
 def _check_references(config: dict, source: str) -> None:
+    pc = config["pretrain"]
+    if pc["nodes"] * pc["devices"] > 1 and pc["strategy"] != "ddp":
+        raise ConfigError(
+            f"invalid configuration in {source}: 'pretrain.strategy' must be ddp for "
+            f"{pc['nodes']} node(s) x {pc['devices']} device(s); it is {pc['strategy']!r}"
+        )
     datasets = config["datasets"]
     pre = config["pretrain"]["dataset"]
     if pre not in datasets:
@@ -202,12 +208,49 @@ def pretrain_settings(config: dict, sigma: float | None = None) -> dict[str, Any
         (sigma,) = sigmas(config)
     pc = config["pretrain"]
     keys = ("epochs", "batch_size", "lr", "lr_schedule", "lr_min_factor", "val_fraction", "seed", "devices", "strategy")
-    return {
+    settings = {
         "sizes": dict(config["models"]["large"]),
         "cutoff": float(config["graph"]["cutoff"]),
         "sigma": float(sigma),
         **{k: pc[k] for k in keys},
     }
+    # a job param only when above 1: one-node results made before the key existed are
+    # not rerun for a key that changes nothing for them
+    if pc["nodes"] != 1:
+        settings["nodes"] = pc["nodes"]
+    return settings
+
+
+def pretrain_ranks(config: dict) -> int:
+    """Processes of one pretraining: nodes x devices."""
+    return int(config["pretrain"]["nodes"]) * int(config["pretrain"]["devices"])
+
+
+def pretrain_resources(config: dict) -> dict[str, Any]:
+    """The pretrain rule's SLURM geometry (Snakemake SLURM executor resources).
+
+    One rank per device. Several ranks make it an "MPI" job for the executor: one
+    allocation of ``nodes`` nodes with ``devices`` tasks on each, in which the rule itself
+    starts the ranks with srun (cdssl.distributed). On GPUs, ``gres=gpu:<devices>`` asks
+    for the devices on every node (``--gres`` counts per node; the ``gpu`` resource would
+    count for the whole job and let SLURM spread the GPUs unevenly). The executor would
+    also turn ``tasks`` into ``--ntasks-per-gpu``; ``tasks_per_gpu=0`` keeps it from that.
+    """
+    pc = config["pretrain"]
+    nodes, devices = int(pc["nodes"]), int(pc["devices"])
+    res: dict[str, Any] = {"nodes": nodes}
+    if nodes * devices > 1:
+        res["mpi"] = "srun"
+        # the executor refuses tasks_per_node=1 for MPI jobs: one device per node is
+        # asked as nodes tasks on nodes nodes, which SLURM can only place one per node
+        if devices > 1:
+            res["tasks_per_node"] = devices
+        else:
+            res["tasks"] = nodes
+    if config["accelerator"] != "cpu":
+        res["gres"] = f"gpu:{devices}"
+        res["tasks_per_gpu"] = 0
+    return res
 
 
 def probe_settings(config: dict) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics import Metric
@@ -24,6 +25,7 @@ from .training import (
     job_identity,
     make_trainer,
     prepare_checkpoint_dir,
+    resume_checkpoint,
     step_generator,
     write_history,
 )
@@ -318,6 +320,7 @@ def run_pretraining(
     lr_schedule: str = "constant",
     lr_min_factor: float = 0.01,
     devices: int = 1,
+    nodes: int = 1,
     strategy: str = "auto",
     accelerator: str = "auto",
 ) -> None:
@@ -340,13 +343,23 @@ def run_pretraining(
         strategy=strategy,
         lr_schedule=lr_schedule,
         lr_min_factor=lr_min_factor,
+        # the ranks' number changes the batches, hence the numbers; named only when above
+        # 1, so one-node runs made before the key existed keep their identity
+        **({"nodes": nodes} if nodes != 1 else {}),
     )
     L.seed_everything(seed, workers=True, verbose=False)
     cache = GraphCache.load(graphs, cutoff)
     train, val = pretrain_split(len(cache), val_fraction, seed)
     LOG.info("pretraining on %d graphs, validating on %d (seed %d)", len(train), len(val), seed)
-    write_split(cache, train, val, split_csv)
-    resume = prepare_checkpoint_dir(ckpt_dir, job_identity(settings, {"graphs": graphs}))
+    # one writer: with ranks started by srun every rank runs this function, and only
+    # rank 0 writes the split, the references and the checkpoint folder's stamp
+    rank = rank_zero_only.rank
+    identity = job_identity(settings, {"graphs": graphs})
+    if rank == 0:
+        write_split(cache, train, val, split_csv)
+        resume = prepare_checkpoint_dir(ckpt_dir, identity)
+    else:
+        resume = resume_checkpoint(ckpt_dir, identity)
     module = DenoisingModule(
         megnet_sizes(sizes),
         cutoff,
@@ -359,7 +372,7 @@ def run_pretraining(
         max_epochs=epochs,
     )
     train_dl, val_dl = loaders(cache, train, val, batch_size, seed)
-    if reference_json is not None:
+    if reference_json is not None and rank == 0:
         # a DataLoader iterator draws its base seed from the global generator: fork_rng
         # keeps measuring the reference from touching anything training reads
         with torch.random.fork_rng(devices=[]):
@@ -375,7 +388,12 @@ def run_pretraining(
         )
         write_json(reference, reference_json)
     trainer = make_trainer(
-        epochs, accelerator, [EpochCheckpoint(ckpt_dir, "val_loss")], devices=devices, strategy=strategy
+        epochs,
+        accelerator,
+        [EpochCheckpoint(ckpt_dir, "val_loss")],
+        devices=devices,
+        strategy=strategy,
+        nodes=nodes,
     )
     start = time.monotonic()
     trainer.fit(module, train_dl, val_dl, ckpt_path=resume)

@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import shutil
 import sys
 import time
@@ -32,10 +33,12 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import grad_norm
 from torch.utils.data import RandomSampler
 from torchmetrics import MeanMetric
 
+from .distributed import started_by_srun
 from .utils import LOG, atomic_path, write_json
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -69,6 +72,19 @@ class HistoryModule(L.LightningModule):
         self.history: list[dict[str, float]] = []
         self.grad_norm_mean = epoch_mean()
         self._epoch_start = time.monotonic()
+
+    def on_fit_start(self) -> None:
+        # one line per rank: a multi-process run shows in the log that every rank started
+        t = self.trainer
+        LOG.info(
+            "training rank %d of %d (node %d, local rank %d) on %s, pid %d",
+            t.global_rank,
+            t.world_size,
+            t.node_rank,
+            t.local_rank,
+            platform.node(),
+            os.getpid(),
+        )
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.monotonic()
@@ -194,6 +210,20 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def resume_checkpoint(ckpt_dir: str | Path, identity: dict[str, Any]) -> str | None:
+    """What :func:`prepare_checkpoint_dir` returns, without touching the folder: for ranks
+    other than 0, which must not delete or stamp it. Whatever rank 0 is doing meanwhile,
+    the answer is the same: last.ckpt only when its stamp already matches, and then rank 0
+    keeps it."""
+    ckpt_dir = Path(ckpt_dir)
+    try:
+        old = json.loads((ckpt_dir / FINGERPRINT_FILE).read_text())["identity"]
+    except (OSError, ValueError, KeyError):
+        return None
+    last = ckpt_dir / LAST
+    return str(last) if old == identity and last.exists() else None
+
+
 def prepare_checkpoint_dir(ckpt_dir: str | Path, identity: dict[str, Any]) -> str | None:
     """Return last.ckpt to resume from when it belongs to ``identity``, else start clean.
 
@@ -303,9 +333,18 @@ def make_trainer(
     devices: int = 1,
     strategy: str = "auto",
     deterministic: bool = True,
+    nodes: int = 1,
 ) -> L.Trainer:
     accel = resolve_accelerator(accelerator)
-    if accel == "cpu" and strategy == "ddp":
+    world = nodes * devices
+    plugins = []
+    if started_by_srun(nodes, devices):
+        # srun started every rank (cdssl.distributed): Lightning's SLURM environment
+        # names them; requeueing is left to Snakemake's profile, not to Lightning's
+        # signal handler, which would requeue the job behind Snakemake's back
+        strategy = "ddp"
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    elif accel == "cpu" and strategy == "ddp":
         # forked workers inherit the graph cache; spawn would pickle it through shared
         # memory, which small /dev/shm mounts refuse. GPUs keep Lightning's "ddp".
         strategy = "ddp_fork" if devices > 1 else "auto"
@@ -313,12 +352,14 @@ def make_trainer(
         max_epochs=max_epochs,
         accelerator=accel,
         devices=devices,
+        num_nodes=nodes,
         strategy=strategy,
+        plugins=plugins or None,
         callbacks=callbacks,
         logger=False,
         enable_progress_bar=sys.stderr.isatty(),
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic=deterministic and accel == "cpu",
-        use_distributed_sampler=devices > 1,
+        use_distributed_sampler=world > 1,
     )

@@ -13,6 +13,7 @@ from cdssl.config import (
     fmt_sigma,
     graph_settings,
     load_config,
+    pretrain_resources,
     pretrain_settings,
     probe_settings,
     sigmas,

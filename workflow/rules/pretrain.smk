@@ -11,10 +11,16 @@ rule pretrain:
         ckpt_dir=f"{R}/checkpoints/pretrain/sigma_{{sigma}}",
         settings=lambda wc: pretrain_settings(config, float(wc.sigma)),
         accelerator=config["accelerator"],
+        nodes=config["pretrain"]["nodes"],
+        devices=config["pretrain"]["devices"],
+    # per rank: with several ranks each gets this many cores
     threads: config["threads"]
     # pretraining is the critical path: every ssl job waits on it
     priority: 50
+    # the SLURM allocation's nodes, tasks and GPUs follow pretrain.nodes and
+    # pretrain.devices (cdssl.config.pretrain_resources)
     resources:
+        **pretrain_resources(config),
         mem_mb=16000,
         runtime=2880,
     log:

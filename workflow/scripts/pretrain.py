@@ -1,4 +1,8 @@
-"""Rule pretrain: the denoising pretext task for one sigma, resumable (cdssl.pretrain)."""
+"""Rule pretrain: the denoising pretext task for one sigma, resumable (cdssl.pretrain).
+
+With several ranks inside a SLURM allocation, this process only starts them with srun
+(cdssl.distributed) and waits; each rank runs run_pretraining with the same arguments.
+"""
 
 import sys
 
@@ -6,18 +10,33 @@ sys.path.insert(0, snakemake.scriptdir)
 from _bootstrap import start
 
 log = start(snakemake)
+from cdssl.distributed import launch, needs_srun
 from cdssl.pretrain import run_pretraining
 
+kwargs = dict(
+    graphs=snakemake.input.graphs,
+    **snakemake.params.settings,
+    nodes=snakemake.params.nodes,
+    accelerator=snakemake.params.accelerator,
+    history_csv=snakemake.output.history,
+    split_csv=snakemake.output.split,
+    reference_json=snakemake.output.reference,
+    ckpt_dir=snakemake.params.ckpt_dir,
+)
 try:
-    run_pretraining(
-        snakemake.input.graphs,
-        **snakemake.params.settings,
-        accelerator=snakemake.params.accelerator,
-        history_csv=snakemake.output.history,
-        split_csv=snakemake.output.split,
-        reference_json=snakemake.output.reference,
-        ckpt_dir=snakemake.params.ckpt_dir,
-    )
+    if needs_srun(snakemake.params.nodes, snakemake.params.devices):
+        launch(
+            "cdssl.pretrain:run_pretraining",
+            kwargs,
+            nodes=snakemake.params.nodes,
+            devices=snakemake.params.devices,
+            cpus_per_rank=snakemake.threads,
+            # beside the checkpoint folder, which rank 0 may wipe on a change of identity
+            spec_path=f"{snakemake.params.ckpt_dir}.ranks.json",
+            log_path=snakemake.log[0],
+        )
+    else:
+        run_pretraining(**kwargs)
 except Exception:
     log.exception("pretraining failed")
     raise
