@@ -238,3 +238,39 @@ def test_pretraining_run_logs_every_epoch_and_selection_exports_for_matgl(tmp_pa
     other.to_csv(tmp_path / "other.csv", index=False)
     with pytest.raises(ValueError, match="different runs.*forcerun"):
         select_checkpoint(tmp_path / "other.csv", tmp_path / "ckpt", tmp_path / "sel2.json", tmp_path / "enc2")
+
+
+def test_pretraining_maps_its_graph_cache_so_the_ranks_of_a_node_share_its_pages(
+    tmp_path, small_cache_path, config, monkeypatch
+):
+    import shutil
+
+    import psutil
+
+    import cdssl.pretrain as pretrain
+
+    graphs = tmp_path / "graphs.pt"  # a path no other test has mapped
+    shutil.copy(small_cache_path, graphs)
+    mapped = []
+    make_trainer = pretrain.make_trainer
+
+    def trainer_after_noting_the_mapped_files(*args, **kwargs):
+        mapped.append({m.path for m in psutil.Process().memory_maps()})
+        return make_trainer(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain, "make_trainer", trainer_after_noting_the_mapped_files)
+    config["pretrain"].update(epochs=1, batch_size=16)
+    run_pretraining(
+        graphs,
+        **pretrain_settings(config),
+        history_csv=tmp_path / "h.csv",
+        split_csv=tmp_path / "split.csv",
+        ckpt_dir=tmp_path / "ckpt",
+    )
+    assert str(graphs.resolve()) in mapped[0]
+    # and the mapped cache holds exactly what a read one does
+    mapped_cache, read_cache = GraphCache.load(graphs, 5.0, mmap=True), GraphCache.load(graphs, 5.0)
+    assert mapped_cache.ids == read_cache.ids
+    for key, value in read_cache.data.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(mapped_cache.data[key], value), key

@@ -226,10 +226,12 @@ class GraphCache:
         self.edge_ptr = data["edge_ptr"]
 
     @classmethod
-    def load(cls, path: str | Path, cutoff: float | None = None) -> GraphCache:
+    def load(cls, path: str | Path, cutoff: float | None = None, mmap: bool = False) -> GraphCache:
+        """Read a cache; with ``mmap`` its tensors stay in the file's pages, which every
+        process on a node that maps the same file shares (DDP ranks started by srun)."""
         hint = REBUILD_HINT.format(path=path)
         try:
-            data = torch.load(path, weights_only=True)
+            data = torch.load(path, weights_only=True, mmap=mmap)
             meta = data["meta"]
         except FileNotFoundError:
             raise
