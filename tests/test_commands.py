@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    """The commands of the README and of the pages it sends users to for running things."""
+    text = "\n".join((ROOT / name).read_text() for name in ("README.md", "docs/scale.md"))
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
