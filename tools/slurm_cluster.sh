@@ -2,7 +2,8 @@
 # A real single-node SLURM cluster on localhost, for the tests (see profiles/slurm and tests/test_slurm.py).
 #   tools/slurm_cluster.sh install   apt-get the daemons (root only)
 #   tools/slurm_cluster.sh start     write /etc/slurm/slurm.conf, start munged, slurmctld, slurmd
-#   tools/slurm_cluster.sh stop      stop the daemons by their pid files
+#   tools/slurm_cluster.sh stop      stop the daemons (by their pid files, else by name)
+# It takes this machine's SLURM over (slurm.conf, the daemons): for test machines only.
 # slurm.conf must live at /etc/slurm/slurm.conf: the Snakemake job step strips SLURM_*
 # variables, so SLURM_CONF would not reach it.
 set -euo pipefail
@@ -21,7 +22,10 @@ install() {
 }
 
 start() {
-  # a fresh cluster every time: jobs left in a saved state would keep the node busy
+  # a fresh cluster every time: jobs left in a saved state would keep the node busy, and
+  # daemons still running (a cluster started by hand, an interrupted test) would keep the
+  # new ones from binding their ports while their pid files are removed below
+  stop
   rm -rf "$STATE"
   mkdir -p "$STATE"/{ctld,d} /etc/slurm /run/munge /var/log/slurm
   cat > /etc/slurm/slurm.conf <<CONF
@@ -74,8 +78,13 @@ stop() {
     if [ -f "$STATE/$daemon.pid" ]; then
       kill "$(cat "$STATE/$daemon.pid")" 2>/dev/null || true
     fi
+    # without a pid file (its state folder was removed), by name
+    pkill -x "$daemon" 2>/dev/null || true
   done
-  sleep 1
+  for _ in $(seq 1 20); do
+    pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || return 0
+    sleep 0.5
+  done
 }
 
 "$@"
