@@ -124,12 +124,17 @@ def test_config_readme_documents_every_schema_key_and_no_other(root):
     ],
 )
 def test_pretraining_geometry_becomes_the_rules_slurm_resources(test_config, nodes, devices, accelerator, expected):
-    from cdssl.config import pretrain_ranks, pretrain_resources, pretrain_settings
+    import inspect
+
+    from cdssl.config import pretrain_resources, pretrain_settings
+    from cdssl.pretrain import run_pretraining
 
     config = copy.deepcopy(test_config)
     config["accelerator"] = accelerator
     config["pretrain"].update(nodes=nodes, devices=devices, strategy="ddp")
     assert pretrain_resources(config) == expected
-    assert pretrain_ranks(config) == nodes * devices
-    # the number of nodes is part of the job's identity once it matters, and only then
-    assert ("nodes" in pretrain_settings(config, 0.5)) == (nodes > 1)
+    # the number of nodes is part of the job's identity once it matters, and only then;
+    # the settings are what the rule passes to run_pretraining, as they are
+    settings = pretrain_settings(config, 0.5)
+    assert ("nodes" in settings) == (nodes > 1)
+    inspect.signature(run_pretraining).bind("graphs.pt", **settings, history_csv="h", split_csv="s", ckpt_dir="c")

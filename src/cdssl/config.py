@@ -221,11 +221,6 @@ def pretrain_settings(config: dict, sigma: float | None = None) -> dict[str, Any
     return settings
 
 
-def pretrain_ranks(config: dict) -> int:
-    """Processes of one pretraining: nodes x devices."""
-    return int(config["pretrain"]["nodes"]) * int(config["pretrain"]["devices"])
-
-
 def pretrain_resources(config: dict) -> dict[str, Any]:
     """The pretrain rule's SLURM geometry (Snakemake SLURM executor resources).
 

@@ -13,10 +13,10 @@ log = start(snakemake)
 from cdssl.distributed import launch, needs_srun
 from cdssl.pretrain import run_pretraining
 
+# the settings name nodes themselves when above 1
 kwargs = dict(
     graphs=snakemake.input.graphs,
     **snakemake.params.settings,
-    nodes=snakemake.params.nodes,
     accelerator=snakemake.params.accelerator,
     history_csv=snakemake.output.history,
     split_csv=snakemake.output.split,
