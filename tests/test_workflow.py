@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +63,28 @@ def test_the_paper_configs_dielectric_constant_data_job_runs_offline(tmp_path):
     assert len(table) == 1056
     log = (out / "logs/data/dielectric_constant.log").read_text()
     assert "1056 rows written" in log
+
+
+def test_several_nodes_on_a_workstation_stop_the_pretraining_job_with_the_reason(tmp_path):
+    # the rule script's own path for nodes > 1, outside SLURM: a clear error in the rule's log
+    config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    config["pretrain"].update(sigma=0.5, nodes=2, strategy="ddp")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(
+        "results/pretrain/sigma_0.5/history.csv",
+        "--cores",
+        "1",
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+        "--config",
+        "results_dir=results",
+        f"data_dir={ROOT / 'data/matminer'}",
+        workdir=tmp_path,
+        check=False,
+    )
+    assert proc.returncode != 0
+    log = (tmp_path / "results/logs/pretrain/sigma_0.5.log").read_text()
+    assert "pretrain.nodes=2 needs a SLURM allocation of 2 nodes" in log, log[-2000:]
 
 
 def test_the_study_lists_the_full_grid_of_its_four_tasks(tmp_path):
