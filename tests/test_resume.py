@@ -175,15 +175,26 @@ def test_checkpoints_of_another_identity_are_discarded_with_the_reason(tmp_path,
     assert f"discarding checkpoints in {ckpt}" in caplog.text and "changed:" in caplog.text
 
 
-def test_several_nodes_without_slurm_stop_with_a_clear_error(monkeypatch):
+def test_several_nodes_without_slurm_stop_with_a_clear_error(monkeypatch, tmp_path):
     from cdssl.distributed import needs_srun
 
     for var in ("SLURM_JOB_ID", "SLURM_JOBID", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(var, raising=False)
+    # the decision depends on whether srun is on PATH, which differs between machines
+    # (a fresh one has no SLURM): each case below sets PATH itself
+    no_srun, with_srun = tmp_path / "empty", tmp_path / "bin"
+    no_srun.mkdir()
+    with_srun.mkdir()
+    (with_srun / "srun").write_text("#!/bin/sh\nexit 1\n")  # only looked up, never run
+    (with_srun / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", str(no_srun))
     assert not needs_srun(1, 1) and not needs_srun(1, 2)  # one machine: Lightning forks the ranks
     with pytest.raises(RuntimeError, match="needs a SLURM allocation of 2 nodes"):
         needs_srun(2, 1)
     monkeypatch.setenv("SLURM_JOB_ID", "7")
+    with pytest.raises(RuntimeError, match="srun is not on PATH"):
+        needs_srun(1, 2)
+    monkeypatch.setenv("PATH", str(with_srun))
     assert needs_srun(1, 2) and needs_srun(2, 4)
     # a rank that srun started does not start ranks again
     monkeypatch.setenv("SLURM_PROCID", "1")
