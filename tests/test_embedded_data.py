@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +52,7 @@ def sdist(tool, tmp_path_factory):
     return path
 
 
+@pytest.mark.network
 def test_rows_with_the_extra_index_field_parse_as_matminer_read_them(tool, sdist):
     df = tool.matminer_set(sdist, "dielectric_constant")
     first = df.iloc[0]
@@ -59,6 +63,7 @@ def test_rows_with_the_extra_index_field_parse_as_matminer_read_them(tool, sdist
     assert (df["poly_total"] > 0).all() and len(df) == 1056
 
 
+@pytest.mark.network
 def test_a_flla_structure_literal_parses(tool, sdist):
     from pymatgen.core import Structure
 
@@ -69,10 +74,38 @@ def test_a_flla_structure_literal_parses(tool, sdist):
     assert row["formation_energy_per_atom"] == pytest.approx(0.1074050600000005)
 
 
-def test_the_tool_rebuilds_every_shipped_file_byte_for_byte(tool):
+@pytest.mark.network
+def test_the_tool_rebuilds_every_shipped_file_with_the_same_content(tool):
     result = subprocess.run([sys.executable, tool.__file__, "--check"], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("identical") == len(ROWS)
+    verdicts = [line.split(", ", 1)[1] for line in result.stdout.splitlines() if " rows, " in line]
+    assert len(verdicts) == len(ROWS)
+    assert all(v == "identical" or v.startswith("equal within") for v in verdicts), result.stdout
+
+
+def test_the_rebuild_check_forgives_the_last_bits_of_a_float_and_nothing_else(tool, tmp_path):
+    # the shipped file's first structure, as another CPU's rounding could write it
+    shipped = DATA_DIR / "dielectric_constant.json.gz"
+    table = json.loads(gzip.decompress(shipped.read_bytes()))
+    column = table["columns"].index("structure")
+    xyz = table["data"][0][column]["sites"][0]["xyz"]
+
+    def rebuilt(change, name="rebuilt") -> Path:
+        copy = json.loads(json.dumps(table))
+        change(copy["data"][0][column]["sites"][0])
+        path = tmp_path / name / "dielectric_constant.json.gz"  # gzip records the file's name
+        path.parent.mkdir(exist_ok=True)
+        tool.write_split(pd.DataFrame(copy["data"], columns=copy["columns"]), path)
+        return path
+
+    shipped = rebuilt(lambda site: None, "shipped")
+    assert tool.compare(rebuilt(lambda site: None), shipped) == "identical"
+    last_bit = rebuilt(lambda site: site["xyz"].__setitem__(0, math.nextafter(xyz[0], math.inf)))
+    assert tool.compare(last_bit, shipped).startswith("equal within")
+    moved = rebuilt(lambda site: site["xyz"].__setitem__(0, xyz[0] + 1e-6))
+    assert tool.compare(moved, shipped).startswith("DIFFERS: /data/0/")
+    renamed = rebuilt(lambda site: site["species"][0].__setitem__("element", "Xe"))
+    assert tool.compare(renamed, shipped).startswith("DIFFERS: /data/0/")
 
 
 def _crystals(table):
