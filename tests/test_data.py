@@ -1,7 +1,10 @@
 """Data and graph stages on real structures plus broken inputs written here."""
 
+import hashlib
+import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -238,8 +241,30 @@ def test_a_truncated_cache_names_its_path(tmp_path, small_cache_path):
 
     bad = tmp_path / "graphs.pt"
     bad.write_bytes(small_cache_path.read_bytes()[:5000])
-    with pytest.raises(CacheError, match=f"graph cache {bad} cannot be read.*rm {bad}"):
+    with pytest.raises(CacheError, match=f"graph cache {bad} cannot be read.*--forcerun {bad}"):
         GraphCache.load(bad, 5.0)
+
+
+def test_the_same_table_gives_the_same_cache_bytes_and_a_stored_digest(tmp_path, small_table):
+    from cdssl.graphs import save_cache
+    from cdssl.utils import DIGEST_SUFFIX, file_digest
+
+    def written(name: str) -> tuple[bytes, bytes]:
+        write_table(small_table, tmp_path / name / "table.json.gz")
+        cache, _ = build_cache(small_table.head(8), 5.0)
+        save_cache(cache, tmp_path / name / "graphs.pt")
+        return (tmp_path / name / "table.json.gz").read_bytes(), (tmp_path / name / "graphs.pt").read_bytes()
+
+    first = written("a")
+    time.sleep(1.1)  # gzip stamps seconds into its header; torch.save once named its archive after a random file
+    assert written("a") == first and written("b") == first
+    graphs = tmp_path / "a" / "graphs.pt"
+    digest = hashlib.sha256(graphs.read_bytes()).hexdigest()
+    assert json.loads((tmp_path / "a" / f"graphs.pt{DIGEST_SUFFIX}").read_text())["sha256"] == digest
+    assert file_digest(graphs) == digest
+    # a cache changed after its digest was stored is hashed again, not trusted
+    graphs.write_bytes(graphs.read_bytes() + b"\0")
+    assert file_digest(graphs) == hashlib.sha256(graphs.read_bytes()).hexdigest() != digest
 
 
 def test_outputs_respect_the_umask(tmp_path):

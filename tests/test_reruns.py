@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODES = ("ssl", "sl", "sl_large")
 
 
-def snakemake(workdir: Path, *args: str) -> str:
+def snakemake(workdir: Path, *args: str, ok: bool = True) -> str:
     cmd = [
         sys.executable,
         "-m",
@@ -39,7 +40,7 @@ def snakemake(workdir: Path, *args: str) -> str:
     ]
     # umask 022, the common default: outputs must then be readable by the group
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, preexec_fn=lambda: os.umask(0o022))
-    assert proc.returncode == 0, f"{' '.join(args)}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert (proc.returncode == 0) == ok, f"{' '.join(args)}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout + proc.stderr
 
 
@@ -203,6 +204,56 @@ def test_rerun_after_a_change_equals_a_clean_run(base, tmp_path, changes):
         raw = {k: v["n"] for k, v in json.loads((work / "labelled.json").read_text()).items()}
         predictions = pd.read_csv(work / TARGETS[1].replace("metrics.json", "predictions.csv"))
         assert np.allclose(predictions["target"], [raw[i] for i in predictions["id"]])
+
+
+PRETRAIN_FILES = ("history.csv", "split.csv", "reference.json")
+POOL = "results/graphs/dielectric_unlabelled/graphs.pt"
+TRAINING_LOGS = (
+    "results/logs/pretrain/sigma_0.5.log",
+    *(f"results/logs/finetune/labelled/0.5/{m}.log" for m in ("ssl/sigma_0.5", "sl", "sl_large")),
+)
+
+
+def _same_results(work: Path, metrics: dict) -> None:
+    again = {mode: json.loads((work / t).read_text()) for mode, t in zip(MODES, TARGETS, strict=True)}
+    for mode in MODES:
+        for key in ("test_mae", "val_mae", "best_epoch", "last_epoch", "optimizer_steps"):
+            assert again[mode][key] == metrics[mode][key], (mode, key)
+
+
+def test_a_rebuilt_cache_with_equal_content_keeps_every_checkpoint(base, tmp_path):
+    work, config = changed(base, tmp_path, lambda c, w: None)
+    before = (work / POOL).read_bytes()
+    for log in TRAINING_LOGS:
+        (work / log).unlink()
+    # every graph cache rebuilt, and with it everything downstream rerun by Snakemake
+    snakemake(work, "--cores", "2", "--forcerun", "graphs", *TARGETS)
+    assert (work / POOL).read_bytes() == before
+    for log in TRAINING_LOGS:
+        text = (work / log).read_text()
+        assert "resuming from" in text and "same settings and input content" in text, log
+        assert "discarding" not in text, log
+    history = "results/pretrain/sigma_0.5/history.csv"
+    assert (work / history).read_bytes() == (base[0] / history).read_bytes()
+    _same_results(work, base[2])
+
+
+def test_a_corrupt_cache_names_the_command_that_recovers_every_output(base, tmp_path):
+    work, config = changed(base, tmp_path, lambda c, w: None)
+    cache = work / POOL
+    cache.write_bytes(cache.read_bytes()[:5000])
+    out = snakemake(work, "--cores", "2", *TARGETS, ok=False)
+    log = (work / TRAINING_LOGS[0]).read_text()
+    assert f"graph cache {POOL} cannot be read" in log, out
+    # the failed pretraining job's outputs are gone: the command the error names must bring them back
+    assert not any((work / "results/pretrain/sigma_0.5" / f).exists() for f in PRETRAIN_FILES)
+    named = re.search(r"--forcerun (\S+)`", log).group(1)
+    snakemake(work, "--cores", "2", "--forcerun", named, *TARGETS)
+    for name in PRETRAIN_FILES:
+        assert (work / "results/pretrain/sigma_0.5" / name).read_bytes() == (
+            base[0] / "results/pretrain/sigma_0.5" / name
+        ).read_bytes(), name
+    _same_results(work, base[2])
 
 
 def test_a_user_config_without_a_section_is_rejected(tmp_path):

@@ -69,7 +69,7 @@ def finetune_main(argv: list[str] | None = None) -> dict:
     cache, skipped = build_cache(
         table, graph["cutoff"], processes=args.threads, unknown_elements=graph["unknown_elements"]
     )
-    with atomic_path(out / "skipped.csv", suffix=".csv") as tmp:
+    with atomic_path(out / "skipped.csv") as tmp:
         pd.concat([dropped, skipped], ignore_index=True).to_csv(tmp, index=False)
     save_cache(cache, out / "graphs.pt")
     metrics = run_finetune(

@@ -10,6 +10,7 @@ structure is reported once, in its ``skipped.csv``.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import math
 from pathlib import Path
@@ -353,9 +354,10 @@ def _match_union(name: str, rows: Rows, exclude: dict[str, pd.DataFrame]) -> Non
 
 def write_table(table: pd.DataFrame, path: str | Path) -> None:
     payload = {"columns": COLUMNS, "index": list(range(len(table))), "data": table[COLUMNS].values.tolist()}
-    with atomic_path(path, suffix=".json.gz") as tmp:
-        with gzip.open(tmp, "wt") as fh:
-            json.dump(payload, fh, allow_nan=True)
+    # mtime 0: gzip would stamp the time of writing into the header, and the same table
+    # written twice must give the same bytes (the graph stage's cache is keyed on content)
+    with atomic_path(path) as tmp, gzip.GzipFile(tmp, "wb", mtime=0) as raw, io.TextIOWrapper(raw) as fh:
+        json.dump(payload, fh, allow_nan=True)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

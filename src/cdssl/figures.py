@@ -113,7 +113,7 @@ def figure3(history_csvs, selected_jsons, reference_jsons, out_png, sigmas: list
         axes[2].legend(fontsize=7)
     fig.suptitle("Figure 3: CDSSL pretraining, validation loss beside answers that need no learning")
     fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
+    with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
@@ -212,7 +212,7 @@ def figure4(jobs_csv, cells_csv, modes: list[str], out_png, per_dataset_dir) -> 
         _panel(ax, jobs, sub, dataset, modes)
         fig.tight_layout()
         path = per_dataset_dir / f"{dataset}.png"
-        with atomic_path(path, suffix=".png") as tmp:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=120)
         plt.close(fig)
         written.append(path)
@@ -233,7 +233,7 @@ def figure4(jobs_csv, cells_csv, modes: list[str], out_png, per_dataset_dir) -> 
             )
     fig.suptitle(head, fontsize=10)
     fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
+    with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return written
@@ -268,6 +268,6 @@ def figure5(embeddings_npz, out_png, seed: int = 0) -> None:
         f"Figure 5: pretrained embeddings of {len(z)} crystals\nnever trained on (the probes' crystals)", fontsize=10
     )
     fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
+    with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)

@@ -224,7 +224,7 @@ def run_finetune(
         "wall_seconds": time.monotonic() - start,
         "device": str(trainer.strategy.root_device),
     }
-    with atomic_path(predictions_csv, suffix=".csv") as tmp:
+    with atomic_path(predictions_csv) as tmp:
         pd.DataFrame({"id": [cache.ids[i] for i in test], "target": truth, "prediction": pred}).to_csv(tmp, index=False)
     write_json(metrics, metrics_json)
     LOG.info("test MAE %.4g %s (best epoch %d)", metrics["test_mae"], units, metrics["best_epoch"])

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .utils import atomic_path
+from .utils import atomic_path, record_digest
 
 CACHE_FORMAT = 1
 
@@ -39,7 +39,14 @@ class CacheError(ValueError):
     """A graph cache that cannot be used; the message names the file and how to rebuild it."""
 
 
-REBUILD_HINT = "delete it and rerun the workflow (Snakemake rebuilds a missing graph cache), e.g. rm {path}"
+# --forcerun, not `rm`: Snakemake does not rerun jobs whose outputs exist because an
+# intermediate file is missing, so a deleted cache would leave the outputs of a job that
+# failed on it missing. Forcing the cache's job reruns it and everything downstream; the
+# rebuilt cache has the same bytes, so finished training resumes instead of restarting.
+REBUILD_HINT = (
+    "rebuild it and everything that reads it with your snakemake command plus `--forcerun {path}` "
+    "(finished training is kept: a cache rebuilt from the same table has the same content digest)"
+)
 
 
 AMU_PER_A3_IN_G_PER_CM3 = 1.66053906660
@@ -186,8 +193,12 @@ def build_cache(
 
 
 def save_cache(cache: dict, path: str | Path) -> None:
+    """Write the cache and its content digest. The same table gives the same bytes (the
+    archive is named after the final file, not a temporary one), so jobs downstream whose
+    identity is the cache's digest keep their checkpoints when it is rebuilt."""
     with atomic_path(path) as tmp:
         torch.save(cache, tmp)
+    record_digest(path)
 
 
 @dataclass

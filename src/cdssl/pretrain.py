@@ -408,5 +408,5 @@ def run_pretraining(
 def write_split(cache: GraphCache, train: np.ndarray, val: np.ndarray, path: str | Path) -> None:
     split = np.array(["train"] * len(cache), dtype=object)
     split[val] = "val"
-    with atomic_path(path, suffix=".csv") as tmp:
+    with atomic_path(path) as tmp:
         pd.DataFrame({"id": cache.ids, "split": split}).to_csv(tmp, index=False)

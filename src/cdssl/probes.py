@@ -157,9 +157,9 @@ def run_probes(
                 }
             )
     table = pd.DataFrame(rows)
-    with atomic_path(probe_csv, suffix=".csv") as tmp:
+    with atomic_path(probe_csv) as tmp:
         table.to_csv(tmp, index=False)
     ids = stack(lambda c, idx: np.array(c.ids)[idx])
-    with atomic_path(embeddings_npz, suffix=".npz") as tmp:
+    with atomic_path(embeddings_npz) as tmp:
         np.savez(tmp, z=features[names[0]], density=density, ids=ids)
     return table

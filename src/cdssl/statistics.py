@@ -195,7 +195,7 @@ def write_aggregates(metric_files, jobs_csv, cells_csv, summary_json) -> dict:
     jobs = collect_jobs(metric_files)
     cells = cell_table(jobs)
     for frame, path in ((jobs, jobs_csv), (cells, cells_csv)):
-        with atomic_path(path, suffix=".csv") as tmp:
+        with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False)
     summary = summarise(jobs, cells)
     write_json(summary, summary_json)

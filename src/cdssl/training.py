@@ -39,7 +39,7 @@ from torch.utils.data import RandomSampler
 from torchmetrics import MeanMetric
 
 from .distributed import started_by_srun
-from .utils import LOG, atomic_path, write_json
+from .utils import LOG, atomic_path, file_digest, write_json
 
 FINGERPRINT_FILE = "fingerprint.json"
 LAST = "last.ckpt"
@@ -137,7 +137,7 @@ def checked_best(history: list[dict[str, float]], kept: list[dict[str, float]], 
 
 
 def write_history(rows: list[dict], path: str | Path) -> None:
-    with atomic_path(path, suffix=".csv") as tmp:
+    with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
             fields = list(dict.fromkeys(key for row in rows for key in row))  # every key, first-seen order
             writer = csv.DictWriter(fh, fieldnames=fields)
@@ -174,20 +174,6 @@ def step_generator(device: torch.device, *key: int) -> torch.Generator:
 
 
 # ---------------------------------------------------------------- job identity
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes, or of every file under a directory (names included)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def job_identity(settings: Mapping[str, Any], inputs: Mapping[str, str | Path | None]) -> dict[str, Any]:
@@ -240,7 +226,7 @@ def prepare_checkpoint_dir(ckpt_dir: str | Path, identity: dict[str, Any]) -> st
         except (ValueError, KeyError):
             old = None
         if old == identity and last.exists():
-            LOG.info("resuming from %s", last)
+            LOG.info("resuming from %s: same settings and input content as the job that wrote it", last)
             return str(last)
         if old is None:
             why = "no readable identity stamp"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -38,25 +40,80 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
 
     A killed job then leaves either the old file or none, never a truncated one that a
-    later rule would read as valid.
+    later rule would read as valid. The temporary file sits in a private folder under the
+    final name, not under a random one: some writers record their file's name in the
+    content (torch.save names its zip archive after it), and a random name would make two
+    writes of equal content differ in bytes, hence in every digest taken of them.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
-    os.close(fd)
+    folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    tmp = folder / path.name
     try:
-        yield Path(tmp)
-        # mkstemp creates the file 0600; give it the mode a plain open() would, so
-        # collaborators in the user's group can read results on a shared cluster
+        yield tmp
+        # a plain open() gives the file the user's umask, so collaborators in the
+        # user's group can read results on a shared cluster; keep that explicit
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+DIGEST_SUFFIX = ".sha256.json"
+
+
+def _feed(h, path: Path):
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h
+
+
+def _sha256(path: Path) -> str:
+    return _feed(hashlib.sha256(), path).hexdigest()
+
+
+def _stat_key(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def record_digest(path: str | Path) -> str:
+    """Hash a file once and store the digest beside it (``<file>.sha256.json``) with the
+    size and modification time it belongs to, so that every job reading a large cache
+    finds its content digest without reading gigabytes again."""
+    path = Path(path)
+    digest = _sha256(path)
+    sidecar = path.with_name(path.name + DIGEST_SUFFIX)
+    with atomic_path(sidecar) as tmp:
+        tmp.write_text(json.dumps({"sha256": digest, **_stat_key(path)}) + "\n")
+    return digest
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, or of every file under a directory (names included).
+
+    A file's stored digest (:func:`record_digest`) is used when its size and modification
+    time still match; any other file, or one changed since, is hashed here.
+    """
+    path = Path(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+            _feed(h, f)
+        return h.hexdigest()
+    try:
+        stored = json.loads(path.with_name(path.name + DIGEST_SUFFIX).read_text())
+        if {k: stored[k] for k in ("size", "mtime_ns")} == _stat_key(path):
+            return str(stored["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return _sha256(path)
 
 
 def write_json(obj: Any, path: str | Path) -> None:

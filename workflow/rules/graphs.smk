@@ -4,6 +4,8 @@ rule graphs:
         dropped=f"{R}/data/{{dataset}}.skipped.csv",
     output:
         graphs=f"{R}/graphs/{{dataset}}/graphs.pt",
+        # the cache's content digest, read by every job whose identity includes the cache
+        digest=f"{R}/graphs/{{dataset}}/graphs.pt.sha256.json",
         skipped=f"{R}/graphs/{{dataset}}/skipped.csv",
     params:
         settings=graph_settings(config),

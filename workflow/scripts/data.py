@@ -16,7 +16,7 @@ try:
     exclude = dict(zip(settings["exclude"], map(read_table, snakemake.input.get("exclude", [])), strict=True))
     table, dropped = build_table(snakemake.wildcards.dataset, settings["entry"], settings["data_dir"], exclude)
     write_table(table, snakemake.output.table)
-    with atomic_path(snakemake.output.skipped, suffix=".csv") as tmp:
+    with atomic_path(snakemake.output.skipped) as tmp:
         dropped.to_csv(tmp, index=False)
 except Exception:
     log.exception("data stage failed for dataset %s", snakemake.wildcards.dataset)

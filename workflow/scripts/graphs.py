@@ -25,7 +25,7 @@ try:
     log.info(
         "%d graphs cached, %d rows skipped in all (see %s)", len(cache["ids"]), len(skipped), snakemake.output.skipped
     )
-    with atomic_path(snakemake.output.skipped, suffix=".csv") as tmp:
+    with atomic_path(snakemake.output.skipped) as tmp:
         skipped.to_csv(tmp, index=False)
     save_cache(cache, snakemake.output.graphs)
 except Exception:
