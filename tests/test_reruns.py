@@ -295,3 +295,21 @@ def test_a_missing_data_file_fails_the_dry_run(tmp_path):
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0 and "nowhere.csv" in proc.stdout + proc.stderr
+
+
+def test_a_csv_without_the_target_column_fails_the_dry_run(tmp_path, small_table):
+    from cdssl.data import DataError, check_columns
+
+    config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    small_table.head(3).rename(columns={"structure": "cif"}).to_csv(tmp_path / "mine.csv", index=False)
+    config["datasets"]["dielectric"] = {"file": "mine.csv", "structure_column": "cif", "target": "n"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path)]
+    cmd += ["--configfile", str(tmp_path / "config.yaml")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "no target column 'n' in mine.csv; its columns are ['id', 'cif', 'target']" in proc.stdout + proc.stderr
+    # the same file with the right column name passes the check
+    check_columns("dielectric", {"file": str(tmp_path / "mine.csv"), "structure_column": "cif", "target": "target"})
+    with pytest.raises(DataError, match="no structure column 'structure'"):
+        check_columns("dielectric", {"file": str(tmp_path / "mine.csv"), "target": "target"})

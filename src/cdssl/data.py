@@ -139,6 +139,26 @@ def load_local(path: str | Path, structure_column: str, target: str | None) -> p
     return df
 
 
+def check_columns(name: str, entry: dict) -> None:
+    """What can be checked of a user's CSV before any job runs: its header names the
+    structure, target and id columns the entry asks for. Reading the header costs one
+    line, so a dry run stops on a misspelt column instead of the data job, much later.
+    A missing file is left to Snakemake (a missing input); JSON and extxyz files have no
+    header to read cheaply and are checked by the data job."""
+    path = Path(entry.get("file") or "")
+    if not path.name.lower().endswith((".csv", ".csv.gz")) or not path.is_file():
+        return
+    columns = list(pd.read_csv(path, nrows=0).columns)
+    wanted = {
+        "structure column": entry.get("structure_column", "structure"),
+        "target column": entry.get("target"),
+        "id column": entry.get("id_column"),
+    }
+    for what, column in wanted.items():
+        if column and column not in columns:
+            raise DataError(f"dataset {name}: no {what} {column!r} in {path}; its columns are {columns}")
+
+
 REASONS = {
     "missing": "target missing",
     "non_numeric": "target not a number",

@@ -5,6 +5,7 @@ from snakemake.utils import update_config
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from cdssl.data import DataError, check_columns
 from cdssl.config import (
     ConfigError,
     data_settings,
@@ -37,7 +38,9 @@ try:
         source=", ".join(str(f) for f in workflow.overwrite_configfiles)
         or str(DEFAULT_CONFIG),
     )
-except ConfigError as exc:
+    for name in sorted(set(config["finetune"]["datasets"]) | {config["pretrain"]["dataset"]}):
+        check_columns(name, config["datasets"][name])
+except (ConfigError, DataError) as exc:
     raise WorkflowError(str(exc))
 
 
