@@ -60,12 +60,18 @@ def broken_csv(tmp_path_factory, dielectric):
     nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     disordered = Structure(Lattice.cubic(3.6), [{"Fe": 0.5, "Ni": 0.5}], [[0, 0, 0]])
     lonely = Structure(Lattice.cubic(12.0), ["Na", "Cl", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0.6]])
+    # a site listed twice: pymatgen's exception says only "Invalid CIF file with no
+    # structures!", its warnings say why
+    lines = _cif(nacl).splitlines()
+    na = max(i for i, line in enumerate(lines) if line.strip().startswith("Na"))
+    doubled = "\n".join([*lines[: na + 1], lines[na], *lines[na + 1 :]])
     rows = [
         ("good-1", _cif(good), 2.0),
         ("good-2", _cif(nacl), 1.5),
         ("garbage", "data_broken\n_cell_length_a what\nthis is not a CIF", 1.2),
         ("partial", _cif(disordered), 1.3),
         ("isolated", _cif(lonely), 1.4),
+        ("doubled-site", doubled, 1.6),
         ("nan-label", _cif(nacl), float("nan")),
         ("negative", _cif(nacl), -3.0),
     ]
@@ -85,7 +91,7 @@ def test_user_csv_drops_bad_labels_with_counts(broken_csv, caplog):
     with caplog.at_level(logging.WARNING, logger="cdssl"):
         logging.getLogger("cdssl").propagate = True
         table, _ = build_table("mine", entry)
-    assert list(table["id"]) == ["good-1", "good-2", "garbage", "partial", "isolated"]
+    assert list(table["id"]) == ["good-1", "good-2", "garbage", "partial", "isolated", "doubled-site"]
     assert "dropped 1 row(s) with missing target" in caplog.text
     assert "dropped 1 row(s) with non positive for log10 target" in caplog.text
     assert math.isclose(table["target"].iloc[0], math.log10(2.0))
@@ -102,7 +108,8 @@ def test_graph_stage_skips_bad_structures_with_reasons(broken_csv):
     assert reasons["garbage"].startswith("unparsable")
     assert reasons["partial"].startswith("disordered: site 0")
     assert reasons["isolated"].startswith("isolated atom: site 0 (Na)")
-    assert set(reasons) == {"garbage", "partial", "isolated"}
+    assert reasons["doubled-site"].startswith("unparsable structure: ValueError: Occupancy 2.0 exceeded tolerance.")
+    assert set(reasons) == {"garbage", "partial", "isolated", "doubled-site"}
 
 
 def test_unknown_elements_are_skipped_with_every_element_named_or_stop_on_request(small_table):

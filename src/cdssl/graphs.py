@@ -91,9 +91,20 @@ def parse_structure(payload: Any):
     if isinstance(payload, str):
         import warnings
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pymatgen's CIF warnings would flood the log
-            return Structure.from_str(payload, fmt="cif")
+        # pymatgen's CIF warnings would flood the log, but when parsing fails they hold the
+        # cause ("Occupancy 2.0 exceeded tolerance": a site listed twice) and its exception
+        # only "Invalid CIF file with no structures!": keep them for the skip reason
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                return Structure.from_str(payload, fmt="cif")
+            except Exception as exc:
+                lines = [line for w in caught for line in str(w.message).splitlines()]
+                lines = [line for line in lines if not line.startswith("Issues encountered while parsing CIF")]
+                causes = list(dict.fromkeys(reversed(lines)))  # pymatgen warns the most specific last
+                if not causes:
+                    raise
+                raise ValueError(f"{'; '.join(causes)} ({exc})") from exc
     raise ValueError(f"structure of type {type(payload).__name__} is neither a pymatgen dict nor CIF text")
 
 
@@ -110,7 +121,7 @@ def structure_to_arrays(
     try:
         structure = parse_structure(payload)
     except Exception as exc:  # pymatgen raises many types for bad CIF
-        return None, f"unparsable structure: {exc.__class__.__name__}: {str(exc)[:200]}"
+        return None, f"unparsable structure: {exc.__class__.__name__}: {str(exc)[:400]}"
     if len(structure) == 0:
         return None, "unparsable structure: no sites"
     if not structure.is_ordered:
