@@ -138,3 +138,41 @@ def test_pretraining_geometry_becomes_the_rules_slurm_resources(test_config, nod
     settings = pretrain_settings(config, 0.5)
     assert ("nodes" in settings) == (nodes > 1)
     inspect.signature(run_pretraining).bind("graphs.pt", **settings, history_csv="h", split_csv="s", ckpt_dir="c")
+
+
+def _another(value):
+    """A value of the same kind that differs from ``value``."""
+    if isinstance(value, dict):
+        return {**value, "added": 1}
+    if isinstance(value, str):
+        return value + "-other"
+    if value is None:
+        return 3
+    return value * 2 + 1
+
+
+@pytest.mark.parametrize("job", ["pretrain", "finetune"])
+def test_one_key_list_per_job_every_setting_but_a_label_changes_the_identity(test_config, job):
+    from dataclasses import fields, replace
+
+    from cdssl.config import FinetuneSettings, PretrainSettings, finetune_settings, pretrain_settings
+
+    config = copy.deepcopy(test_config)
+    config["pretrain"]["sigma"] = 0.5
+    cls, declared = {
+        "pretrain": (PretrainSettings, pretrain_settings(config)),
+        "finetune": (FinetuneSettings, finetune_settings(config, "dielectric", "sl")),
+    }[job]
+    settings = cls(**declared)
+    # what the rule declares is the dataclass, field for field (nodes=1 left out by design)
+    assert settings.declared() == declared
+    assert set(declared) | {"nodes"} >= {f.name for f in fields(cls)}
+    for f in fields(cls):
+        other = replace(settings, **{f.name: _another(getattr(settings, f.name))})
+        assert other.declared() != settings.declared(), f.name  # the rule reruns
+        if f.metadata.get("label"):
+            assert other.identity() == settings.identity(), f.name
+        else:
+            assert other.identity() != settings.identity(), f.name  # and its checkpoints are not resumed
+    with pytest.raises(TypeError, match="unexpected keyword argument 'not_a_setting'"):
+        cls(**declared, not_a_setting=1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -201,24 +202,74 @@ def fmt_sigma(sigma: float) -> str:
     return f"{float(sigma):g}"
 
 
+# One key list per job: a job's settings are the fields of its dataclass. The config
+# function below fills every field from the config, the rule declares the result as its
+# params (so a change reruns the job), the runner takes it as keyword arguments, and the
+# resume identity is the same dataclass's fields (``identity()``). A new field therefore
+# reaches all four places at once; only a field marked ``label`` (it names results, it
+# does not change them) stays out of the identity.
+LABEL = {"label": True}
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    sizes: dict
+    cutoff: float
+    sigma: float
+    epochs: int
+    batch_size: int
+    lr: float
+    val_fraction: float
+    seed: int
+    lr_schedule: str = "constant"
+    lr_min_factor: float = 0.01
+    devices: int = 1
+    strategy: str = "auto"
+    nodes: int = 1
+
+    def declared(self) -> dict[str, Any]:
+        """The rule's params and the identity's settings. ``nodes`` only when above 1: the
+        key came after one-node results existed, and they keep their identity."""
+        values = asdict(self)
+        if values["nodes"] == 1:
+            del values["nodes"]
+        return values
+
+    identity = declared
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    sizes: dict | None  # None for ssl: the sizes come with the encoder it loads
+    cutoff: float
+    epochs: int
+    batch_size: int
+    lr: float
+    test_fraction: float
+    val_fraction: float
+    patience: int | None = None
+    min_steps: int = 0
+    units: str = field(default="", metadata=LABEL)
+
+    def declared(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("label")}
+
+
 def pretrain_settings(config: dict, sigma: float | None = None) -> dict[str, Any]:
     """One pretraining's settings; ``sigma`` picks one value of a ``pretrain.sigma`` list
-    (default: the only one)."""
+    (default: the only one). Every other field is the ``pretrain`` section's key of that name."""
     if sigma is None:
         (sigma,) = sigmas(config)
-    pc = config["pretrain"]
-    keys = ("epochs", "batch_size", "lr", "lr_schedule", "lr_min_factor", "val_fraction", "seed", "devices", "strategy")
-    settings = {
+    values = {
         "sizes": dict(config["models"]["large"]),
         "cutoff": float(config["graph"]["cutoff"]),
         "sigma": float(sigma),
-        **{k: pc[k] for k in keys},
     }
-    # a job param only when above 1: one-node results made before the key existed are
-    # not rerun for a key that changes nothing for them
-    if pc["nodes"] != 1:
-        settings["nodes"] = pc["nodes"]
-    return settings
+    values.update({f.name: config["pretrain"][f.name] for f in fields(PretrainSettings) if f.name not in values})
+    return PretrainSettings(**values).declared()
 
 
 def pretrain_resources(config: dict) -> dict[str, Any]:
@@ -259,12 +310,12 @@ def probe_settings(config: dict) -> dict[str, Any]:
 
 
 def finetune_settings(config: dict, dataset: str, mode: str) -> dict[str, Any]:
-    """One fine-tuning job's settings; ``ssl`` takes its sizes from the encoder it loads."""
-    fc = config["finetune"]
-    keys = ("epochs", "batch_size", "lr", "test_fraction", "val_fraction", "patience", "min_steps")
-    return {
+    """One fine-tuning job's settings; ``ssl`` takes its sizes from the encoder it loads.
+    Every other field is the ``finetune`` section's key of that name."""
+    values = {
         "sizes": None if mode == "ssl" else dict(config["models"]["small" if mode == "sl" else "large"]),
         "cutoff": float(config["graph"]["cutoff"]),
         "units": config["datasets"][dataset].get("units", ""),
-        **{k: fc[k] for k in keys},
     }
+    values.update({f.name: config["finetune"][f.name] for f in fields(FinetuneSettings) if f.name not in values})
+    return FinetuneSettings(**values).declared()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -13,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .baselines import composition_mae, mean_predictor_mae
+from .config import FinetuneSettings
 from .graphs import GraphBatch, GraphCache
 from .models import build_megnet, predict, reset_readout
 from .training import (
@@ -119,50 +121,30 @@ def run_finetune(
     fraction: float,
     seed: int,
     mode: str,
-    sizes: dict | None,
-    cutoff: float,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    test_fraction: float,
-    val_fraction: float,
     metrics_json: str | Path,
-    patience: int | None = None,
-    min_steps: int = 0,
     predictions_csv: str | Path,
     history_csv: str | Path,
     ckpt_dir: str | Path,
     encoder_dir: str | Path | None = None,
-    units: str = "",
     sigma: float | None = None,
     accelerator: str = "auto",
+    **settings: Any,
 ) -> dict:
     """Train one grid cell; resume from ``ckpt_dir`` when it belongs to this very job.
 
-    The keyword arguments are the cell (dataset, fraction, seed, mode) plus
-    :func:`cdssl.config.finetune_settings`; with the content digests of the graph cache
-    and (ssl) of the encoder they form the job's identity. ``units`` and ``sigma`` (the
-    encoder's noise scale) only label results: the encoder's digest already stands for it.
+    The cell is (dataset, fraction, seed, mode); ``settings`` are
+    :class:`cdssl.config.FinetuneSettings` (what :func:`cdssl.config.finetune_settings`
+    returns and the rule declares). The cell, the settings' identity fields and the
+    content digests of the graph cache and (ssl) of the encoder form the job's identity.
+    ``sigma`` (the encoder's noise scale) only labels results: the encoder's digest
+    already stands for it.
     """
-    settings = dict(
-        dataset=dataset,
-        fraction=fraction,
-        seed=seed,
-        mode=mode,
-        sizes=sizes,
-        cutoff=cutoff,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        test_fraction=test_fraction,
-        val_fraction=val_fraction,
-        patience=patience,
-        min_steps=min_steps,
-    )
+    job = FinetuneSettings(**settings)
+    cell = {"dataset": dataset, "fraction": fraction, "seed": seed, "mode": mode}
     start = time.monotonic()
     L.seed_everything(seed, workers=True, verbose=False)
-    cache = GraphCache.load(graphs, cutoff)
-    train, val, test = finetune_split(len(cache), seed, fraction, test_fraction, val_fraction)
+    cache = GraphCache.load(graphs, job.cutoff)
+    train, val, test = finetune_split(len(cache), seed, fraction, job.test_fraction, job.val_fraction)
     y = cache.targets.numpy()
     mean, std = float(y[train].mean()), float(y[train].std())
     std = std if std > 0 else 1.0
@@ -178,16 +160,18 @@ def run_finetune(
         mean,
         std,
     )
-    model = initial_model(mode, sizes, cutoff, encoder_dir)
+    model = initial_model(mode, job.sizes, job.cutoff, encoder_dir)
     encoder = encoder_dir if mode == "ssl" else None
-    resume = prepare_checkpoint_dir(ckpt_dir, job_identity(settings, {"graphs": graphs, "encoder": encoder}))
-    module = PropertyModule(model, mean, std, lr, str(history_csv))
+    resume = prepare_checkpoint_dir(
+        ckpt_dir, job_identity({**cell, **job.identity()}, {"graphs": graphs, "encoder": encoder})
+    )
+    module = PropertyModule(model, mean, std, job.lr, str(history_csv))
     train_list = train.tolist()
     train_dl = DataLoader(
-        train_list, batch_size=batch_size, sampler=EpochShuffle(train_list, seed), collate_fn=cache.collate
+        train_list, batch_size=job.batch_size, sampler=EpochShuffle(train_list, seed), collate_fn=cache.collate
     )
-    val_dl = DataLoader(val.tolist(), batch_size=batch_size, collate_fn=cache.collate)
-    trainer = make_trainer(epochs, accelerator, [EpochCheckpoint(ckpt_dir, "val_mae", patience, min_steps)])
+    val_dl = DataLoader(val.tolist(), batch_size=job.batch_size, collate_fn=cache.collate)
+    trainer = make_trainer(job.epochs, accelerator, [EpochCheckpoint(ckpt_dir, "val_mae", job.patience, job.min_steps)])
     trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
     history = module.history
     write_history(history, history_csv)
@@ -195,10 +179,10 @@ def run_finetune(
     # the best epoch's weights, through Lightning (the history rides along in the checkpoint)
     best_ckpt = Path(ckpt_dir) / BEST
     module = PropertyModule.load_from_checkpoint(
-        best_ckpt, map_location=module.mean.device, weights_only=False, model=model, mean=mean, std=std, lr=lr
+        best_ckpt, map_location=module.mean.device, weights_only=False, model=model, mean=mean, std=std, lr=job.lr
     )
     best = checked_best(history, module.history, "val_mae", best_ckpt)
-    pred = predict_all(module, cache, test, batch_size)
+    pred = predict_all(module, cache, test, job.batch_size)
     truth = y[test]
     metrics = {
         "dataset": dataset,
@@ -212,7 +196,7 @@ def run_finetune(
         "test_mae": float(np.abs(pred - truth).mean()),
         "val_mae": float(best["val_mae"]),
         "best_epoch": int(best["epoch"]),
-        "epochs": int(epochs),
+        "epochs": int(job.epochs),
         "last_epoch": int(history[-1]["epoch"]),
         "optimizer_steps": int(history[-1]["steps"]),
         "stop": history[-1]["stop"],
@@ -220,12 +204,12 @@ def run_finetune(
         "test_mae_mean_predictor": mean_predictor_mae(y, train, test),
         "test_mae_composition": composition_mae(cache, y, train, val, test),
         "prediction_std": float(pred.std()),
-        "units": units,
+        "units": job.units,
         "wall_seconds": time.monotonic() - start,
         "device": str(trainer.strategy.root_device),
     }
     with atomic_path(predictions_csv) as tmp:
         pd.DataFrame({"id": [cache.ids[i] for i in test], "target": truth, "prediction": pred}).to_csv(tmp, index=False)
     write_json(metrics, metrics_json)
-    LOG.info("test MAE %.4g %s (best epoch %d)", metrics["test_mae"], units, metrics["best_epoch"])
+    LOG.info("test MAE %.4g %s (best epoch %d)", metrics["test_mae"], job.units, metrics["best_epoch"])
     return metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -14,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
-from .config import megnet_sizes
+from .config import PretrainSettings, megnet_sizes
 from .graphs import GraphBatch, GraphCache
 from .models import build_megnet, encode
 from .training import (
@@ -305,81 +306,55 @@ def loaders(cache: GraphCache, train: np.ndarray, val: np.ndarray, batch_size: i
 def run_pretraining(
     graphs: str | Path,
     *,
-    sizes: dict,
-    cutoff: float,
-    sigma: float,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    val_fraction: float,
-    seed: int,
     history_csv: str | Path,
     split_csv: str | Path,
     ckpt_dir: str | Path,
     reference_json: str | Path | None = None,
-    lr_schedule: str = "constant",
-    lr_min_factor: float = 0.01,
-    devices: int = 1,
-    nodes: int = 1,
-    strategy: str = "auto",
     accelerator: str = "auto",
+    **settings: Any,
 ) -> None:
     """Pretrain, resuming from ``ckpt_dir/last.ckpt`` when it belongs to this very job.
 
-    The keyword arguments are :func:`cdssl.config.pretrain_settings` (plus the outputs and
-    where to run); they and the graph cache's content digest form the job's identity.
-    ``reference_json`` receives :func:`no_learning_reference` on the validation split.
+    ``settings`` are :class:`cdssl.config.PretrainSettings` (what
+    :func:`cdssl.config.pretrain_settings` returns and the rule declares); with the graph
+    cache's content digest they form the job's identity. The other arguments are the
+    outputs and where to run. ``reference_json`` receives :func:`no_learning_reference`
+    on the validation split.
     """
-    settings = dict(
-        sizes=sizes,
-        cutoff=cutoff,
-        sigma=sigma,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        val_fraction=val_fraction,
-        seed=seed,
-        devices=devices,
-        strategy=strategy,
-        lr_schedule=lr_schedule,
-        lr_min_factor=lr_min_factor,
-        # the ranks' number changes the batches, hence the numbers; named only when above
-        # 1, so one-node runs made before the key existed keep their identity
-        **({"nodes": nodes} if nodes != 1 else {}),
-    )
-    L.seed_everything(seed, workers=True, verbose=False)
+    job = PretrainSettings(**settings)
+    L.seed_everything(job.seed, workers=True, verbose=False)
     # memory-mapped: the ranks on a node share one copy of the cache's pages instead of
     # each holding its own (at 132,752 structures, 2.1 GB per rank; docs/scale.md)
-    cache = GraphCache.load(graphs, cutoff, mmap=True)
-    train, val = pretrain_split(len(cache), val_fraction, seed)
-    LOG.info("pretraining on %d graphs, validating on %d (seed %d)", len(train), len(val), seed)
+    cache = GraphCache.load(graphs, job.cutoff, mmap=True)
+    train, val = pretrain_split(len(cache), job.val_fraction, job.seed)
+    LOG.info("pretraining on %d graphs, validating on %d (seed %d)", len(train), len(val), job.seed)
     # one writer: with ranks started by srun every rank runs this function, and only
     # rank 0 writes the split, the references and the checkpoint folder's stamp
     rank = rank_zero_only.rank
-    identity = job_identity(settings, {"graphs": graphs})
+    identity = job_identity(job.identity(), {"graphs": graphs})
     if rank == 0:
         write_split(cache, train, val, split_csv)
         resume = prepare_checkpoint_dir(ckpt_dir, identity)
     else:
         resume = resume_checkpoint(ckpt_dir, identity)
     module = DenoisingModule(
-        megnet_sizes(sizes),
-        cutoff,
-        sigma,
-        lr,
-        seed,
+        megnet_sizes(job.sizes),
+        job.cutoff,
+        job.sigma,
+        job.lr,
+        job.seed,
         str(history_csv),
-        lr_schedule=lr_schedule,
-        lr_min_factor=lr_min_factor,
-        max_epochs=epochs,
+        lr_schedule=job.lr_schedule,
+        lr_min_factor=job.lr_min_factor,
+        max_epochs=job.epochs,
     )
-    train_dl, val_dl = loaders(cache, train, val, batch_size, seed)
+    train_dl, val_dl = loaders(cache, train, val, job.batch_size, job.seed)
     if reference_json is not None and rank == 0:
         # a DataLoader iterator draws its base seed from the global generator: fork_rng
         # keeps measuring the reference from touching anything training reads
         with torch.random.fork_rng(devices=[]):
-            reference = no_learning_reference(val_dl, sigma, seed)
-            reference.update(lookup_references(train_dl, val_dl, sigma, seed))
+            reference = no_learning_reference(val_dl, job.sigma, job.seed)
+            reference.update(lookup_references(train_dl, val_dl, job.sigma, job.seed))
         LOG.info(
             "validation loss without learning: noisy distances %.4f, zeros %.4f, lookup of the noisy "
             "length %.4f, per element pair %.4f",
@@ -390,12 +365,12 @@ def run_pretraining(
         )
         write_json(reference, reference_json)
     trainer = make_trainer(
-        epochs,
+        job.epochs,
         accelerator,
         [EpochCheckpoint(ckpt_dir, "val_loss")],
-        devices=devices,
-        strategy=strategy,
-        nodes=nodes,
+        devices=job.devices,
+        strategy=job.strategy,
+        nodes=job.nodes,
     )
     start = time.monotonic()
     trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
