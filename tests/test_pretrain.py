@@ -1,6 +1,8 @@
 """The pretext task on real structures: perturbation, targets, learning, selection."""
 
 import json
+import pickle
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -274,3 +276,34 @@ def test_pretraining_maps_its_graph_cache_so_the_ranks_of_a_node_share_its_pages
     for key, value in read_cache.data.items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(mapped_cache.data[key], value), key
+
+
+class _RunsCode:
+    """What a checkpoint from an untrusted source could carry: unpickling it calls ``touch``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoints_are_read_without_running_code_they_carry(tmp_path, small_cache_path, config):
+    from cdssl.config import PretrainSettings
+    from cdssl.selection import select_checkpoint
+    from cdssl.training import job_identity, prepare_checkpoint_dir
+
+    marker = tmp_path / "code-ran"
+    settings = pretrain_settings(config)
+    ckpt = tmp_path / "ckpt"
+    # a folder stamped with this very job's identity, so the run resumes from its last.ckpt
+    prepare_checkpoint_dir(ckpt, job_identity(PretrainSettings(**settings).identity(), {"graphs": small_cache_path}))
+    for name in ("last.ckpt", "best.ckpt"):
+        torch.save({"epoch": 0, "state_dict": {}, "payload": _RunsCode(marker)}, ckpt / name)
+    outputs = {"history_csv": tmp_path / "h.csv", "split_csv": tmp_path / "s.csv", "ckpt_dir": ckpt}
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        run_pretraining(small_cache_path, **settings, **outputs)
+    pd.DataFrame({"epoch": [0], "val_loss": [0.5]}).to_csv(tmp_path / "h.csv", index=False)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        select_checkpoint(tmp_path / "h.csv", ckpt, tmp_path / "sel.json", tmp_path / "enc")
+    assert not marker.exists()

@@ -172,14 +172,16 @@ def run_finetune(
     )
     val_dl = DataLoader(val.tolist(), batch_size=job.batch_size, collate_fn=cache.collate)
     trainer = make_trainer(job.epochs, accelerator, [EpochCheckpoint(ckpt_dir, "val_mae", job.patience, job.min_steps)])
-    trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
+    # weights_only: checkpoints hold tensors and plain types only (the history rows too),
+    # so resuming never unpickles code from a checkpoint folder copied from elsewhere
+    trainer.fit(module, train_dl, val_dl, ckpt_path=resume, weights_only=True)
     history = module.history
     write_history(history, history_csv)
 
     # the best epoch's weights, through Lightning (the history rides along in the checkpoint)
     best_ckpt = Path(ckpt_dir) / BEST
     module = PropertyModule.load_from_checkpoint(
-        best_ckpt, map_location=module.mean.device, weights_only=False, model=model, mean=mean, std=std, lr=job.lr
+        best_ckpt, map_location=module.mean.device, weights_only=True, model=model, mean=mean, std=std, lr=job.lr
     )
     best = checked_best(history, module.history, "val_mae", best_ckpt)
     pred = predict_all(module, cache, test, job.batch_size)

@@ -373,7 +373,9 @@ def run_pretraining(
         nodes=job.nodes,
     )
     start = time.monotonic()
-    trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
+    # weights_only: checkpoints hold tensors and plain types only (the history rows too),
+    # so resuming never unpickles code from a checkpoint folder copied from elsewhere
+    trainer.fit(module, train_dl, val_dl, ckpt_path=resume, weights_only=True)
     if trainer.is_global_zero and module.history:
         # a rerun that resumes an already finished run trains nothing: write the log anyway
         write_history(module.history, history_csv)

@@ -28,7 +28,8 @@ def select_checkpoint(
     ckpt = Path(ckpt_dir) / BEST
     if not ckpt.exists():
         raise FileNotFoundError(f"{ckpt} is missing; rerun pretraining (snakemake --forcerun pretrain ...)")
-    module = DenoisingModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint copied from elsewhere cannot run code when it is read
+    module = DenoisingModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     best = checked_best(history.to_dict("records"), module.history, "val_loss", ckpt)
     epoch = int(best["epoch"])
     encoder_dir = Path(encoder_dir)
