@@ -1,6 +1,9 @@
 """Fine-tuning: splits, initialisation of each mode, determinism."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,7 +88,7 @@ def test_cli_finetunes_a_user_csv(tmp_path, small_table, root):
     from pymatgen.core import Structure
     from pymatgen.io.cif import CifWriter
 
-    from cdssl.cli import finetune_main
+    from cdssl.cli import finetune
 
     csv = tmp_path / "mine.csv"
     pd.DataFrame(
@@ -95,34 +98,36 @@ def test_cli_finetunes_a_user_csv(tmp_path, small_table, root):
             "n": 10 ** small_table["target"],
         }
     ).to_csv(csv, index=False)
-    metrics = finetune_main(
-        [
-            "--data",
-            str(csv),
-            "--structure-column",
-            "cif",
-            "--id-column",
-            "name",
-            "--target",
-            "n",
-            "--transform",
-            "log10",
-            "--units",
-            "log10(n)",
-            "--mode",
-            "sl",
-            "--epochs",
-            "1",
-            "--config",
-            str(root / "config/test.yaml"),
-            "--out",
-            str(tmp_path / "run"),
-        ]
-    )
+    argv = [
+        "--data",
+        str(csv),
+        "--structure-column",
+        "cif",
+        "--id-column",
+        "name",
+        "--target",
+        "n",
+        "--transform",
+        "log10",
+        "--units",
+        "log10(n)",
+        "--mode",
+        "sl",
+        "--epochs",
+        "1",
+        "--config",
+        str(root / "config/test.yaml"),
+    ]
+    metrics = finetune([*argv, "--out", str(tmp_path / "run")])
     assert metrics["n_train"] == 28 and metrics["units"] == "log10(n)"
     predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
     assert len(predictions) == metrics["n_test"] == 8
     assert set(predictions["id"]) <= set(small_table["id"])
+    # the installed command, as a shell script calls it: exit status 0 after a good run
+    command = Path(sys.executable).parent / "cdssl-finetune"
+    proc = subprocess.run([command, *argv, "--out", str(tmp_path / "cli")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["test_mae"] == metrics["test_mae"]
 
 
 def _cell(tmp_path, cache, config, name):

@@ -43,7 +43,14 @@ def finetune_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def finetune_main(argv: list[str] | None = None) -> dict:
+def finetune_main(argv: list[str] | None = None) -> None:
+    """The console script: returns None, since a console script's return value becomes its
+    exit status (a dict would exit with status 1 after a good run)."""
+    finetune(argv)
+
+
+def finetune(argv: list[str] | None = None) -> dict:
+    """Parse ``argv``, fine-tune, return the metrics (what finetune_main runs)."""
     args = finetune_parser().parse_args(argv)
 
     out = Path(args.out)
