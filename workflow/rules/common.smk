@@ -38,7 +38,9 @@ try:
         source=", ".join(str(f) for f in workflow.overwrite_configfiles)
         or str(DEFAULT_CONFIG),
     )
-    for name in sorted(set(config["finetune"]["datasets"]) | {config["pretrain"]["dataset"]}):
+    for name in sorted(
+        set(config["finetune"]["datasets"]) | {config["pretrain"]["dataset"]}
+    ):
         check_columns(name, config["datasets"][name])
 except (ConfigError, DataError) as exc:
     raise WorkflowError(str(exc))
