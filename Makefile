@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= all
 
-.PHONY: demo test report figures lint format dry-run clean
+.PHONY: demo test test-fast test-slurm report figures lint format dry-run clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,22 @@ demo: $(STAMP)
 	$(BIN)/snakemake --cores 1 --configfile config/demo.yaml --report results/report.html
 	@echo "Demo results: results/ (analysis/ for tables and figures, report.html for the report)"
 
+# Test tiers (markers in pyproject.toml): lint first and the fast tier next, so a lint or
+# unit failure stops within minutes; then the slow tier (real workflows, kills and
+# resumes). The SLURM tests take the machine's SLURM over and run only when asked:
+# CDSSL_SLURM_TESTS=1 (make test-slurm, or CI on its throwaway machine).
+FAST := not slow and not network and not slurm
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m lint
+	$(BIN)/python -m pytest -q -m "$(FAST) and not lint"
+	$(BIN)/python -m pytest -q -m "not ($(FAST))"
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "$(FAST)"
+
+test-slurm: $(STAMP)
+	CDSSL_SLURM_TESTS=1 $(BIN)/python -m pytest -q -m slurm
 
 figures: $(STAMP)
 	$(BIN)/snakemake figures --cores $(CORES) --configfile config/demo.yaml

@@ -12,6 +12,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "data" / "matminer"
 
 
+def pytest_collection_modifyitems(config, items):
+    """``CDSSL_TEST_ORDER=reverse`` runs the tests back to front: no test may depend on
+    state (files, installed tools) that an earlier one leaves behind."""
+    import os
+
+    if os.environ.get("CDSSL_TEST_ORDER") == "reverse":
+        items.reverse()
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

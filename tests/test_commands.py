@@ -62,6 +62,7 @@ def expanded() -> list[str]:
     return list(dict.fromkeys(out))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [c for c in expanded() if c.startswith(".venv/bin/snakemake")])
 def test_snakemake_command_dry_runs_as_printed(command, tmp_path):
     proc = _snakemake_dry_run(command, tmp_path)
@@ -82,6 +83,7 @@ def test_cli_command_in_the_readme_parses():
     assert args.encoder == "results/pretrain/sigma_0.5/encoder"
 
 
+@pytest.mark.slow
 def test_benchmark_command_in_the_readme_parses():
     for command in [c for c in COMMANDS if c.startswith(".venv/bin/python benchmarks/")]:
         script, *flags = shlex.split(command)[1:]

@@ -136,6 +136,7 @@ def test_table_round_trip_and_pools_are_disjoint(tmp_path, small_table):
         take_pool(small_table, {"seed": 0, "sizes": {"a": 41}, "take": "a"})
 
 
+@pytest.mark.slow
 def test_demo_pools_come_from_the_real_loader(root):
     base = {"matminer": "matbench_dielectric", "target": "n", "transform": "log10", "max_sites": 6}
     sizes = {"pretrain": 30, "labelled": 20}

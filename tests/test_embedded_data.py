@@ -26,6 +26,7 @@ ROWS = {
 UNION = ["dielectric_constant", "piezoelectric_tensor", "elastic_tensor_2015", "flla"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ROWS))
 def test_each_shipped_file_loads_through_matminer_with_its_rows(name):
     df = load_matminer(name, str(DATA_DIR))
@@ -114,6 +115,7 @@ def _crystals(table):
     return [Structure.from_dict(s) for s in table["structure"]]
 
 
+@pytest.mark.slow
 def test_a_material_in_two_sets_is_once_in_the_pool_and_fine_tuning_crystals_never(tmp_path):
     from cdssl.matching import found_in
 

@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,7 @@ def test_every_rule_has_conda_log_and_benchmark():
                 assert directive in block, f"{smk.name}: {name} lacks {directive}"
 
 
+@pytest.mark.slow
 def test_a_plain_pip_install_validates_configs_and_runs_the_cli(tmp_path):
     """Non-editable install: the schema and the paper's config come from the wheel, not the checkout."""
     import os

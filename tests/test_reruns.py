@@ -21,6 +21,8 @@ from pymatgen.io.cif import CifWriter
 
 from cdssl.data import load_matminer
 
+pytestmark = pytest.mark.slow  # real Snakemake runs
+
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("ssl", "sl", "sl_large")
 

@@ -71,6 +71,7 @@ def _pretrain_kwargs(config, cache, out) -> dict:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
 def test_pretraining_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, small_cache_path, config, sig):
     epochs = 6
@@ -98,6 +99,7 @@ def test_pretraining_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, sm
         assert torch.equal(value, best[1]["state_dict"][key]), key
 
 
+@pytest.mark.slow
 def test_finetuning_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, small_cache_path, config):
     config["finetune"].update(epochs=8, batch_size=4)
     runs = {}

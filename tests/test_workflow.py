@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # real Snakemake runs and dry runs; the lint tests are tiered by their own marker
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -145,6 +147,7 @@ def test_wrong_config_key_stops_before_any_job(tmp_path):
     assert "treads" in proc.stderr + proc.stdout and str(bad) in proc.stderr + proc.stdout
 
 
+@pytest.mark.lint
 def test_lint_and_format(tmp_path):
     proc = snakemake("--lint", "--configfile", str(ROOT / "config/test.yaml"), workdir=tmp_path, check=False)
     assert "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
@@ -157,6 +160,7 @@ def test_lint_and_format(tmp_path):
     assert fmt.returncode == 0, fmt.stderr
 
 
+@pytest.mark.lint
 def test_python_passes_ruff(tmp_path):
     # the settings are pyproject.toml's [tool.ruff]; `make lint` runs the same two commands
     ruff = str(Path(sys.executable).parent / "ruff")

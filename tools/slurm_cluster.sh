@@ -7,6 +7,10 @@
 # slurm.conf must live at /etc/slurm/slurm.conf: the Snakemake job step strips SLURM_*
 # variables, so SLURM_CONF would not reach it.
 set -euo pipefail
+if [ "${CDSSL_SLURM_TESTS:-}" != 1 ]; then
+  echo "slurm_cluster.sh takes this machine's SLURM over; set CDSSL_SLURM_TESTS=1 to confirm (make test-slurm does)" >&2
+  exit 2
+fi
 STATE=${CDSSL_SLURM_STATE:-/tmp/cdssl-slurm}
 HOST=$(hostname -s)
 CPUS=$(nproc)
