@@ -30,10 +30,10 @@ FAST := not slow and not network and not slurm
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m lint
 	$(BIN)/python -m pytest -q -m "$(FAST) and not lint"
-	$(BIN)/python -m pytest -q -m "not ($(FAST))"
+	$(BIN)/python -m pytest -q -m "not ($(FAST)) and not lint"
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "$(FAST)"
+	$(BIN)/python -m pytest -q -m "lint or ($(FAST))"
 
 test-slurm: $(STAMP)
 	CDSSL_SLURM_TESTS=1 $(BIN)/python -m pytest -q -m slurm
