@@ -90,6 +90,7 @@ def finetune(argv: list[str] | None = None) -> dict:
         encoder_dir=args.encoder,
         metrics_json=out / "metrics.json",
         predictions_csv=out / "predictions.csv",
+        split_csv=out / "split.csv",
         history_csv=out / "history.csv",
         ckpt_dir=out / "checkpoints",
     )

@@ -17,6 +17,7 @@ from .baselines import composition_mae, mean_predictor_mae
 from .config import FinetuneSettings
 from .graphs import GraphBatch, GraphCache
 from .models import build_megnet, predict, reset_readout
+from .splits import finetune_split
 from .training import (
     BEST,
     EpochCheckpoint,
@@ -30,24 +31,6 @@ from .training import (
     write_history,
 )
 from .utils import LOG, atomic_path, write_json
-
-
-def finetune_split(
-    n: int, seed: int, fraction: float, test_fraction: float, val_fraction: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, val, test) indices for one (dataset, seed, fraction).
-
-    One permutation per seed: its head is the test set, then the validation set, so
-    both are the same for every fraction; training subsets are prefixes of the rest,
-    so the 10% subset lies inside the 20% one, and so on. ``fraction`` is a fraction of
-    the whole dataset, as in the paper.
-    """
-    order = np.random.default_rng(seed).permutation(n)
-    n_test = max(1, int(round(test_fraction * n)))
-    n_val = max(1, int(round(val_fraction * n)))
-    pool = order[n_test + n_val :]
-    n_train = min(len(pool), max(1, int(round(fraction * n))))
-    return np.sort(pool[:n_train]), np.sort(order[n_test : n_test + n_val]), np.sort(order[:n_test])
 
 
 class PropertyModule(HistoryModule):
@@ -125,6 +108,7 @@ def run_finetune(
     predictions_csv: str | Path,
     history_csv: str | Path,
     ckpt_dir: str | Path,
+    split_csv: str | Path | None = None,
     encoder_dir: str | Path | None = None,
     sigma: float | None = None,
     accelerator: str = "auto",
@@ -205,13 +189,22 @@ def run_finetune(
         # the same test set, answered without learning from structure (cdssl.baselines)
         "test_mae_mean_predictor": mean_predictor_mae(y, train, test),
         "test_mae_composition": composition_mae(cache, y, train, val, test),
+        # a model whose predictions hardly vary did not learn, whatever its MAE
+        # (cdssl.statistics flags it by the ratio of the two)
         "prediction_std": float(pred.std()),
+        "target_std": float(truth.std()),
         "units": job.units,
         "wall_seconds": time.monotonic() - start,
         "device": str(trainer.strategy.root_device),
     }
     with atomic_path(predictions_csv) as tmp:
         pd.DataFrame({"id": [cache.ids[i] for i in test], "target": truth, "prediction": pred}).to_csv(tmp, index=False)
+    if split_csv is not None:
+        # every crystal's role in this run, so any other model can be scored on the same split
+        split = np.array(["unused"] * len(cache), dtype=object)
+        split[train], split[val], split[test] = "train", "val", "test"
+        with atomic_path(split_csv) as tmp:
+            pd.DataFrame({"id": cache.ids, "split": split}).to_csv(tmp, index=False)
     write_json(metrics, metrics_json)
     LOG.info("test MAE %.4g %s (best epoch %d)", metrics["test_mae"], job.units, metrics["best_epoch"])
     return metrics

@@ -12,6 +12,7 @@ rule finetune:
     output:
         metrics=seed_files(f"{CELL}/{{mode}}", "metrics.json"),
         predictions=seed_files(f"{CELL}/{{mode}}", "predictions.csv"),
+        split=seed_files(f"{CELL}/{{mode}}", "split.csv"),
         history=seed_files(f"{CELL}/{{mode}}", "history.csv"),
     wildcard_constraints:
         mode="sl|sl_large",
@@ -46,6 +47,7 @@ use rule finetune as finetune_ssl with:
     output:
         metrics=seed_files(SSL_CELL, "metrics.json"),
         predictions=seed_files(SSL_CELL, "predictions.csv"),
+        split=seed_files(SSL_CELL, "split.csv"),
         history=seed_files(SSL_CELL, "history.csv"),
     wildcard_constraints:
         sigma="[0-9.]+",

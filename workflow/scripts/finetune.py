@@ -28,6 +28,7 @@ for i, seed in enumerate(snakemake.params.seeds):
             encoder_dir=snakemake.input.get("encoder"),
             metrics_json=out.metrics[i],
             predictions_csv=out.predictions[i],
+            split_csv=out.split[i],
             history_csv=out.history[i],
             ckpt_dir=snakemake.params.ckpt_dirs[i],
         )
