@@ -15,6 +15,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/graphs.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
+include: "workflow/rules/baselines.smk"
 include: "workflow/rules/analysis.smk"
 
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy import stats
 
 from cdssl.figures import figure3, figure4
@@ -221,3 +222,98 @@ def test_probes_use_unseen_crystals_and_put_composition_beside_the_encoders(tmp_
     vol = table.set_index(["features", "target"])["r2_mean"]
     assert vol[("element_fractions+atoms", "log_volume")] > vol[("element_fractions", "log_volume")]
     assert np.load(tmp_path / "z.npz")["z"].shape[0] == 50
+
+
+def test_a_near_constant_predictor_is_flagged_and_not_counted():
+    # the scenario of a small labelled set: every network predicts nearly one value
+    # (spread 0.0067 against a target spread of 0.72), and SSL's constant happens to sit
+    # nearer the test mean than SL's: not a win, not a learned model
+    jobs = _jobs().assign(target_std=0.72, prediction_std=0.0067)
+    cells = cell_table(jobs)
+    assert not cells["learned_ssl"].any() and not cells["learned_sl"].any()
+    assert cells["beats_mean_ssl"].all()  # the old rule would have counted them
+    assert cells["flagged"].str.contains("ssl predictions nearly constant").all()
+    summary = summarise(jobs, cells)
+    assert summary["comparisons"]["ssl_vs_sl"]["ssl_wins"] == 0
+    assert summary["comparisons"]["ssl_vs_sl"]["cells_counted"] == 0
+    assert summary["verdict"]["ssl"]["overall"]["cells_counted"] == 0
+    # predictions that vary count again
+    varied = _jobs().assign(target_std=0.72, prediction_std=0.5)
+    assert cell_table(varied)["learned_ssl"].all()
+    assert cell_table(varied, min_prediction_spread=0.8)["learned_ssl"].sum() == 0
+
+
+def test_the_verdict_names_the_strongest_answer_without_pretraining_and_counts_against_it():
+    jobs = _jobs()
+    # dataset A: Magpie boosting below every network; dataset B: SL is the strongest
+    jobs["test_mae_magpie_boosting"] = np.where(jobs["dataset"] == "A", 0.2, 9.0)
+    jobs["test_mae_magpie_ridge"] = 9.5
+    cells = cell_table(jobs)
+    summary = summarise(jobs, cells)
+    v = summary["verdict"]["ssl"]["per_dataset"]
+    assert v["A"]["strongest_without_pretraining"] == "magpie_boosting"
+    assert v["A"]["ssl_wins"] == 0 and v["A"]["cells_counted"] == 2
+    assert v["A"]["ssl_minus_strongest"]["mean"] > 0
+    assert v["B"]["strongest_without_pretraining"] == "sl"
+    assert list(v["A"]["ranking"])[0] == "magpie_boosting"
+    assert summary["verdict"]["ssl"]["overall"]["cells_counted"] == 4
+    assert any(
+        line.startswith("verdict A: the strongest answer without pretraining is magpie_boosting")
+        for line in summary_lines(summary)
+    )
+    # the comparisons carry SSL minus each composition model too
+    assert summary["comparisons"]["ssl_vs_magpie_boosting"]["cell_means"]["n"] == 4
+
+
+def test_magpie_models_recover_a_target_that_is_a_function_of_composition(dielectric, tmp_path):
+    from cdssl.baselines import magpie_features, run_baselines
+    from cdssl.graphs import GraphCache, build_cache, save_cache
+
+    small = dielectric[dielectric["structure"].map(len) <= 6].head(300)
+    table = pd.DataFrame(
+        {"id": [str(i) for i in small.index], "structure": [s.as_dict() for s in small["structure"]], "target": 0.0}
+    )
+    cache, _ = build_cache(table, 5.0)
+    x, labels = magpie_features(GraphCache(cache))
+    assert x.shape == (len(cache["ids"]), 132) and np.isfinite(x).all()
+    # the target: mean electronegativity, a linear function of one Magpie feature
+    cache["target"] = torch.tensor(x[:, labels.index("MagpieData mean Electronegativity")] * 2 + 1.0)
+    save_cache(cache, tmp_path / "graphs.pt")
+    np.savez(tmp_path / "magpie.npz", ids=np.array(cache["ids"]), x=x, labels=np.array(labels))
+    outs = [tmp_path / f"{seed}.json" for seed in (0, 1)]
+    grid = {"learning_rates": [0.1], "min_samples_leaf": [2, 5], "max_iter": 100}
+    run_baselines(
+        tmp_path / "graphs.pt",
+        tmp_path / "magpie.npz",
+        dataset="toy",
+        fraction=0.5,
+        seeds=[0, 1],
+        test_fraction=0.2,
+        val_fraction=0.2,
+        boosting=grid,
+        metrics_jsons=outs,
+    )
+    y = cache["target"].numpy()
+    for seed, out in zip((0, 1), outs, strict=True):
+        result = json.loads(out.read_text())
+        from cdssl.splits import finetune_split
+
+        train, _, test = finetune_split(len(y), seed, 0.5, 0.2, 0.2)
+        mean_mae = np.abs(y[test] - y[train].mean()).mean()
+        assert result["test_mae_magpie_ridge"] < 0.05 * mean_mae
+        assert result["test_mae_magpie_boosting"] < 0.3 * mean_mae
+        assert result["magpie_boosting_params"]["min_samples_leaf"] in (2, 5)
+    # features of other crystals are refused
+    np.savez(tmp_path / "other.npz", ids=np.array(cache["ids"][::-1]), x=x, labels=np.array(labels))
+    with pytest.raises(ValueError, match="does not belong to"):
+        run_baselines(
+            tmp_path / "graphs.pt",
+            tmp_path / "other.npz",
+            dataset="toy",
+            fraction=0.5,
+            seeds=[0],
+            test_fraction=0.2,
+            val_fraction=0.2,
+            boosting=grid,
+            metrics_jsons=outs[:1],
+        )

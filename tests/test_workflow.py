@@ -43,6 +43,8 @@ def test_paper_dry_run_lists_the_whole_grid(tmp_path):
     assert counts["pretrain"] == 1 and counts["select_checkpoint"] == 1
     # one job per (dataset, fraction, mode) trains its 3 seeds: 7 x 7 for each of ssl, sl
     assert counts["finetune"] == 49 and counts["finetune_ssl"] == 49
+    # the composition baselines: features once per dataset, models once per (dataset, fraction)
+    assert counts["composition_features"] == 7 and counts["composition_baselines"] == 49
 
 
 def test_the_paper_configs_dielectric_constant_data_job_runs_offline(tmp_path):
@@ -199,6 +201,10 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
             assert metrics["mode"] == cell.split("/")[0] and metrics["test_mae"] > 0
             assert metrics["sigma"] == (float(cell.split("_")[-1]) if cell.startswith("ssl") else None)
             assert (d / "predictions.csv").exists() and (d / "history.csv").exists()
+            split = pd.read_csv(d / "split.csv")["split"].value_counts()
+            assert (split["train"], split["val"], split["test"]) == tuple(
+                metrics[f"n_{k}"] for k in ("train", "val", "test")
+            )
             assert (r / "logs/finetune/dielectric" / fraction / f"{cell}.log").exists()
     for name in (
         "jobs.csv",
@@ -211,10 +217,16 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
         "fig4/dielectric.png",
     ):
         assert (r / "analysis" / name).stat().st_size > 0, name
+        baselines = json.loads((r / "finetune/dielectric" / fraction / "0/composition/metrics.json").read_text())
+        assert baselines["test_mae_magpie_boosting"] > 0 and baselines["test_mae_magpie_ridge"] > 0
     summary = json.loads((r / "analysis/summary.json").read_text())
-    assert {"ssl_sigma_0.3_vs_sl", "ssl_sigma_0.5_vs_sl_large", "ssl_sigma_0.5_vs_mean_predictor"} <= set(
-        summary["comparisons"]
-    )
+    assert {
+        "ssl_sigma_0.3_vs_sl",
+        "ssl_sigma_0.5_vs_sl_large",
+        "ssl_sigma_0.5_vs_mean_predictor",
+        "ssl_sigma_0.5_vs_magpie_boosting",
+    } <= set(summary["comparisons"])
+    assert summary["verdict"]["ssl_sigma_0.5"]["per_dataset"]["dielectric"]["strongest_without_pretraining"]
     probe = pd.read_csv(r / "analysis/probe.csv")
     assert {"pretrained_sigma_0.3", "pretrained_sigma_0.5", "random_init", "element_fractions"} <= set(
         probe["features"]

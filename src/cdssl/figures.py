@@ -13,7 +13,11 @@ from .utils import atomic_path
 
 MODE_LABELS = {"ssl": "SSL (pretrained)", "sl": "SL (Table 3)", "sl_large": "SL large (Table 2)"}
 MODE_COLOURS = {"ssl": "#1b9e77", "sl": "#d95f02", "sl_large": "#7570b3"}
-TRIVIAL_LABELS = {"mean_predictor": "mean predictor", "composition": "composition ridge"}
+TRIVIAL_LABELS = {
+    "mean_predictor": "mean predictor",
+    "composition": "composition ridge",
+    "magpie_boosting": "Magpie + gradient boosting",
+}
 
 
 def model_label(model: str) -> str:
@@ -146,7 +150,7 @@ def _bars(ax, jobs: pd.DataFrame, cells: pd.DataFrame, modes: list[str]) -> None
                 bar.set_facecolor("none")
                 bar.set_edgecolor(colour or "k")
                 bar.set_hatch("//")
-    for name, style in (("mean_predictor", "k--"), ("composition", "k:")):
+    for name, style in (("mean_predictor", "k--"), ("composition", "k:"), ("magpie_boosting", "r-.")):
         if f"mean_{name}" in cells:
             for j, value in enumerate(cells[f"mean_{name}"]):
                 ax.plot(

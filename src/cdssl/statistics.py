@@ -19,11 +19,18 @@ def ssl_model(sigma: float) -> str:
     return f"ssl_sigma_{float(sigma):g}"
 
 
-def collect_jobs(metric_files: list[str | Path]) -> pd.DataFrame:
+def collect_jobs(metric_files: list[str | Path], baseline_files: list[str | Path] = ()) -> pd.DataFrame:
     """Every run's metrics, with ``model``: the mode, except that in a noise-scale sweep
-    (ssl runs at several sigmas) each sigma's ssl runs are their own model."""
+    (ssl runs at several sigmas) each sigma's ssl runs are their own model. Each row also
+    gets its (dataset, fraction, seed)'s composition baselines (cdssl.baselines), which
+    are computed once per split and are the same for every mode."""
     rows = [json.loads(Path(f).read_text()) for f in metric_files]
     jobs = pd.DataFrame(rows)
+    if baseline_files:
+        keys = ["dataset", "fraction", "seed"]
+        base = pd.DataFrame([json.loads(Path(f).read_text()) for f in baseline_files])
+        base = base[keys + [c for c in base if c.startswith("test_mae_")]]
+        jobs = jobs.merge(base, on=keys, how="left", validate="many_to_one")
     jobs["model"] = jobs["mode"]
     if "sigma" in jobs:
         ssl = jobs["mode"] == "ssl"
@@ -36,20 +43,34 @@ def ssl_models(models) -> list[str]:
     return [m for m in models if m == "ssl" or m.startswith("ssl_sigma_")]
 
 
-TRIVIAL = {"mean_predictor": "test_mae_mean_predictor", "composition": "test_mae_composition"}
+# The answers that use no pretraining and no graph network, by name: the column of a
+# run's (or its split's) test MAE.
+TRIVIAL = {
+    "mean_predictor": "test_mae_mean_predictor",
+    "composition": "test_mae_composition",
+    "magpie_ridge": "test_mae_magpie_ridge",
+    "magpie_boosting": "test_mae_magpie_boosting",
+}
+# what the verdict compares SSL with: every answer without pretraining but the mean
+# predictor (the floor a model must beat to count at all)
+NO_PRETRAINING = ("sl", "sl_large", "composition", "magpie_ridge", "magpie_boosting")
+MIN_PREDICTION_SPREAD = 0.1
 
 
 def _sem(x: pd.Series) -> float:
     return x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else np.nan
 
 
-def cell_table(jobs: pd.DataFrame) -> pd.DataFrame:
+def cell_table(jobs: pd.DataFrame, min_prediction_spread: float = MIN_PREDICTION_SPREAD) -> pd.DataFrame:
     """One row per (dataset, fraction): mean and standard error over seeds for each mode
     and for the trivial answers of the same test sets; per mode whether it beat the mean
-    predictor (``beats_mean_<mode>``); per baseline, SSL minus baseline, whether SSL has
-    the lower mean (``ssl_wins_<base>``, the paper's count) and whether the cell counts
-    (``counted_<ssl>_<base>``: both SSL and the baseline beat the mean predictor). In a
-    noise-scale sweep every ``ssl_sigma_<s>`` model gets these columns in place of ssl."""
+    predictor (``beats_mean_<mode>``), the smallest over seeds of its prediction spread
+    (standard deviation of its test predictions over the test targets', ``spread_<mode>``)
+    and whether it learned (``learned_<mode>``: beats the mean predictor and every seed's
+    spread is at least ``min_prediction_spread``); per baseline, SSL minus baseline,
+    whether SSL has the lower mean (``ssl_wins_<base>``, the paper's count) and whether
+    the cell counts (``counted_<ssl>_<base>``: both learned). In a noise-scale sweep every
+    ``ssl_sigma_<s>`` model gets these columns in place of ssl."""
     if "model" not in jobs:
         jobs = jobs.assign(model=jobs["mode"])
     g = jobs.groupby(["dataset", "fraction", "model"])["test_mae"]
@@ -62,22 +83,43 @@ def cell_table(jobs: pd.DataFrame) -> pd.DataFrame:
         if column in per_seed:
             wide[f"mean_{name}"] = per_seed[column].groupby(["dataset", "fraction"]).mean()
             wide[f"sem_{name}"] = per_seed[column].groupby(["dataset", "fraction"]).agg(_sem)
+    if "target_std" in jobs:
+        ratio = jobs["prediction_std"] / jobs["target_std"]
+        spread = ratio.groupby([jobs["dataset"], jobs["fraction"], jobs["model"]]).min().unstack("model")
+        spread.columns = [f"spread_{m}" for m in spread.columns]
+        wide = wide.join(spread)
     wide = wide.reset_index()
     for mode in modes:
         if "mean_mean_predictor" in wide:
             wide[f"beats_mean_{mode}"] = wide[f"mean_{mode}"] < wide["mean_mean_predictor"]
         else:  # metrics written before the baselines existed: nothing to flag against
             wide[f"beats_mean_{mode}"] = True
+        # metrics written before target_std existed: only the mean predictor flags
+        varies = ~(wide[f"spread_{mode}"] < min_prediction_spread) if f"spread_{mode}" in wide else True
+        wide[f"learned_{mode}"] = wide[f"beats_mean_{mode}"] & varies
     wide["flagged"] = [
-        "; ".join(f"{m} not below the mean predictor" for m in modes if not row[f"beats_mean_{m}"])
+        "; ".join(
+            f"{m} not below the mean predictor"
+            if not row[f"beats_mean_{m}"]
+            else f"{m} predictions nearly constant (spread {row[f'spread_{m}']:.3g} < {min_prediction_spread:g})"
+            for m in modes
+            if not row[f"learned_{m}"]
+        )
         for _, row in wide.iterrows()
     ]
+    for name in TRIVIAL:
+        # an answer without a network learned when it beats the mean predictor (it has no
+        # training curve to stop early and no constant to collapse to)
+        if f"mean_{name}" in wide and name != "mean_predictor":
+            wide[f"learned_{name}"] = (
+                wide[f"mean_{name}"] < wide["mean_mean_predictor"] if "mean_mean_predictor" in wide else True
+            )
     for ssl in ssl_models(modes):
         for base in BASELINES:
             if f"mean_{base}" in wide:
                 wide[f"diff_{ssl}_{base}"] = wide[f"mean_{ssl}"] - wide[f"mean_{base}"]
                 wide[f"{ssl}_wins_{base}"] = wide[f"mean_{ssl}"] < wide[f"mean_{base}"]
-                wide[f"counted_{ssl}_{base}"] = wide[f"beats_mean_{ssl}"] & wide[f"beats_mean_{base}"]
+                wide[f"counted_{ssl}_{base}"] = wide[f"learned_{ssl}"] & wide[f"learned_{base}"]
     units = jobs.groupby("dataset")["units"].first()
     wide["units"] = wide["dataset"].map(units)
     return wide
@@ -133,6 +175,45 @@ def cell_statistics(cells: pd.DataFrame, other: str, ssl: str = "ssl") -> dict:
     return out
 
 
+def _learned(cells: pd.DataFrame, model: str) -> pd.Series:
+    """Whether ``model`` learned in each cell; the mean predictor is the floor, always kept."""
+    column = f"learned_{model}"
+    return cells[column].astype(bool) if column in cells else pd.Series(True, index=cells.index)
+
+
+def verdict(cells: pd.DataFrame, ssl: str = "ssl") -> dict:
+    """Per dataset, the strongest answer that used no pretraining (lowest mean test MAE over
+    the dataset's cells among the networks from scratch and the composition models) and
+    SSL against it, on the cells where both learned; overall, SSL against each dataset's
+    strongest, pooled over those cells."""
+    per_dataset, diffs, wins, counted_all = {}, [], 0, 0
+    for dataset, sub in cells.groupby("dataset"):
+        candidates = [m for m in NO_PRETRAINING if f"mean_{m}" in sub and sub[f"mean_{m}"].notna().any()]
+        if not candidates or f"mean_{ssl}" not in sub:
+            continue
+        strongest = min(candidates, key=lambda m: sub[f"mean_{m}"].mean())
+        counted = _learned(sub, ssl) & _learned(sub, strongest)
+        won = (sub[f"mean_{ssl}"] < sub[f"mean_{strongest}"]) & counted
+        stats_ = cell_statistics(sub[counted], strongest, ssl)
+        per_dataset[dataset] = {
+            "strongest_without_pretraining": strongest,
+            "its_mean_test_mae": float(sub[f"mean_{strongest}"].mean()),
+            "ssl_mean_test_mae": float(sub[f"mean_{ssl}"].mean()),
+            "ssl_minus_strongest": stats_,
+            "ssl_wins": int(won.sum()),
+            "cells_counted": int(counted.sum()),
+            "cells": int(len(sub)),
+            "ranking": {
+                m: float(sub[f"mean_{m}"].mean())
+                for m in sorted(candidates + [ssl], key=lambda m: sub[f"mean_{m}"].mean())
+            },
+        }
+        diffs += list((sub[f"mean_{ssl}"] - sub[f"mean_{strongest}"])[counted])
+        wins, counted_all = wins + int(won.sum()), counted_all + int(counted.sum())
+    overall = {**bootstrap_mean(np.array(diffs)), "ssl_wins": wins, "cells_counted": counted_all}
+    return {"model": ssl, "per_dataset": per_dataset, "overall": overall}
+
+
 def summarise(jobs: pd.DataFrame, cells: pd.DataFrame) -> dict:
     models = sorted((jobs["model"] if "model" in jobs else jobs["mode"]).unique())
     out: dict = {
@@ -140,15 +221,17 @@ def summarise(jobs: pd.DataFrame, cells: pd.DataFrame) -> dict:
         "modes": sorted(jobs["mode"].unique()),
         "models": models,
         "cells": int(len(cells)),
-        "cells_flagged": {m: int((~cells[f"beats_mean_{m}"]).sum()) for m in models},
+        "cells_flagged": {m: int((~cells[f"learned_{m}"]).sum()) for m in models},
         "comparisons": {},
     }
     others = [b for b in BASELINES if b in models] + [t for t in TRIVIAL if f"mean_{t}" in cells]
     for ssl in ssl_models(models):
         for other in others:
+            # intervals and tests on the cells where both learned (flagged cells say why in cells.csv)
+            both = cells[_learned(cells, ssl) & _learned(cells, other)]
             comp: dict = {
-                "cell_means": cell_statistics(cells, other, ssl),
-                "per_dataset": {d: cell_statistics(sub, other, ssl) for d, sub in cells.groupby("dataset")},
+                "cell_means": cell_statistics(both, other, ssl),
+                "per_dataset": {d: cell_statistics(sub, other, ssl) for d, sub in both.groupby("dataset")},
             }
             if other in BASELINES:
                 counted = cells[f"counted_{ssl}_{other}"]
@@ -166,13 +249,14 @@ def summarise(jobs: pd.DataFrame, cells: pd.DataFrame) -> dict:
                     pairs=paired_test(jobs, other, ssl),
                 )
             out["comparisons"][f"{ssl}_vs_{other}"] = comp
+    out["verdict"] = {ssl: verdict(cells, ssl) for ssl in ssl_models(models)}
     return out
 
 
 def summary_lines(summary: dict) -> list[str]:
     """The summary in words: what a log or a README quotes."""
     lines = [
-        f"{summary['cells']} cells; not below the mean predictor: "
+        f"{summary['cells']} cells; did not learn (not below the mean predictor, or nearly constant): "
         + ", ".join(f"{m} {n}" for m, n in summary["cells_flagged"].items())
     ]
     for name, comp in summary["comparisons"].items():
@@ -188,12 +272,28 @@ def summary_lines(summary: dict) -> list[str]:
                 f"count {comp['paper_count']['ssl_wins']} of {comp['paper_count']['cells']}"
             )
         lines.append(line)
+    for ssl, v in summary.get("verdict", {}).items():
+        for dataset, d in v["per_dataset"].items():
+            c = d["ssl_minus_strongest"]
+            lines.append(
+                f"verdict {dataset}: the strongest answer without pretraining is {d['strongest_without_pretraining']} "
+                f"(mean test MAE {d['its_mean_test_mae']:.4g}; {ssl} {d['ssl_mean_test_mae']:.4g}); {ssl} minus it "
+                f"{c['mean']:+.4g} (95% CI {c['ci_low']:+.4g} to {c['ci_high']:+.4g}), {ssl} lower in "
+                f"{d['ssl_wins']} of {d['cells_counted']} counted cells ({d['cells']} in all)"
+            )
     return lines
 
 
-def write_aggregates(metric_files, jobs_csv, cells_csv, summary_json) -> dict:
-    jobs = collect_jobs(metric_files)
-    cells = cell_table(jobs)
+def write_aggregates(
+    metric_files,
+    jobs_csv,
+    cells_csv,
+    summary_json,
+    baseline_files=(),
+    min_prediction_spread: float = MIN_PREDICTION_SPREAD,
+) -> dict:
+    jobs = collect_jobs(metric_files, baseline_files)
+    cells = cell_table(jobs, min_prediction_spread)
     for frame, path in ((jobs, jobs_csv), (cells, cells_csv)):
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False)

@@ -1,6 +1,7 @@
 rule aggregate:
     input:
         metrics=finetune_metrics(),
+        baselines=baseline_metrics(),
     output:
         jobs=report(
             f"{R}/analysis/jobs.csv",
@@ -17,6 +18,8 @@ rule aggregate:
             caption="../report/summary.rst",
             category="Tables",
         ),
+    params:
+        min_prediction_spread=config["analysis"]["min_prediction_spread"],
     log:
         f"{R}/logs/analysis/aggregate.log",
     benchmark:

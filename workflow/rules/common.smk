@@ -85,6 +85,16 @@ def finetune_metrics():
     return files
 
 
+def baseline_metrics():
+    """The composition baselines of every (dataset, fraction, seed) of the grid."""
+    return expand(
+        f"{CELL}/composition/metrics.json",
+        dataset=FT["datasets"],
+        fraction=[fmt_fraction(f) for f in FT["fractions"]],
+        seed=FT["seeds"],
+    )
+
+
 def seed_files(cell, name):
     """One fine-tuning job's outputs: ``name`` for every seed of its cell."""
     return expand(f"{cell}/{name}", seed=FT["seeds"], allow_missing=True)

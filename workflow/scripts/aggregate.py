@@ -1,4 +1,4 @@
-"""Rule aggregate: every fine-tuning metrics.json -> jobs.csv, cells.csv, summary.json (cdssl.statistics)."""
+"""Rule aggregate: fine-tuning and baseline metrics -> jobs.csv, cells.csv, summary.json (cdssl.statistics)."""
 
 import sys
 
@@ -10,7 +10,14 @@ from cdssl.statistics import summary_lines, write_aggregates
 
 try:
     out = snakemake.output
-    summary = write_aggregates(snakemake.input.metrics, out.jobs, out.cells, out.summary)
+    summary = write_aggregates(
+        snakemake.input.metrics,
+        out.jobs,
+        out.cells,
+        out.summary,
+        baseline_files=snakemake.input.baselines,
+        min_prediction_spread=snakemake.params.min_prediction_spread,
+    )
     for line in summary_lines(summary):
         log.info("%s", line)
 except Exception:
