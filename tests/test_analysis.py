@@ -14,6 +14,7 @@ from cdssl.statistics import (
     bootstrap_mean,
     cell_table,
     paired_test,
+    results_markdown,
     summarise,
     summary_lines,
     write_aggregates,
@@ -263,6 +264,12 @@ def test_the_verdict_names_the_strongest_answer_without_pretraining_and_counts_a
     )
     # the comparisons carry SSL minus each composition model too
     assert summary["comparisons"]["ssl_vs_magpie_boosting"]["cell_means"]["n"] == 4
+    # the results document: a table per dataset, the lowest mean of a row in bold, the verdict
+    text = results_markdown(cells, summary)
+    assert "### A (test MAE, eV)" in text and "| fraction | SSL | SL (Table 3) |" in text
+    row = "| 0.1 | 2.0000 ± 0.5774 | 3.0000 ± 0.5774 | 11.0000 ± 0.5774 | 8.0000 ± 0.0000 | 9.5000 ± 0.0000 |"
+    assert row + " **0.2000 ± 0.0000** | - |" in text
+    assert "- verdict A: the strongest answer without pretraining is magpie_boosting" in text
 
 
 def test_magpie_models_recover_a_target_that_is_a_function_of_composition(dielectric, tmp_path):

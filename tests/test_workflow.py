@@ -210,6 +210,7 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
         "jobs.csv",
         "cells.csv",
         "summary.json",
+        "results.md",
         "probe.csv",
         "fig3_pretraining.png",
         "fig4_finetune.png",

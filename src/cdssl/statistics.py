@@ -284,6 +284,46 @@ def summary_lines(summary: dict) -> list[str]:
     return lines
 
 
+RESULT_COLUMNS = ("ssl", "sl", "sl_large", "mean_predictor", "composition", "magpie_ridge", "magpie_boosting")
+RESULT_LABELS = {
+    "ssl": "SSL",
+    "sl": "SL (Table 3)",
+    "sl_large": "SL large (Table 2)",
+    "mean_predictor": "mean predictor",
+    "composition": "element-fraction ridge",
+    "magpie_ridge": "Magpie ridge",
+    "magpie_boosting": "Magpie boosting",
+}
+
+
+def results_markdown(cells: pd.DataFrame, summary: dict) -> str:
+    """The fine-tuning results as the README and the report quote them: per dataset the
+    cell table (mean ± standard error over seeds, the lowest mean of a row in bold) and
+    the verdict lines. Written by the aggregate rule, so a quoted number has a file it
+    comes from."""
+    out = []
+    for dataset, sub in cells.groupby("dataset"):
+        models = [m for m in RESULT_COLUMNS if f"mean_{m}" in sub] + [
+            m for m in ssl_models(sorted(c.removeprefix("mean_") for c in sub if c.startswith("mean_ssl_sigma_")))
+        ]
+        units = sub["units"].iloc[0] if "units" in sub else ""
+        out += [f"### {dataset}" + (f" (test MAE, {units})" if units else ""), ""]
+        out.append("| fraction | " + " | ".join(RESULT_LABELS.get(m, m) for m in models) + " | flagged |")
+        out.append("|---" * (len(models) + 2) + "|")
+        for _, row in sub.sort_values("fraction").iterrows():
+            best = min((row[f"mean_{m}"] for m in models if m != "mean_predictor"), default=np.nan)
+            cells_text = []
+            for m in models:
+                text = f"{row[f'mean_{m}']:.4f}"
+                if np.isfinite(row.get(f"sem_{m}", np.nan)):
+                    text += f" ± {row[f'sem_{m}']:.4f}"
+                cells_text.append(f"**{text}**" if row[f"mean_{m}"] == best else text)
+            out.append(f"| {row['fraction']:g} | " + " | ".join(cells_text) + f" | {row.get('flagged', '') or '-'} |")
+        out.append("")
+    out += [f"- {line}" for line in summary_lines(summary)]
+    return "\n".join(out) + "\n"
+
+
 def write_aggregates(
     metric_files,
     jobs_csv,
@@ -291,6 +331,7 @@ def write_aggregates(
     summary_json,
     baseline_files=(),
     min_prediction_spread: float = MIN_PREDICTION_SPREAD,
+    results_md=None,
 ) -> dict:
     jobs = collect_jobs(metric_files, baseline_files)
     cells = cell_table(jobs, min_prediction_spread)
@@ -299,4 +340,7 @@ def write_aggregates(
             frame.to_csv(tmp, index=False)
     summary = summarise(jobs, cells)
     write_json(summary, summary_json)
+    if results_md is not None:
+        with atomic_path(results_md) as tmp:
+            tmp.write_text(results_markdown(cells, summary))
     return summary

@@ -18,6 +18,11 @@ rule aggregate:
             caption="../report/summary.rst",
             category="Tables",
         ),
+        results=report(
+            f"{R}/analysis/results.md",
+            caption="../report/results.rst",
+            category="Tables",
+        ),
     params:
         min_prediction_spread=config["analysis"]["min_prediction_spread"],
     log:

@@ -124,6 +124,7 @@ def analysis_targets():
         f"{R}/analysis/jobs.csv",
         f"{R}/analysis/cells.csv",
         f"{R}/analysis/summary.json",
+        f"{R}/analysis/results.md",
         f"{R}/analysis/fig3_pretraining.png",
         f"{R}/analysis/fig4_finetune.png",
         f"{R}/analysis/fig4",

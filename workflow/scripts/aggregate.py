@@ -17,6 +17,7 @@ try:
         out.summary,
         baseline_files=snakemake.input.baselines,
         min_prediction_spread=snakemake.params.min_prediction_spread,
+        results_md=out.results,
     )
     for line in summary_lines(summary):
         log.info("%s", line)
