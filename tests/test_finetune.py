@@ -146,11 +146,14 @@ def _cell(tmp_path, cache, config, name):
     )
 
 
-def test_early_stopping_stops_records_why_and_a_rerun_does_not_train_on(tmp_path, small_cache_path, config):
+def test_early_stopping_stops_records_why_and_a_rerun_does_not_train_on(tmp_path, small_cache_path, config, caplog):
+    import logging
+
     import pandas as pd
 
     config["finetune"].update(epochs=40, batch_size=8, lr=3e-2, patience=2, min_steps=0)
-    m = _cell(tmp_path, small_cache_path, config, "early")
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        m = _cell(tmp_path, small_cache_path, config, "early")
     h = pd.read_csv(tmp_path / "early" / "h.csv")
     assert m["last_epoch"] < 39 and m["stop"].startswith("early stop: no lower val_mae for 2 epochs")
     assert m["last_epoch"] - m["best_epoch"] == 2 and h["stop"].fillna("").tolist()[:-1] == [""] * m["last_epoch"]
@@ -158,6 +161,8 @@ def test_early_stopping_stops_records_why_and_a_rerun_does_not_train_on(tmp_path
     # the same job again resumes its last checkpoint, sees the stop, and trains no further
     again = _cell(tmp_path, small_cache_path, config, "early")
     assert len(pd.read_csv(tmp_path / "early" / "h.csv")) == len(h) and again["test_mae"] == m["test_mae"]
+    # saving and resuming say what they do: no "weights_only was not set" line per checkpoint
+    assert "weights_only" not in caplog.text
     # min_steps holds the stop back: 40 epochs x 3 steps is the least that satisfies it
     config["finetune"].update(epochs=6, min_steps=10_000)
     held = _cell(tmp_path, small_cache_path, config, "held")

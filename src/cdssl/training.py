@@ -300,7 +300,9 @@ class EpochCheckpoint(Checkpoint):
         # every rank takes part in save_checkpoint (it synchronises); rank 0 writes, and
         # the rename makes the file appear whole or not at all
         tmp = self.dirpath / f".{name}.partial"
-        trainer.save_checkpoint(tmp)
+        # the whole state (optimizer, loops, callbacks): an exact resume needs it; said
+        # explicitly, or Lightning logs that it defaulted, twice per epoch
+        trainer.save_checkpoint(tmp, weights_only=False)
         if trainer.is_global_zero:
             os.replace(tmp, self.dirpath / name)
         trainer.strategy.barrier("cdssl-checkpoint")
