@@ -15,7 +15,7 @@ MODE_LABELS = {"ssl": "SSL (pretrained)", "sl": "SL (Table 3)", "sl_large": "SL 
 MODE_COLOURS = {"ssl": "#1b9e77", "sl": "#d95f02", "sl_large": "#7570b3"}
 TRIVIAL_LABELS = {
     "mean_predictor": "mean predictor",
-    "composition": "composition ridge",
+    "composition": "element-fraction ridge",
     "magpie_boosting": "Magpie + gradient boosting",
 }
 
@@ -142,10 +142,12 @@ def _bars(ax, jobs: pd.DataFrame, cells: pd.DataFrame, modes: list[str]) -> None
         err_kws={"linewidth": 1},
         ax=ax,
     )
-    # a bar not below the mean predictor is drawn hollow: flagged, never a win
+    # a model that did not learn in a cell (not below the mean predictor, or predictions
+    # nearly constant: cdssl.statistics.cell_table) is drawn hollow: flagged, never a win
     for mode, container in zip(modes, ax.containers, strict=True):
         colour = model_colour(mode, modes)
-        for bar, beats in zip(container, cells.get(f"beats_mean_{mode}", [True] * len(cells)), strict=True):
+        learned = cells.get(f"learned_{mode}", cells.get(f"beats_mean_{mode}", [True] * len(cells)))
+        for bar, beats in zip(container, learned, strict=True):
             if not beats:
                 bar.set_facecolor("none")
                 bar.set_edgecolor(colour or "k")
@@ -174,7 +176,7 @@ def _title(dataset: str, sub: pd.DataFrame, models: list[str]) -> str:
                 who = "" if ssl == "ssl" else f"sigma {ssl.removeprefix('ssl_sigma_')}: "
                 wins.append(f"{who}{won}/{counted} vs {MODE_LABELS[base].split(' (')[0]}")
     text = f"{dataset}: SSL lower in " + ", ".join(wins) if wins else dataset
-    return text + "\n(hollow bars: not below the mean predictor, cell not counted)"
+    return text + "\n(hollow bars: did not learn, cell not counted)"
 
 
 def _panel(ax, jobs: pd.DataFrame, sub: pd.DataFrame, dataset: str, modes: list[str]) -> None:
@@ -227,7 +229,10 @@ def figure4(jobs_csv, cells_csv, modes: list[str], out_png, per_dataset_dir) -> 
         _panel(ax, jobs, cells[cells["dataset"] == dataset].sort_values("fraction"), dataset, modes)
     for ax in list(axes.flat)[len(datasets) :]:
         ax.set_visible(False)
-    head = "Figure 4: test MAE, mean and standard error over seeds\ndashed: mean predictor, dotted: composition ridge"
+    head = (
+        "Figure 4: test MAE, mean and standard error over seeds\n"
+        "dashed: mean predictor, dotted: element-fraction ridge, red: Magpie gradient boosting"
+    )
     for ssl in ssl_models(modes):
         if f"{ssl}_wins_sl" in cells:
             won, counted = _wins(cells, ssl, "sl")
