@@ -218,7 +218,7 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
         "fig4/dielectric.png",
     ):
         assert (r / "analysis" / name).stat().st_size > 0, name
-        baselines = json.loads((r / "finetune/dielectric" / fraction / "0/composition/metrics.json").read_text())
+        baselines = json.loads((r / "baselines/dielectric" / fraction / "0/metrics.json").read_text())
         assert baselines["test_mae_magpie_boosting"] > 0 and baselines["test_mae_magpie_ridge"] > 0
     summary = json.loads((r / "analysis/summary.json").read_text())
     assert {

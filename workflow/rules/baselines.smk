@@ -22,7 +22,7 @@ rule composition_baselines:
         graphs=f"{R}/graphs/{{dataset}}/graphs.pt",
         features=f"{R}/features/{{dataset}}/magpie.npz",
     output:
-        metrics=seed_files(f"{CELL}/composition", "metrics.json"),
+        metrics=seed_files(BASELINE_CELL, "metrics.json"),
     params:
         seeds=FT["seeds"],
         # the networks' split: the same seeds and fractions give the same crystals

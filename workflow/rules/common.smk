@@ -70,6 +70,8 @@ def fmt_fraction(fraction):
 # pretrained model of each noise scale.
 CELL = f"{R}/finetune/{{dataset}}/{{fraction}}/{{seed}}"
 SSL_CELL = f"{CELL}/ssl/sigma_{{sigma}}"
+# the composition baselines of a cell's split, beside the networks' folders, not among them
+BASELINE_CELL = f"{R}/baselines/{{dataset}}/{{fraction}}/{{seed}}"
 
 
 def finetune_metrics():
@@ -88,7 +90,7 @@ def finetune_metrics():
 def baseline_metrics():
     """The composition baselines of every (dataset, fraction, seed) of the grid."""
     return expand(
-        f"{CELL}/composition/metrics.json",
+        f"{BASELINE_CELL}/metrics.json",
         dataset=FT["datasets"],
         fraction=[fmt_fraction(f) for f in FT["fractions"]],
         seed=FT["seeds"],
