@@ -324,3 +324,53 @@ def test_magpie_models_recover_a_target_that_is_a_function_of_composition(dielec
             boosting=grid,
             metrics_jsons=outs[:1],
         )
+
+
+def test_boosting_chooses_its_tree_count_on_validation_and_scores_that_model_on_test():
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from cdssl.baselines import boosting_on_validation
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 5))
+    y = x[:, 0] + 0.5 * rng.normal(size=300)  # noisy: many trees overfit
+    train, val, test = np.arange(150), np.arange(150, 225), np.arange(225, 300)
+    grid = {"learning_rates": [0.3], "min_samples_leaf": [2], "max_iter": 200}
+    mae, params = boosting_on_validation(x, y, train, val, test, grid, seed=0)
+    n = params["n_trees"]
+    assert 1 <= n < 200  # stopped before the cap, where validation MAE was lowest
+    # the same model refitted with exactly that many trees gives the reported numbers
+    refit = HistGradientBoostingRegressor(learning_rate=0.3, min_samples_leaf=2, max_iter=n, random_state=0)
+    refit.fit(x[train], y[train])
+    assert mae == pytest.approx(np.abs(refit.predict(x[test]) - y[test]).mean(), rel=1e-12)
+    assert params["val_mae"] == pytest.approx(np.abs(refit.predict(x[val]) - y[val]).mean(), rel=1e-12)
+    every = [
+        np.abs(p - y[val]).mean()
+        for p in HistGradientBoostingRegressor(learning_rate=0.3, min_samples_leaf=2, max_iter=200, random_state=0)
+        .fit(x[train], y[train])
+        .staged_predict(x[val])
+    ]
+    assert params["val_mae"] == pytest.approx(min(every), rel=1e-12)
+
+
+def test_boosting_uses_the_jobs_threads_not_the_machines(monkeypatch):
+    import threadpoolctl
+
+    from cdssl import baselines
+
+    seen = []
+    real_fit = __import__("sklearn.ensemble", fromlist=["x"]).HistGradientBoostingRegressor.fit
+
+    def fit(self, *args, **kwargs):
+        seen.append({p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "openmp"})
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr("sklearn.ensemble.HistGradientBoostingRegressor.fit", fit)
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)), rng.normal(size=60)
+    idx = np.arange(60)
+    baselines.boosting_on_validation(
+        x, y, idx[:30], idx[30:45], idx[45:], {"learning_rates": [0.1], "min_samples_leaf": [5], "max_iter": 5}, 0
+    )
+    assert seen and all(s == {1} for s in seen)
