@@ -5,12 +5,11 @@ A network's test MAE means something only beside what needs no learning from str
 * the mean predictor: the training subset's mean target for every test crystal;
 * a composition-only model: ridge regression on element fractions, its strength chosen
   on the cell's validation set (the set the networks use to choose their epoch);
-* the field's standard composition models, once per (dataset, fraction, seed) rather
-  than once per run: matminer's Magpie features (``ElementProperty.from_preset("magpie")``,
-  132 statistics of tabulated element properties, shipped inside matminer) with ridge and
-  with scikit-learn's gradient boosting (``HistGradientBoostingRegressor``), every choice
-  made on the cell's validation set. On small property sets these are the answer to beat:
-  they need no structure and no pretraining.
+* the field's standard models on fixed features (cdssl.features), once per (dataset,
+  fraction, seed) rather than once per run: ridge and scikit-learn's gradient boosting
+  (``HistGradientBoostingRegressor``) on Magpie composition features and on a frozen
+  foundation model's crystal features (CHGNet), every choice made on the cell's
+  validation set. On small property sets these are the answers to beat.
 """
 
 from __future__ import annotations
@@ -24,9 +23,10 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from .graphs import GraphCache, element_types
+from .features import read_features
+from .graphs import GraphCache
 from .splits import finetune_split
-from .utils import LOG, atomic_path, write_json
+from .utils import LOG, write_json
 
 ALPHAS = np.logspace(-4, 3, 15)
 
@@ -59,41 +59,6 @@ def composition_mae(cache: GraphCache, y: np.ndarray, train: np.ndarray, val: np
         if best is None or val_mae < best[0]:
             best = (val_mae, model)
     return float(np.abs(best[1].predict(x_test) - y[test]).mean())
-
-
-def magpie_features(cache: GraphCache) -> tuple[np.ndarray, list[str]]:
-    """Magpie statistics of each graph's composition (the cache's node types); missing
-    element data imputed by matminer. Featurised once per distinct composition."""
-    import warnings
-
-    from matminer.featurizers.composition import ElementProperty
-    from pymatgen.core import Composition
-
-    featurizer = ElementProperty.from_preset("magpie", impute_nan=True)
-    elements = element_types()
-    types = cache.data["node_type"].long()
-    formulas = []
-    for i in range(len(cache)):
-        counts = torch.bincount(types[int(cache.node_ptr[i]) : int(cache.node_ptr[i + 1])], minlength=len(elements))
-        formulas.append(Composition({elements[t]: int(c) for t, c in enumerate(counts.tolist()) if c}))
-    rows: dict[str, list[float]] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # matminer warns once per imputed element
-        for comp in formulas:
-            key = comp.reduced_formula
-            if key not in rows:
-                rows[key] = featurizer.featurize(comp)
-    x = np.array([rows[c.reduced_formula] for c in formulas], dtype=np.float64)
-    return x, list(featurizer.feature_labels())
-
-
-def write_magpie(graphs: str | Path, out_npz: str | Path) -> None:
-    """Rule composition_features: the Magpie matrix of a dataset's graph cache, row per graph."""
-    cache = GraphCache.load(graphs)
-    x, labels = magpie_features(cache)
-    LOG.info("Magpie features: %d crystals x %d features", *x.shape)
-    with atomic_path(out_npz) as tmp:
-        np.savez(tmp, ids=np.array(cache.ids), x=x, labels=np.array(labels))
 
 
 def _best_on_validation(candidates, x: np.ndarray, y: np.ndarray, train, val, test) -> tuple[float, dict]:
@@ -136,11 +101,12 @@ def boosting_on_validation(
     return float(np.abs(prediction - y[test]).mean()), {**params, "n_trees": n_trees, "val_mae": val_mae}
 
 
-def magpie_baselines(
-    x: np.ndarray, y: np.ndarray, train, val, test, boosting: dict[str, Any], seed: int
+def feature_baselines(
+    name: str, x: np.ndarray, y: np.ndarray, train, val, test, boosting: dict[str, Any], seed: int
 ) -> dict[str, Any]:
-    """Test MAE of ridge and of gradient boosting on Magpie features (standardised on the
-    training subset for ridge); alpha and the boosting settings chosen on validation MAE."""
+    """Test MAE of ridge and of gradient boosting on one feature matrix (standardised on
+    the training subset for ridge), every choice made on validation MAE; keys
+    ``test_mae_<name>_ridge``, ``test_mae_<name>_boosting`` and their settings."""
     from sklearn.linear_model import Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -149,16 +115,16 @@ def magpie_baselines(
     ridge_mae, ridge_params = _best_on_validation(ridge, x, y, train, val, test)
     boost_mae, boost_params = boosting_on_validation(x, y, train, val, test, boosting, seed)
     return {
-        "test_mae_magpie_ridge": ridge_mae,
-        "magpie_ridge_params": ridge_params,
-        "test_mae_magpie_boosting": boost_mae,
-        "magpie_boosting_params": boost_params,
+        f"test_mae_{name}_ridge": ridge_mae,
+        f"{name}_ridge_params": ridge_params,
+        f"test_mae_{name}_boosting": boost_mae,
+        f"{name}_boosting_params": boost_params,
     }
 
 
 def run_baselines(
     graphs: str | Path,
-    features: str | Path,
+    features: dict[str, str | Path],
     *,
     dataset: str,
     fraction: float,
@@ -168,23 +134,26 @@ def run_baselines(
     boosting: dict[str, Any],
     metrics_jsons: Sequence[str | Path],
 ) -> None:
-    """Rule composition_baselines: the Magpie models of one (dataset, fraction), every
-    seed, on exactly the split the networks of that cell use (:func:`finetune_split`)."""
+    """Rule baselines: ridge and boosting on each feature matrix (``{featurizer: npz}``,
+    cdssl.features) for one (dataset, fraction), every seed, on exactly the split the
+    networks of that cell use (:func:`finetune_split`)."""
     cache = GraphCache.load(graphs)
-    table = np.load(features)
-    if list(table["ids"]) != cache.ids:
-        raise ValueError(f"{features} does not belong to {graphs} (other crystals or order); rerun its rule")
+    matrices = {name: read_features(path, cache) for name, path in features.items()}
     y = cache.targets.numpy()
     for seed, out in zip(seeds, metrics_jsons, strict=True):
         train, val, test = finetune_split(len(cache), int(seed), fraction, test_fraction, val_fraction)
-        result = magpie_baselines(table["x"], y, train, val, test, boosting, int(seed))
-        write_json({"dataset": dataset, "fraction": fraction, "seed": int(seed), **result}, out)
-        LOG.info(
-            "%s fraction=%s seed=%s: Magpie ridge %.4g, Magpie boosting %.4g (%s)",
-            dataset,
-            fraction,
-            seed,
-            result["test_mae_magpie_ridge"],
-            result["test_mae_magpie_boosting"],
-            result["magpie_boosting_params"],
-        )
+        result: dict[str, Any] = {"dataset": dataset, "fraction": fraction, "seed": int(seed)}
+        for name, x in matrices.items():
+            result.update(feature_baselines(name, x, y, train, val, test, boosting, int(seed)))
+            LOG.info(
+                "%s fraction=%s seed=%s: %s ridge %.4g, %s boosting %.4g (%s)",
+                dataset,
+                fraction,
+                seed,
+                name,
+                result[f"test_mae_{name}_ridge"],
+                name,
+                result[f"test_mae_{name}_boosting"],
+                result[f"{name}_boosting_params"],
+            )
+        write_json(result, out)

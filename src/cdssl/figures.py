@@ -16,8 +16,24 @@ MODE_COLOURS = {"ssl": "#1b9e77", "sl": "#d95f02", "sl_large": "#7570b3"}
 TRIVIAL_LABELS = {
     "mean_predictor": "mean predictor",
     "composition": "element-fraction ridge",
-    "magpie_boosting": "Magpie + gradient boosting",
+    "strongest_composition": "best composition model (of the cell)",
+    "strongest_chgnet": "best on frozen CHGNet features (of the cell)",
 }
+# per cell, the lowest mean test MAE of a family of baselines (cdssl.statistics.TRIVIAL)
+FAMILIES = {
+    "strongest_composition": ("composition", "magpie_ridge", "magpie_boosting"),
+    "strongest_chgnet": ("chgnet_ridge", "chgnet_boosting"),
+}
+
+
+def reference_line(cells: pd.DataFrame, name: str):
+    """The values of a horizontal reference per cell: one baseline, or the best of a
+    family (None when the cells lack it, or a family has nothing beyond the ridge that is
+    drawn on its own)."""
+    columns = [f"mean_{m}" for m in FAMILIES.get(name, (name,)) if f"mean_{m}" in cells]
+    if not columns or columns == ["mean_composition"] and name in FAMILIES:
+        return None
+    return cells[columns].min(axis=1).to_numpy()
 
 
 def model_label(model: str) -> str:
@@ -152,9 +168,15 @@ def _bars(ax, jobs: pd.DataFrame, cells: pd.DataFrame, modes: list[str]) -> None
                 bar.set_facecolor("none")
                 bar.set_edgecolor(colour or "k")
                 bar.set_hatch("//")
-    for name, style in (("mean_predictor", "k--"), ("composition", "k:"), ("magpie_boosting", "r-.")):
-        if f"mean_{name}" in cells:
-            for j, value in enumerate(cells[f"mean_{name}"]):
+    for name, style in (
+        ("mean_predictor", "k--"),
+        ("composition", "k:"),
+        ("strongest_composition", "r-."),
+        ("strongest_chgnet", "b-."),
+    ):
+        values = reference_line(cells, name)
+        if values is not None:
+            for j, value in enumerate(values):
                 ax.plot(
                     [j - 0.45, j + 0.45], [value, value], style, lw=1.2, label=TRIVIAL_LABELS[name] if j == 0 else None
                 )

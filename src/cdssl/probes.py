@@ -1,12 +1,15 @@
-"""Linear probes: what frozen embeddings say about a crystal, beside what composition says.
+"""Linear probes: what frozen embeddings say about a crystal, beside what composition and size say.
 
 The paper's probe (its section 3.3) fits ridge regression from the pretrained encoder's
 embeddings z = concat(mean over nodes, mean over edges, state) to log density and log
-volume of held-out crystals. Here every probe is repeated over seeded 80/20 splits and
-reported as mean +- sd, on the same crystals for four feature sets: the pretrained
-encoder, a randomly initialised one of the same size, element fractions, and element
-fractions plus the atom count. An encoder is only worth its pretraining where it beats
-the last two.
+volume of held-out crystals. About half of the variance of log volume is the atom count,
+which any sum over atoms carries, so the probe adds log volume per atom, the target that
+asks about structure. Every probe is repeated over seeded 80/20 splits and reported as
+mean +- sd, on the same crystals for every feature set: each pretrained encoder, a
+randomly initialised one of the same size, element fractions, element fractions plus the
+atom count, log(atom count) alone, Magpie composition features and the frozen CHGNet
+crystal feature (cdssl.features). An encoder is only worth its pretraining where it beats
+the random one and the answers that need no structure.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ import numpy as np
 import pandas as pd
 
 from .baselines import element_fractions
+from .features import read_features
 from .graphs import GraphCache
 from .utils import atomic_path
 
 PAPER_R2 = {"log_density": 0.703, "log_volume": 0.756}
-FEATURES = ("pretrained", "random_init", "element_fractions", "element_fractions+atoms")
+FEATURES = ("pretrained", "random_init", "element_fractions", "element_fractions+atoms", "log_atoms")
+# a column whose spread over the crystals is below this share of its magnitude carries
+# no information a ridge can use, only float noise that standardising would blow up
+MIN_RELATIVE_SPREAD = 1e-3
 
 
 def embeddings(model, cache: GraphCache, indices: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -52,20 +59,34 @@ def ridge_probe(z: np.ndarray, y: np.ndarray, seed: int = 0) -> dict:
     order = np.random.default_rng(seed).permutation(len(y))
     n_train = int(round(0.8 * len(y)))
     tr, te = order[:n_train], order[n_train:]
+    keep = informative_columns(z[tr])
     probe = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-4, 4, 17)))
-    probe.fit(z[tr], y[tr])
+    probe.fit(z[tr][:, keep], y[tr])
     return {
-        "r2": float(probe.score(z[te], y[te])),
+        "r2": float(probe.score(z[te][:, keep], y[te])),
         "alpha": float(probe[-1].alpha_),
         "n_train": int(len(tr)),
         "n_test": int(len(te)),
+        "n_columns": int(keep.sum()),
     }
+
+
+def informative_columns(z: np.ndarray, min_relative_spread: float = MIN_RELATIVE_SPREAD) -> np.ndarray:
+    """Columns whose standard deviation is at least ``min_relative_spread`` of their root
+    mean square: constant and near-constant columns (a random encoder's state vector, an
+    element no crystal has) are dropped before standardising, which would otherwise
+    scale their last bits to unit variance."""
+    spread = z.std(axis=0)
+    magnitude = np.sqrt((z**2).mean(axis=0))
+    return spread > min_relative_spread * np.maximum(magnitude, np.finfo(float).tiny)
 
 
 def repeated_probe(z: np.ndarray, y: np.ndarray, repeats: int) -> dict:
     """:func:`ridge_probe` over ``repeats`` seeded splits: R^2 mean, sd, min and max."""
-    r2 = np.array([ridge_probe(z, y, seed)["r2"] for seed in range(repeats)])
+    runs = [ridge_probe(z, y, seed) for seed in range(repeats)]
+    r2 = np.array([r["r2"] for r in runs])
     return {
+        "n_columns": min(r["n_columns"] for r in runs),
         "r2_mean": float(r2.mean()),
         "r2_sd": float(r2.std(ddof=1)) if repeats > 1 else float("nan"),
         "r2_min": float(r2.min()),
@@ -76,7 +97,7 @@ def repeated_probe(z: np.ndarray, y: np.ndarray, repeats: int) -> dict:
 
 def probe_structures(
     pretrain_graphs, split_csv, other_graphs: list, cutoff: float, max_structures: int
-) -> list[tuple[GraphCache, np.ndarray]]:
+) -> list[tuple[GraphCache, np.ndarray, int]]:
     """Crystals pretraining never trained on: the pretraining validation split, then every
     crystal of ``other_graphs`` (the fine-tuning sets, which a pool with exclude_finetune
     never saw); at most ``max_structures``, drawn with seed 0 when there are more."""
@@ -97,7 +118,9 @@ def probe_structures(
             out.append((c, idx[keep[start : start + len(idx)]]))
             start += len(idx)
         parts = out
-    return [(c, idx) for c, idx in parts if len(idx)]
+    # the number of the source (0: the pretraining graphs, then other_graphs in order)
+    # travels with each part, so per-dataset files can be matched to it
+    return [(c, idx, k) for k, (c, idx) in enumerate(parts) if len(idx)]
 
 
 def run_probes(
@@ -106,6 +129,7 @@ def run_probes(
     split_csv,
     other_graphs: list,
     *,
+    feature_files: list[dict[str, str | Path]] = (),
     sizes: dict,
     cutoff: float,
     max_structures: int,
@@ -115,14 +139,16 @@ def run_probes(
     sigmas: list | None = None,
 ) -> pd.DataFrame:
     """Probe every pretrained encoder (one per noise scale ``sigmas``, in that order) and
-    the three references on the same crystals; ``embeddings_npz`` holds the first
-    encoder's embeddings (Figure 5)."""
+    the references on the same crystals; ``feature_files`` gives, for the pretraining
+    graphs and then each of ``other_graphs``, ``{featurizer: npz}`` (cdssl.features), each
+    a row per probe row. ``embeddings_npz`` holds the first encoder's embeddings (Figure 5)."""
     import lightning as L
     import matgl
 
     from .models import build_megnet
 
-    parts = probe_structures(pretrain_graphs, split_csv, other_graphs, cutoff, max_structures)
+    sources = probe_structures(pretrain_graphs, split_csv, other_graphs, cutoff, max_structures)
+    parts = [(c, idx) for c, idx, _ in sources]
     n_types = max(int(c.data["node_type"].max()) for c, _ in parts) + 1
 
     def stack(fn) -> np.ndarray:
@@ -131,7 +157,11 @@ def run_probes(
     density = stack(lambda c, idx: c.data["density"].numpy()[idx])
     volume = stack(lambda c, idx: c.data["volume"].numpy()[idx])
     atoms = stack(lambda c, idx: (c.node_ptr[idx + 1] - c.node_ptr[idx]).numpy().astype(float))
-    targets = {"log_density": np.log(density), "log_volume": np.log(volume)}
+    targets = {
+        "log_density": np.log(density),
+        "log_volume": np.log(volume),
+        "log_volume_per_atom": np.log(volume / atoms),
+    }
     L.seed_everything(0, verbose=False)
     dirs = [encoder_dirs] if isinstance(encoder_dirs, (str, Path)) else list(encoder_dirs)
     sigmas = list(sigmas) if sigmas is not None else [None] * len(dirs)
@@ -142,9 +172,18 @@ def run_probes(
     features = {name: stack(lambda c, idx, m=model: embeddings(m, c, idx)) for name, model in encoders.items()}
     features["element_fractions"] = fractions
     features["element_fractions+atoms"] = np.column_stack([fractions, atoms, np.log(atoms)])
+    features["log_atoms"] = np.log(atoms)[:, None]
+    featurizers = list(feature_files[0]) if feature_files else []
+    if feature_files and len(feature_files) != 1 + len(other_graphs):
+        raise ValueError("feature_files needs one {featurizer: npz} for the pretraining graphs and each other set")
+    for featurizer in featurizers:
+        # each part's rows of its dataset's matrix; a part is (cache, rows, source number)
+        features[featurizer] = np.concatenate(
+            [read_features(feature_files[k][featurizer], c)[idx] for c, idx, k in sources]
+        )
     sigma_of = dict(zip(names, sigmas, strict=True))
     rows = []
-    for name in names + list(FEATURES[1:]):
+    for name in names + list(FEATURES[1:]) + featurizers:
         for target, y in targets.items():
             rows.append(
                 {
@@ -153,7 +192,7 @@ def run_probes(
                     "target": target,
                     **repeated_probe(features[name], y, repeats),
                     "n_structures": len(y),
-                    "paper_r2": PAPER_R2[target],
+                    "paper_r2": PAPER_R2.get(target, np.nan),
                 }
             )
     table = pd.DataFrame(rows)

@@ -37,10 +37,11 @@ rule aggregate:
 
 rule figure3:
     input:
-        # one curve per noise scale, in the order of pretrain.sigma
-        history=expand(f"{PT}/history.csv", sigma=SIGMAS),
-        selected=expand(f"{PT}/selected.json", sigma=SIGMAS),
-        reference=expand(f"{PT}/reference.json", sigma=SIGMAS),
+        # one curve per noise scale, in the order of pretrain.sigma (the first
+        # pretraining seed's runs)
+        history=pretrain_runs(f"{PT}/history.csv", first_seed=True),
+        selected=pretrain_runs(f"{PT}/selected.json", first_seed=True),
+        reference=pretrain_runs(f"{PT}/reference.json", first_seed=True),
     output:
         png=report(
             f"{R}/analysis/fig3_pretraining.png",
@@ -89,16 +90,24 @@ rule figure4:
 
 rule probe:
     input:
-        # one pretrained encoder per noise scale, in the order of pretrain.sigma; the
-        # split depends on the seed and val_fraction only, so every sigma shares it
-        encoders=expand(f"{PT}/encoder", sigma=SIGMAS),
+        # one pretrained encoder per noise scale, in the order of pretrain.sigma (the
+        # first pretraining seed's); the split depends on the seed and val_fraction
+        # only, so every sigma of that seed shares it
+        encoders=pretrain_runs(f"{PT}/encoder", first_seed=True),
         graphs=f"{R}/graphs/{PRE}/graphs.pt",
-        split=f"{R}/pretrain/sigma_{SIGMAS[0]}/split.csv",
+        split=pretrain_runs(f"{PT}/split.csv", first_seed=True)[0],
         # crystals pretraining never saw, beside its validation split: the fine-tuning
         # sets, when the pretraining pool left them out
         finetune_graphs=[
             f"{R}/graphs/{dataset}/graphs.pt"
             for dataset in excluded_datasets(config, PRE)
+        ],
+        # the fixed features of the same crystals, dataset by dataset (pretraining pool
+        # first), featurizer by featurizer
+        features=[
+            f"{R}/features/{dataset}/{featurizer}.npz"
+            for dataset in [PRE, *excluded_datasets(config, PRE)]
+            for featurizer in config["analysis"]["featurizers"]
         ],
     output:
         probe=report(
@@ -110,6 +119,7 @@ rule probe:
     params:
         settings=probe_settings(config),
         sigmas=SIGMAS,
+        featurizers=config["analysis"]["featurizers"],
     threads: config["threads"]
     log:
         f"{R}/logs/analysis/probe.log",

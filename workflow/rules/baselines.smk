@@ -1,33 +1,42 @@
-# The field's composition models, once per (dataset, fraction, seed) on the very split
-# of that cell's networks: they need no pretraining, so they never wait for it.
+# The field's models on fixed features, once per (dataset, fraction, seed) on the very
+# split of that cell's networks: they need no pretraining of ours, so they never wait for it.
 
 
-rule composition_features:
+rule features:
     input:
         graphs=f"{R}/graphs/{{dataset}}/graphs.pt",
     output:
-        features=f"{R}/features/{{dataset}}/magpie.npz",
+        features=f"{R}/features/{{dataset}}/{{featurizer}}.npz",
+    wildcard_constraints:
+        featurizer="|".join(FEATURIZERS),
+    threads: config["threads"]
     log:
-        f"{R}/logs/features/{{dataset}}.log",
+        f"{R}/logs/features/{{dataset}}/{{featurizer}}.log",
     benchmark:
-        f"{R}/benchmarks/features/{{dataset}}.tsv"
+        f"{R}/benchmarks/features/{{dataset}}/{{featurizer}}.tsv"
     conda:
         "../../envs/cdssl.yaml"
     script:
-        "../scripts/composition_features.py"
+        "../scripts/features.py"
 
 
-rule composition_baselines:
+rule baselines:
     input:
         graphs=f"{R}/graphs/{{dataset}}/graphs.pt",
-        features=f"{R}/features/{{dataset}}/magpie.npz",
+        features=expand(
+            f"{R}/features/{{dataset}}/{{featurizer}}.npz",
+            featurizer=config["analysis"]["featurizers"],
+            allow_missing=True,
+        ),
     output:
         metrics=seed_files(BASELINE_CELL, "metrics.json"),
     params:
+        featurizers=config["analysis"]["featurizers"],
         seeds=FT["seeds"],
         # the networks' split: the same seeds and fractions give the same crystals
         split={k: FT[k] for k in ("test_fraction", "val_fraction")},
         boosting=config["analysis"]["boosting"],
+    threads: config["threads"]
     log:
         f"{R}/logs/baselines/{{dataset}}/{{fraction}}.log",
     benchmark:
@@ -35,4 +44,4 @@ rule composition_baselines:
     conda:
         "../../envs/cdssl.yaml"
     script:
-        "../scripts/composition_baselines.py"
+        "../scripts/baselines.py"

@@ -1,4 +1,4 @@
-"""Rule composition_baselines: Magpie ridge and boosting for every seed of one (dataset, fraction) (cdssl.baselines)."""
+"""Rule baselines: ridge and boosting on each feature matrix, every seed of a (dataset, fraction) (cdssl.baselines)."""
 
 import sys
 
@@ -12,7 +12,7 @@ wc = snakemake.wildcards
 try:
     run_baselines(
         snakemake.input.graphs,
-        snakemake.input.features,
+        dict(zip(snakemake.params.featurizers, snakemake.input.features, strict=True)),
         dataset=wc.dataset,
         fraction=float(wc.fraction),
         seeds=snakemake.params.seeds,
@@ -21,5 +21,5 @@ try:
         metrics_jsons=snakemake.output.metrics,
     )
 except Exception:
-    log.exception("composition baselines failed for %s", dict(wc))
+    log.exception("baselines failed for %s", dict(wc))
     raise
