@@ -166,7 +166,9 @@ def test_one_key_list_per_job_every_setting_but_a_label_changes_the_identity(tes
     settings = cls(**declared)
     # what the rule declares is the dataclass, field for field (nodes=1 left out by design)
     assert settings.declared() == declared
-    assert set(declared) | {"nodes"} >= {f.name for f in fields(cls)}
+    # left out at their defaults by design: nodes=1, and the fine-tuning recipe keys
+    recipe = {f.name for f in fields(cls) if f.metadata.get("recipe")}
+    assert set(declared) | {"nodes"} | recipe >= {f.name for f in fields(cls)}
     for f in fields(cls):
         other = replace(settings, **{f.name: _another(getattr(settings, f.name))})
         assert other.declared() != settings.declared(), f.name  # the rule reruns
@@ -176,3 +178,46 @@ def test_one_key_list_per_job_every_setting_but_a_label_changes_the_identity(tes
             assert other.identity() != settings.identity(), f.name  # and its checkpoints are not resumed
     with pytest.raises(TypeError, match="unexpected keyword argument 'not_a_setting'"):
         cls(**declared, not_a_setting=1)
+
+
+def test_the_papers_fine_tuning_recipe_keeps_the_identity_results_had_before_the_recipe_keys(root):
+    """Results fine-tuned before lr_schedule, weight_decay, encoder_lr_factor and
+    freeze_encoder existed were the paper's recipe: at those defaults the declared
+    settings (Snakemake's params) and the identity (checkpoints) are the old key list, so
+    nothing reruns; any other value is in both."""
+    from dataclasses import replace
+
+    from cdssl.config import FinetuneSettings, finetune_settings
+
+    config = load_config(root / "config" / "demo.yaml")
+    declared = finetune_settings(config, "dielectric_constant", "sl_large")
+    old_keys = {
+        "sizes",
+        "cutoff",
+        "epochs",
+        "batch_size",
+        "lr",
+        "test_fraction",
+        "val_fraction",
+        "patience",
+        "min_steps",
+        "units",
+    }
+    assert set(declared) == old_keys
+    settings = FinetuneSettings(**declared)
+    assert set(settings.identity()) == old_keys - {"units"}
+    for key, value in {
+        "lr_schedule": "plateau",
+        "weight_decay": 0.01,
+        "encoder_lr_factor": 0.1,
+        "freeze_encoder": True,
+    }.items():
+        other = replace(settings, **{key: value})
+        assert other.identity()[key] == value and other.declared()[key] == value
+    config["finetune"].update(lr_schedule="cosine", encoder_lr_factor=0.1, freeze_encoder=True)
+    assert finetune_settings(config, "dielectric_constant", "sl_large")["lr_schedule"] == "cosine"
+    # the pretrained encoder's options: in ssl's settings only, so sl cells do not rerun
+    assert "encoder_lr_factor" not in finetune_settings(config, "dielectric_constant", "sl_large")
+    assert "freeze_encoder" not in finetune_settings(config, "dielectric_constant", "sl")
+    ssl = finetune_settings(config, "dielectric_constant", "ssl")
+    assert ssl["encoder_lr_factor"] == 0.1 and ssl["freeze_encoder"] is True

@@ -182,3 +182,80 @@ def test_metrics_carry_the_trivial_baselines_of_the_same_test_set(tmp_path, smal
     p = pd.read_csv(tmp_path / "b" / "p.csv")
     assert np.allclose(p["target"], y[test])
     assert 0 < m["test_mae_composition"] < 2 * m["test_mae_mean_predictor"]
+
+
+def test_the_recipe_gives_the_encoder_its_own_rate_and_can_freeze_it(tmp_path, small_cache_path, config, encoder_dir):
+    """encoder_lr_factor: two optimiser groups, the readout at lr, the pretrained encoder at
+    lr x factor; freeze_encoder: the encoder leaves training unchanged while the readout
+    learns; neither applies to a model from scratch."""
+    from cdssl.config import FinetuneSettings
+    from cdssl.finetune import PropertyModule, recipe_of
+    from cdssl.models import ENCODER_PREFIXES
+
+    path, pretrained = encoder_dir
+    model = initial_model("ssl", None, 5.0, path)
+    module = PropertyModule(model, 0.0, 1.0, 1e-3, encoder_lr_factor=0.1)
+    optimizer = module.configure_optimizers()
+    readout, encoder = optimizer.param_groups
+    assert readout["lr"] == pytest.approx(1e-3) and encoder["lr"] == pytest.approx(1e-4)
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(names[id(p)].startswith(ENCODER_PREFIXES) for p in encoder["params"])
+    assert not any(names[id(p)].startswith(ENCODER_PREFIXES) for p in readout["params"])
+    assert len(readout["params"]) + len(encoder["params"]) == len(names)
+    # the paper's recipe: one group in the model's order (older checkpoints resume)
+    plain = PropertyModule(initial_model("ssl", None, 5.0, path), 0.0, 1.0, 1e-3).configure_optimizers()
+    assert len(plain.param_groups) == 1 and isinstance(plain, torch.optim.Adam)
+
+    config["finetune"].update(epochs=2, batch_size=8, freeze_encoder=True, encoder_lr_factor=0.5, weight_decay=0.01)
+    settings = finetune_settings(config, "dielectric", "ssl")
+    job = FinetuneSettings(**settings)
+    assert recipe_of(job, "sl")["encoder_lr_factor"] == 1.0 and not recipe_of(job, "sl")["freeze_encoder"]
+    run_finetune(
+        small_cache_path,
+        dataset="dielectric",
+        fraction=0.5,
+        seed=0,
+        mode="ssl",
+        encoder_dir=path,
+        **settings,
+        metrics_json=tmp_path / "m.json",
+        predictions_csv=tmp_path / "p.csv",
+        history_csv=tmp_path / "h.csv",
+        ckpt_dir=tmp_path / "ckpt",
+    )
+    best = torch.load(tmp_path / "ckpt" / "best.ckpt", weights_only=True)["state_dict"]
+    encoder_after = {k.removeprefix("model."): v for k, v in best.items() if k.startswith("model.")}
+    for key, value in pretrained.items():
+        assert torch.equal(encoder_after[key], value), key
+    fresh = initial_model("ssl", None, 5.0, path).state_dict()
+    assert any(not torch.equal(encoder_after[k], fresh[k]) for k in fresh if k.startswith("output_proj"))
+
+
+def test_learning_rate_schedules_follow_their_definition(encoder_dir):
+    from cdssl.finetune import PropertyModule
+
+    path, _ = encoder_dir
+    module = PropertyModule(
+        initial_model("ssl", None, 5.0, path), 0.0, 1.0, 1e-3, lr_schedule="cosine", lr_min_factor=0.1, max_epochs=4
+    )
+    config = module.configure_optimizers()
+    optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(1e-3) and rates[2] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert rates[4] == pytest.approx(1e-4) and rates[5] == pytest.approx(1e-4)  # held at the floor
+    module = PropertyModule(
+        initial_model("ssl", None, 5.0, path), 0.0, 1.0, 1e-3, lr_schedule="plateau", lr_min_factor=0.2
+    )
+    config = module.configure_optimizers()
+    optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["monitor"] == "val_mae"
+    rates = []
+    for val_mae in (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0):
+        schedule.step(val_mae)
+        rates.append(optimizer.param_groups[0]["lr"])
+    # halved after 3 epochs without a lower value (patience 2), never below lr x 0.2
+    assert rates[2] == pytest.approx(1e-3) and rates[3] == pytest.approx(5e-4) and rates[-1] == pytest.approx(2e-4)

@@ -100,8 +100,19 @@ def test_pretraining_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, sm
 
 
 @pytest.mark.slow
-def test_finetuning_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, small_cache_path, config):
+@pytest.mark.parametrize("recipe", ["paper", "ssl_recipe"])
+def test_finetuning_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, small_cache_path, config, recipe):
     config["finetune"].update(epochs=8, batch_size=4)
+    mode, extra = "sl", {}
+    if recipe == "ssl_recipe":
+        # the optimiser and scheduler state a resume must restore: two groups, AdamW, a
+        # plateau schedule that halves the rate mid-run
+        from cdssl.models import build_model
+
+        config["finetune"].update(lr_schedule="plateau", weight_decay=0.01, encoder_lr_factor=0.1, lr=3e-3)
+        torch.manual_seed(0)
+        build_model(config, "ssl").save(tmp_path / "encoder")
+        mode, extra = "ssl", {"encoder_dir": str(tmp_path / "encoder")}
     runs = {}
     for name in ("clean", "killed"):
         out = tmp_path / name
@@ -110,8 +121,9 @@ def test_finetuning_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, sma
             "dataset": "dielectric",
             "fraction": 0.7,
             "seed": 1,
-            "mode": "sl",
-            **finetune_settings(config, "dielectric", "sl"),
+            "mode": mode,
+            **extra,
+            **finetune_settings(config, "dielectric", mode),
             "accelerator": "cpu",
             "metrics_json": str(out / "metrics.json"),
             "predictions_csv": str(out / "predictions.csv"),

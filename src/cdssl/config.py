@@ -197,6 +197,12 @@ def sigmas(config: dict) -> list[float]:
     return [float(s) for s in (sigma if isinstance(sigma, list) else [sigma])]
 
 
+def pretrain_seeds(config: dict) -> list[int]:
+    """``pretrain.seed`` as a list: one pretraining (per sigma) and one set of ssl cells per value."""
+    seed = config["pretrain"]["seed"]
+    return [int(s) for s in (seed if isinstance(seed, list) else [seed])]
+
+
 def fmt_sigma(sigma: float) -> str:
     """The spelling of a sigma in paths and wildcards: ``0.5``, ``1``."""
     return f"{float(sigma):g}"
@@ -209,6 +215,7 @@ def fmt_sigma(sigma: float) -> str:
 # reaches all four places at once; only a field marked ``label`` (it names results, it
 # does not change them) stays out of the identity.
 LABEL = {"label": True}
+RECIPE = {"recipe": True}
 
 
 @dataclass(frozen=True)
@@ -249,24 +256,43 @@ class FinetuneSettings:
     val_fraction: float
     patience: int | None = None
     min_steps: int = 0
+    # the recipe beyond the paper's (constant Adam, every weight trained alike); their
+    # defaults are the paper's, and a key at its default is left out of the declared
+    # settings and the identity, so results from before the key existed stay valid
+    lr_schedule: str = field(default="constant", metadata=RECIPE)
+    lr_min_factor: float = field(default=0.01, metadata=RECIPE)
+    weight_decay: float = field(default=0.0, metadata=RECIPE)
+    encoder_lr_factor: float = field(default=1.0, metadata=RECIPE)
+    freeze_encoder: bool = field(default=False, metadata=RECIPE)
     units: str = field(default="", metadata=LABEL)
 
     def declared(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if not (f.metadata.get("recipe") and getattr(self, f.name) == f.default)
+        }
 
     def identity(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("label")}
+        return {k: v for k, v in self.declared().items() if not FINETUNE_FIELDS[k].metadata.get("label")}
 
 
-def pretrain_settings(config: dict, sigma: float | None = None) -> dict[str, Any]:
-    """One pretraining's settings; ``sigma`` picks one value of a ``pretrain.sigma`` list
-    (default: the only one). Every other field is the ``pretrain`` section's key of that name."""
+FINETUNE_FIELDS = {f.name: f for f in fields(FinetuneSettings)}
+
+
+def pretrain_settings(config: dict, sigma: float | None = None, seed: int | None = None) -> dict[str, Any]:
+    """One pretraining's settings; ``sigma`` and ``seed`` pick one value of a
+    ``pretrain.sigma`` or ``pretrain.seed`` list (default: the only one). Every other
+    field is the ``pretrain`` section's key of that name."""
     if sigma is None:
         (sigma,) = sigmas(config)
+    if seed is None:
+        (seed,) = pretrain_seeds(config)
     values = {
         "sizes": dict(config["models"]["large"]),
         "cutoff": float(config["graph"]["cutoff"]),
         "sigma": float(sigma),
+        "seed": int(seed),
     }
     values.update({f.name: config["pretrain"][f.name] for f in fields(PretrainSettings) if f.name not in values})
     return PretrainSettings(**values).declared()
@@ -317,5 +343,15 @@ def finetune_settings(config: dict, dataset: str, mode: str) -> dict[str, Any]:
         "cutoff": float(config["graph"]["cutoff"]),
         "units": config["datasets"][dataset].get("units", ""),
     }
-    values.update({f.name: config["finetune"][f.name] for f in fields(FinetuneSettings) if f.name not in values})
+    if mode != "ssl":
+        # options for a pretrained encoder: a model from scratch is not affected, so they
+        # stay out of its settings and identity (changing them reruns ssl cells only)
+        values.update(encoder_lr_factor=1.0, freeze_encoder=False)
+    values.update(
+        {
+            f.name: config["finetune"][f.name]
+            for f in fields(FinetuneSettings)
+            if f.name not in values and f.name in config["finetune"]
+        }
+    )
     return FinetuneSettings(**values).declared()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader
 from .baselines import composition_mae, mean_predictor_mae
 from .config import FinetuneSettings
 from .graphs import GraphBatch, GraphCache
-from .models import build_megnet, predict, reset_readout
+from .models import ENCODER_PREFIXES, build_megnet, predict, reset_readout
 from .splits import finetune_split
 from .training import (
     BEST,
@@ -38,10 +39,30 @@ class PropertyModule(HistoryModule):
 
     history_columns = ("train_loss", "train_mae", "val_mae", "grad_norm")
 
-    def __init__(self, model: nn.Module, mean: float, std: float, lr: float, history_csv: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: float,
+        std: float,
+        lr: float,
+        history_csv: str | None = None,
+        *,
+        lr_schedule: str = "constant",
+        lr_min_factor: float = 0.01,
+        max_epochs: int = 1,
+        weight_decay: float = 0.0,
+        encoder_lr_factor: float = 1.0,
+        freeze_encoder: bool = False,
+    ):
         super().__init__(history_csv)
         self.model = model
         self.lr = lr
+        self.lr_schedule, self.lr_min_factor, self.max_epochs = lr_schedule, lr_min_factor, max_epochs
+        self.weight_decay, self.encoder_lr_factor = weight_decay, encoder_lr_factor
+        if freeze_encoder:
+            for name, param in model.named_parameters():
+                if name.startswith(ENCODER_PREFIXES):
+                    param.requires_grad_(False)
         # per graph: the loss on standardised targets, the MAE in the target's units
         self.train_loss, self.train_mae, self.val_mae = epoch_mean(), epoch_mean(), epoch_mean()
         self.register_buffer("mean", torch.tensor(float(mean)))
@@ -66,7 +87,59 @@ class PropertyModule(HistoryModule):
         self.log("val_mae", self.val_mae, on_step=False, on_epoch=True)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        # with encoder_lr_factor, two groups: the readout at lr, the encoder (pretrained in
+        # ssl) at lr * encoder_lr_factor. Otherwise one group in the model's order, as
+        # before the option existed, so the optimiser state of older checkpoints resumes
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        params: list = [p for _, p in trainable]
+        if self.encoder_lr_factor != 1.0:
+            encoder = [p for n, p in trainable if n.startswith(ENCODER_PREFIXES)]
+            readout = [p for n, p in trainable if not n.startswith(ENCODER_PREFIXES)]
+            params = [{"params": readout, "lr": self.lr}, {"params": encoder, "lr": self.lr * self.encoder_lr_factor}]
+        if self.weight_decay > 0:
+            optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            optimizer = torch.optim.Adam(params, lr=self.lr)
+        if self.lr_schedule == "cosine":
+            # each group decays to the same share of its own rate; stepped per epoch, and
+            # Lightning keeps the scheduler's state in every checkpoint, so a resume continues it
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer,
+                lambda epoch: (
+                    self.lr_min_factor
+                    + (1 - self.lr_min_factor)
+                    * 0.5
+                    * (1 + math.cos(math.pi * min(epoch, self.max_epochs) / self.max_epochs))
+                ),
+            )
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+        if self.lr_schedule == "plateau":
+            schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer,
+                mode="min",
+                factor=0.5,
+                patience=2,
+                min_lr=[group["lr"] * self.lr_min_factor for group in optimizer.param_groups],
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": schedule, "monitor": "val_mae", "interval": "epoch"},
+            }
+        return optimizer
+
+
+def recipe_of(job: FinetuneSettings, mode: str) -> dict[str, Any]:
+    """The optimiser recipe of one run: the encoder's own rate and freezing apply to the
+    pretrained encoder (ssl) only; a model from scratch trains every weight at lr."""
+    pretrained = mode == "ssl"
+    return {
+        "lr_schedule": job.lr_schedule,
+        "lr_min_factor": job.lr_min_factor,
+        "max_epochs": job.epochs,
+        "weight_decay": job.weight_decay,
+        "encoder_lr_factor": job.encoder_lr_factor if pretrained else 1.0,
+        "freeze_encoder": job.freeze_encoder and pretrained,
+    }
 
 
 def initial_model(mode: str, sizes: dict | None, cutoff: float, encoder_dir: str | Path | None):
@@ -111,6 +184,7 @@ def run_finetune(
     split_csv: str | Path | None = None,
     encoder_dir: str | Path | None = None,
     sigma: float | None = None,
+    pretrain_seed: int | None = None,
     accelerator: str = "auto",
     **settings: Any,
 ) -> dict:
@@ -120,8 +194,9 @@ def run_finetune(
     :class:`cdssl.config.FinetuneSettings` (what :func:`cdssl.config.finetune_settings`
     returns and the rule declares). The cell, the settings' identity fields and the
     content digests of the graph cache and (ssl) of the encoder form the job's identity.
-    ``sigma`` (the encoder's noise scale) only labels results: the encoder's digest
-    already stands for it.
+    ``sigma`` (the encoder's noise scale) and ``pretrain_seed`` (its pretraining run's
+    seed, when there are several) only label results: the encoder's digest already
+    stands for them.
     """
     job = FinetuneSettings(**settings)
     cell = {"dataset": dataset, "fraction": fraction, "seed": seed, "mode": mode}
@@ -149,7 +224,8 @@ def run_finetune(
     resume = prepare_checkpoint_dir(
         ckpt_dir, job_identity({**cell, **job.identity()}, {"graphs": graphs, "encoder": encoder})
     )
-    module = PropertyModule(model, mean, std, job.lr, str(history_csv))
+    recipe = recipe_of(job, mode)
+    module = PropertyModule(model, mean, std, job.lr, str(history_csv), **recipe)
     train_list = train.tolist()
     train_dl = DataLoader(
         train_list, batch_size=job.batch_size, sampler=EpochShuffle(train_list, seed), collate_fn=cache.collate
@@ -165,7 +241,14 @@ def run_finetune(
     # the best epoch's weights, through Lightning (the history rides along in the checkpoint)
     best_ckpt = Path(ckpt_dir) / BEST
     module = PropertyModule.load_from_checkpoint(
-        best_ckpt, map_location=module.mean.device, weights_only=True, model=model, mean=mean, std=std, lr=job.lr
+        best_ckpt,
+        map_location=module.mean.device,
+        weights_only=True,
+        model=model,
+        mean=mean,
+        std=std,
+        lr=job.lr,
+        **recipe,
     )
     best = checked_best(history, module.history, "val_mae", best_ckpt)
     pred = predict_all(module, cache, test, job.batch_size)
@@ -176,6 +259,7 @@ def run_finetune(
         "seed": seed,
         "mode": mode,
         "sigma": sigma,
+        "pretrain_seed": pretrain_seed,
         "n_train": int(len(train)),
         "n_val": int(len(val)),
         "n_test": int(len(test)),
