@@ -195,21 +195,25 @@ def test_probes_use_unseen_crystals_and_put_composition_beside_the_encoders(tmp_
     split.to_csv(tmp_path / "split.csv", index=False)
     # the validation split, then every crystal of the other caches, capped with seed 0
     parts = probe_structures(small_cache_path, tmp_path / "split.csv", [small_cache_path], 5.0, 10_000)
-    assert [len(idx) for _, idx in parts] == [10, 40] and parts[0][1].tolist() == list(range(30, 40))
+    assert [(len(idx), k) for _, idx, k in parts] == [(10, 0), (40, 1)] and parts[0][1].tolist() == list(range(30, 40))
     assert (
         sum(
             len(idx)
-            for _, idx in probe_structures(small_cache_path, tmp_path / "split.csv", [small_cache_path], 5.0, 25)
+            for _, idx, _ in probe_structures(small_cache_path, tmp_path / "split.csv", [small_cache_path], 5.0, 25)
         )
         == 25
     )
     torch.manual_seed(0)
     build_model(test_config, "ssl").save(tmp_path / "enc")
+    # a feature file per source (the pool, then each other set), row for row its cache
+    rows = np.arange(len(cache), dtype=float)[:, None]
+    np.savez(tmp_path / "rows.npz", ids=np.array(cache.ids), x=rows, labels=np.array(["row"]))
     table = run_probes(
         tmp_path / "enc",
         small_cache_path,
         tmp_path / "split.csv",
         [small_cache_path],
+        feature_files=[{"rownumber": tmp_path / "rows.npz"}] * 2,
         sizes=test_config["models"]["large"],
         cutoff=5.0,
         max_structures=10_000,
@@ -217,12 +221,52 @@ def test_probes_use_unseen_crystals_and_put_composition_beside_the_encoders(tmp_
         probe_csv=tmp_path / "probe.csv",
         embeddings_npz=tmp_path / "z.npz",
     )
-    assert set(table["features"]) == {"pretrained", "random_init", "element_fractions", "element_fractions+atoms"}
+    assert set(table["features"]) == {
+        "pretrained",
+        "random_init",
+        "element_fractions",
+        "element_fractions+atoms",
+        "log_atoms",
+        "rownumber",
+    }
+    assert set(table["target"]) == {"log_density", "log_volume", "log_volume_per_atom"}
     assert (table["n_structures"] == 50).all() and (table["repeats"] == 3).all()
     # volume grows with the atom count: the composition + atoms row must see it
     vol = table.set_index(["features", "target"])["r2_mean"]
     assert vol[("element_fractions+atoms", "log_volume")] > vol[("element_fractions", "log_volume")]
-    assert np.load(tmp_path / "z.npz")["z"].shape[0] == 50
+    # the atom count alone says more about the volume than about the volume per atom
+    assert vol[("log_atoms", "log_volume")] > max(0.05, vol[("log_atoms", "log_volume_per_atom")])
+    z = np.load(tmp_path / "z.npz")
+    assert z["z"].shape[0] == 50
+    # the feature rows follow the probe's crystals: the validation rows, then every row
+    assert z["ids"].tolist() == [cache.ids[i] for i in [*range(30, 40), *range(40)]]
+
+
+def test_a_random_encoders_probe_is_stable_under_a_tiny_perturbation(small_cache_path, test_config):
+    """Near-constant embedding columns are dropped before scaling: moving every input by
+    1e-6 moves the random-init R^2 by less than 0.005. The random encoder's own state
+    columns vary by about 1e-4 of their size; the probe must not read columns that vary
+    by far less, as float round-off does, and whose pattern standardising would blow up
+    (here such columns are appended, carrying the target at 1e-9)."""
+    import torch
+
+    from cdssl import probes
+    from cdssl.graphs import GraphCache
+    from cdssl.models import build_megnet
+
+    cache = GraphCache.load(small_cache_path)
+    torch.manual_seed(0)
+    encoder = build_megnet(test_config["models"]["large"], 5.0)
+    idx = np.arange(len(cache))
+    z = probes.embeddings(encoder, cache, idx).astype(np.float64)
+    y = np.log(cache.data["volume"].numpy()[idx] / (cache.node_ptr[1:] - cache.node_ptr[:-1]).numpy())
+    rng = np.random.default_rng(1)
+    tiny = 1.0 + 1e-9 * (y[:, None] + 0.1 * rng.standard_normal((len(y), 8)))
+    z = np.column_stack([z, tiny])
+    assert (~probes.informative_columns(z)).sum() >= 8
+    before = probes.repeated_probe(z, y, 5)["r2_mean"]
+    after = probes.repeated_probe(z + 1e-6 * rng.standard_normal(z.shape), y, 5)["r2_mean"]
+    assert abs(after - before) < 0.005
 
 
 def test_a_near_constant_predictor_is_flagged_and_not_counted():
@@ -270,10 +314,28 @@ def test_the_verdict_names_the_strongest_answer_without_pretraining_and_counts_a
     row = "| 0.1 | 2.0000 ± 0.5774 | 3.0000 ± 0.5774 | 11.0000 ± 0.5774 | 8.0000 ± 0.0000 | 9.5000 ± 0.0000 |"
     assert row + " **0.2000 ± 0.0000** | - |" in text
     assert "- verdict A: the strongest answer without pretraining is magpie_boosting" in text
+    assert v["A"]["strongest_baseline"]["name"] == "magpie_boosting"
+    # a foundation model's features, pretrained elsewhere: never the answer "without
+    # pretraining", but the strongest baseline of all when lower, and said so
+    jobs["test_mae_chgnet_boosting"] = np.where(jobs["dataset"] == "B", 0.1, 9.9)
+    cells = cell_table(jobs)
+    summary = summarise(jobs, cells)
+    v = summary["verdict"]["ssl"]["per_dataset"]
+    assert v["B"]["strongest_without_pretraining"] == "sl"
+    assert v["B"]["strongest_baseline"]["name"] == "chgnet_boosting"
+    assert v["B"]["strongest_baseline"]["ssl_wins"] == 0 and v["B"]["strongest_baseline"]["ssl_minus_it"]["mean"] > 0
+    assert v["A"]["strongest_baseline"]["name"] == "magpie_boosting"
+    assert summary["verdict"]["ssl"]["overall_any"]["cells_counted"] == 4
+    assert any(
+        line.startswith("verdict B, a foundation model's features included: the strongest baseline is chgnet_boosting")
+        for line in summary_lines(summary)
+    )
+    assert "CHGNet boosting" in results_markdown(cells, summary)
 
 
 def test_magpie_models_recover_a_target_that_is_a_function_of_composition(dielectric, tmp_path):
-    from cdssl.baselines import magpie_features, run_baselines
+    from cdssl.baselines import run_baselines
+    from cdssl.features import magpie_features
     from cdssl.graphs import GraphCache, build_cache, save_cache
 
     small = dielectric[dielectric["structure"].map(len) <= 6].head(300)
@@ -291,7 +353,7 @@ def test_magpie_models_recover_a_target_that_is_a_function_of_composition(dielec
     grid = {"learning_rates": [0.1], "min_samples_leaf": [2, 5], "max_iter": 100}
     run_baselines(
         tmp_path / "graphs.pt",
-        tmp_path / "magpie.npz",
+        {"magpie": tmp_path / "magpie.npz"},
         dataset="toy",
         fraction=0.5,
         seeds=[0, 1],
@@ -315,7 +377,7 @@ def test_magpie_models_recover_a_target_that_is_a_function_of_composition(dielec
     with pytest.raises(ValueError, match="does not belong to"):
         run_baselines(
             tmp_path / "graphs.pt",
-            tmp_path / "other.npz",
+            {"magpie": tmp_path / "other.npz"},
             dataset="toy",
             fraction=0.5,
             seeds=[0],
@@ -374,3 +436,101 @@ def test_boosting_uses_the_jobs_threads_not_the_machines(monkeypatch):
         x, y, idx[:30], idx[30:45], idx[45:], {"learning_rates": [0.1], "min_samples_leaf": [5], "max_iter": 5}, 0
     )
     assert seen and all(s == {1} for s in seen)
+
+
+def test_chgnet_features_load_offline_and_carry_what_chgnet_knows(dielectric, tmp_path, monkeypatch):
+    """The frozen foundation model's features: read from the weights inside the wheel with
+    every socket refused; the same crystals give the same features; rebuilt crystals are the
+    cache's; and a target that is a function of the 64 features is recovered from them,
+    row for row, far better than by the mean or by composition alone."""
+    import socket
+
+    from cdssl.baselines import run_baselines
+    from cdssl.features import chgnet_features, magpie_features, structures
+    from cdssl.graphs import GraphCache, build_cache, save_cache
+    from cdssl.splits import finetune_split
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    small = dielectric[dielectric["structure"].map(len) <= 6].head(160)
+    table = pd.DataFrame(
+        {"id": [str(i) for i in small.index], "structure": [s.as_dict() for s in small["structure"]], "target": 0.0}
+    )
+    cache, _ = build_cache(table, 5.0)
+    graphs = GraphCache(cache)
+    rebuilt = structures(graphs)
+    for original, crystal in zip(small["structure"], rebuilt[:5], strict=False):
+        assert crystal.composition == original.composition
+        assert np.allclose(crystal.lattice.matrix, original.lattice.matrix, atol=1e-5)
+    x, labels = chgnet_features(graphs)
+    assert x.shape == (len(graphs), 64) and len(labels) == 64 and np.isfinite(x).all()
+    again, _ = chgnet_features(GraphCache({**cache}))
+    assert np.array_equal(x, again)
+    # the target: a fixed linear read-out of CHGNet's features, which composition alone
+    # cannot give (polymorphs share a composition, not a CHGNet feature)
+    weights = np.random.default_rng(0).normal(size=64)
+    cache["target"] = torch.tensor(x @ weights, dtype=torch.float64)
+    save_cache(cache, tmp_path / "graphs.pt")
+    for name, (matrix, names) in {"chgnet": (x, labels), "magpie": magpie_features(graphs)}.items():
+        np.savez(tmp_path / f"{name}.npz", ids=np.array(cache["ids"]), x=matrix, labels=np.array(names))
+    run_baselines(
+        tmp_path / "graphs.pt",
+        {"chgnet": tmp_path / "chgnet.npz", "magpie": tmp_path / "magpie.npz"},
+        dataset="toy",
+        fraction=0.6,
+        seeds=[0],
+        test_fraction=0.2,
+        val_fraction=0.2,
+        boosting={"learning_rates": [0.1], "min_samples_leaf": [5], "max_iter": 200},
+        metrics_jsons=[tmp_path / "0.json"],
+    )
+    result = json.loads((tmp_path / "0.json").read_text())
+    y = cache["target"].numpy()
+    train, _, test = finetune_split(len(y), 0, 0.6, 0.2, 0.2)
+    mean_mae = np.abs(y[test] - y[train].mean()).mean()
+    assert result["test_mae_chgnet_ridge"] < 0.05 * mean_mae
+    assert result["test_mae_chgnet_ridge"] < 0.2 * result["test_mae_magpie_ridge"]
+    assert result["test_mae_chgnet_boosting"] < mean_mae  # trees on 96 crystals: learned, not exact
+
+
+def test_the_hierarchical_interval_covers_an_effect_that_varies_between_pretraining_runs():
+    """Each pretraining run shifts every SSL cell alike (a_p), the largest variance; an
+    interval over cells alone treats that shift as fixed and misses the true mean, the
+    hierarchical one resamples it and covers it at about its level."""
+    from cdssl.statistics import hierarchical_bootstrap
+
+    true, n_p, n_c, n_s = 0.01, 5, 7, 3
+    covered = {"hierarchical": 0, "cells only": 0}
+    trials = 200
+    for trial in range(trials):
+        rng = np.random.default_rng(trial)
+        a_p = rng.normal(0, 0.01, size=(n_p, 1, 1))  # pretraining runs
+        b_c = rng.normal(0, 0.003, size=(1, n_c, 1))  # cells
+        ssl = 0.2 + true + a_p + b_c + rng.normal(0, 0.003, size=(n_p, n_c, n_s))
+        other = 0.2 + b_c + rng.normal(0, 0.003, size=(1, n_c, n_s))
+        h = hierarchical_bootstrap(ssl, other, n_boot=1000, seed=trial)
+        covered["hierarchical"] += h["ci_low"] <= true <= h["ci_high"]
+        cells = bootstrap_mean((ssl - other).mean(axis=(0, 2)), n_boot=1000, seed=trial)
+        covered["cells only"] += cells["ci_low"] <= true <= cells["ci_high"]
+        assert h["mean"] == pytest.approx((ssl - other).mean()) and h["pretrain_seeds"] == n_p
+    assert covered["hierarchical"] / trials >= 0.85
+    assert covered["cells only"] / trials <= 0.6
+
+
+def test_the_summary_intervals_resample_pretraining_seeds():
+    """Runs with a pretraining seed: the comparison's interval is the hierarchical one and
+    says so; the point estimate is the difference of cell means."""
+    jobs = _jobs()
+    ssl = jobs[jobs["mode"] == "ssl"]
+    other_run = ssl.assign(pretrain_seed=1, test_mae=ssl["test_mae"] + 0.5)
+    jobs = pd.concat([jobs.assign(pretrain_seed=np.where(jobs["mode"] == "ssl", 0, np.nan)), other_run])
+    cells = cell_table(jobs)
+    summary = summarise(jobs, cells)
+    comp = summary["comparisons"]["ssl_vs_sl"]["cell_means"]
+    assert comp["pretrain_seeds"] == 2 and "pretraining seeds" in comp["unit"]
+    assert comp["mean"] == pytest.approx((cells["mean_ssl"] - cells["mean_sl"]).mean())
+    # the two pretraining runs differ by 0.5: the interval must be at least that wide
+    assert comp["ci_high"] - comp["ci_low"] >= 0.4

@@ -43,8 +43,9 @@ def test_paper_dry_run_lists_the_whole_grid(tmp_path):
     assert counts["pretrain"] == 1 and counts["select_checkpoint"] == 1
     # one job per (dataset, fraction, mode) trains its 3 seeds: 7 x 7 for each of ssl, sl
     assert counts["finetune"] == 49 and counts["finetune_ssl"] == 49
-    # the composition baselines: features once per dataset, models once per (dataset, fraction)
-    assert counts["composition_features"] == 7 and counts["composition_baselines"] == 49
+    # the feature baselines: each featurizer (Magpie, CHGNet) once per dataset, the pool
+    # too (the probe's rows), the models once per (dataset, fraction)
+    assert counts["features"] == 8 * 2 and counts["baselines"] == 49
 
 
 def test_the_paper_configs_dielectric_constant_data_job_runs_offline(tmp_path):
@@ -112,6 +113,25 @@ def test_a_sigma_list_gives_each_noise_scale_its_pretraining_and_ssl_cells(tmp_p
     one.write_text((ROOT / "config/test.yaml").read_text().replace("sigma: [0.3, 0.5]", "sigma: 0.5"))
     counts = job_counts(snakemake("-n", "--configfile", str(one), workdir=tmp_path).stdout)
     assert counts["pretrain"] == 1 and counts["finetune_ssl"] == 2 and counts["finetune"] == 4
+
+
+def test_a_pretrain_seed_list_gives_each_seed_its_pretraining_and_ssl_cells(tmp_path):
+    seeded = tmp_path / "seeded.yaml"
+    seeded.write_text((ROOT / "config/test.yaml").read_text().replace("  seed: 0\n", "  seed: [0, 1]\n", 1))
+    out = snakemake("-n", "--configfile", str(seeded), workdir=tmp_path).stdout
+    counts = job_counts(out)
+    # 2 sigmas x 2 pretraining seeds, each with its ssl cells (2 fractions x 1 seed);
+    # sl and sl_large do not depend on pretraining: shared
+    assert counts["pretrain"] == 4 and counts["select_checkpoint"] == 4
+    assert counts["finetune_ssl"] == 4 * 2 and counts["finetune"] == 2 * 2
+    # Figure 3 and the probe: one job each, on the first seed's runs
+    assert counts["probe"] == 1 and counts["figure3"] == 1
+    for run in ("sigma_0.3/seed_0", "sigma_0.3/seed_1", "sigma_0.5/seed_0", "sigma_0.5/seed_1"):
+        assert f"results/test/pretrain/{run}/history.csv" in out, run
+        assert f"results/test/finetune/dielectric/0.3/0/ssl/{run}/metrics.json" in out, run
+    # one seed: the folders of before (no seed level), so no result reruns
+    out = snakemake("-n", "--configfile", str(ROOT / "config/test.yaml"), workdir=tmp_path).stdout
+    assert "results/test/pretrain/sigma_0.5/history.csv" in out and "/seed_" not in out
 
 
 def test_sl_jobs_never_wait_for_pretraining(tmp_path):
@@ -219,13 +239,15 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
     ):
         assert (r / "analysis" / name).stat().st_size > 0, name
         baselines = json.loads((r / "baselines/dielectric" / fraction / "0/metrics.json").read_text())
-        assert baselines["test_mae_magpie_boosting"] > 0 and baselines["test_mae_magpie_ridge"] > 0
+        for name in ("magpie_ridge", "magpie_boosting", "chgnet_ridge", "chgnet_boosting"):
+            assert baselines[f"test_mae_{name}"] > 0, name
     summary = json.loads((r / "analysis/summary.json").read_text())
     assert {
         "ssl_sigma_0.3_vs_sl",
         "ssl_sigma_0.5_vs_sl_large",
         "ssl_sigma_0.5_vs_mean_predictor",
         "ssl_sigma_0.5_vs_magpie_boosting",
+        "ssl_sigma_0.5_vs_chgnet_boosting",
     } <= set(summary["comparisons"])
     assert summary["verdict"]["ssl_sigma_0.5"]["per_dataset"]["dielectric"]["strongest_without_pretraining"]
     probe = pd.read_csv(r / "analysis/probe.csv")

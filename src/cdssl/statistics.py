@@ -22,7 +22,7 @@ def ssl_model(sigma: float) -> str:
 def collect_jobs(metric_files: list[str | Path], baseline_files: list[str | Path] = ()) -> pd.DataFrame:
     """Every run's metrics, with ``model``: the mode, except that in a noise-scale sweep
     (ssl runs at several sigmas) each sigma's ssl runs are their own model. Each row also
-    gets its (dataset, fraction, seed)'s composition baselines (cdssl.baselines), which
+    gets its (dataset, fraction, seed)'s feature baselines (cdssl.baselines), which
     are computed once per split and are the same for every mode."""
     rows = [json.loads(Path(f).read_text()) for f in metric_files]
     jobs = pd.DataFrame(rows)
@@ -43,17 +43,22 @@ def ssl_models(models) -> list[str]:
     return [m for m in models if m == "ssl" or m.startswith("ssl_sigma_")]
 
 
-# The answers that use no pretraining and no graph network, by name: the column of a
-# run's (or its split's) test MAE.
+# The answers without a graph network of ours, by name: the column of a run's (or its
+# split's) test MAE (cdssl.baselines).
 TRIVIAL = {
     "mean_predictor": "test_mae_mean_predictor",
     "composition": "test_mae_composition",
     "magpie_ridge": "test_mae_magpie_ridge",
     "magpie_boosting": "test_mae_magpie_boosting",
+    "chgnet_ridge": "test_mae_chgnet_ridge",
+    "chgnet_boosting": "test_mae_chgnet_boosting",
 }
 # what the verdict compares SSL with: every answer without pretraining but the mean
-# predictor (the floor a model must beat to count at all)
+# predictor (the floor a model must beat to count at all) ...
 NO_PRETRAINING = ("sl", "sl_large", "composition", "magpie_ridge", "magpie_boosting")
+# ... and, separately, the answers on a foundation model pretrained elsewhere, on far
+# more data (cdssl.features): the strongest baseline of all is the best of both
+PRETRAINED_ELSEWHERE = ("chgnet_ridge", "chgnet_boosting")
 MIN_PREDICTION_SPREAD = 0.1
 
 
@@ -133,8 +138,9 @@ def paired_test(jobs: pd.DataFrame, baseline: str, ssl: str = "ssl") -> dict:
     """
     keys = ["dataset", "fraction", "seed"]
     model = jobs["model"] if "model" in jobs else jobs["mode"]
-    a = jobs[model == ssl].set_index(keys)["test_mae"]
-    b = jobs[model == baseline].set_index(keys)["test_mae"]
+    # several pretraining runs of one pair count as their mean
+    a = jobs[model == ssl].groupby(keys)["test_mae"].mean()
+    b = jobs[model == baseline].groupby(keys)["test_mae"].mean()
     pairs = pd.concat([a, b], axis=1, keys=["ssl", baseline], join="inner")
     diff = (pairs["ssl"] - pairs[baseline]).to_numpy()
     result = {
@@ -164,11 +170,75 @@ def bootstrap_mean(diffs: np.ndarray, n_boot: int = 10_000, seed: int = 0, level
     return {"mean": float(diffs.mean()), "ci_low": float(low), "ci_high": float(high), "n": int(len(diffs))}
 
 
-def cell_statistics(cells: pd.DataFrame, other: str, ssl: str = "ssl") -> dict:
-    """SSL minus ``other`` (a mode or a trivial answer) on cell means: the mean difference
-    with a bootstrap 95% interval over cells, and a Wilcoxon signed-rank test over cells."""
+def run_array(jobs: pd.DataFrame, cells: pd.DataFrame, model: str) -> np.ndarray:
+    """``model``'s test MAE per run as [pretraining seed, cell, fine-tuning seed] over the
+    given cells (NaN where a run is missing). A model without pretraining, or a trivial
+    answer (one value per split), has a single pretraining level."""
+    keys = ["dataset", "fraction"]
+    seeds = sorted(jobs["seed"].unique())
+    if model in TRIVIAL:
+        values = jobs.groupby([*keys, "seed"])[TRIVIAL[model]].first().to_frame("test_mae").reset_index()
+        values["pretrain_seed"] = 0
+    else:
+        values = jobs[(jobs["model"] if "model" in jobs else jobs["mode"]) == model].copy()
+        has_level = "pretrain_seed" in values and values["pretrain_seed"].notna().any()
+        values["pretrain_seed"] = values["pretrain_seed"].fillna(0) if has_level else 0
+    levels = sorted(values["pretrain_seed"].unique())
+    out = np.full((len(levels), len(cells), len(seeds)), np.nan)
+    cell_of = {(d, f): i for i, (d, f) in enumerate(zip(cells["dataset"], cells["fraction"], strict=True))}
+    for row in values.itertuples():
+        c = cell_of.get((row.dataset, row.fraction))
+        if c is not None:
+            out[levels.index(row.pretrain_seed), c, seeds.index(row.seed)] = row.test_mae
+    return out
+
+
+def hierarchical_bootstrap(
+    a: np.ndarray, b: np.ndarray, n_boot: int = 10_000, seed: int = 0, level: float = 0.95
+) -> dict:
+    """Mean of ``a - b`` with a percentile interval that resamples at every level that
+    varies: pretraining seeds, then cells, then fine-tuning seeds within each drawn cell.
+    ``a`` and ``b`` are [pretraining seed, cell, fine-tuning seed] (:func:`run_array`);
+    one with a single pretraining level is the same for every pretraining seed."""
+    diff = a - b  # broadcasts a single pretraining level
+    n_p, n_c, n_s = diff.shape
+    finite = np.isfinite(diff)
+    if not finite.any():
+        return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for start in range(0, n_boot, 500):
+        k = min(500, n_boot - start)
+        p = rng.integers(0, n_p, size=(k, n_p, 1, 1))
+        c = rng.integers(0, n_c, size=(k, 1, n_c, 1))
+        s = rng.integers(0, n_s, size=(k, 1, n_c, n_s))
+        drawn = diff[p, c, s]  # (k, n_p, n_c, n_s)
+        means[start : start + k] = np.nanmean(drawn.reshape(k, -1), axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.nanpercentile(means, [tail, 100 - tail])
+    # the point estimate: cell means averaged, each over its pretraining and fine-tuning seeds
+    return {
+        "mean": float(np.nanmean(np.nanmean(diff, axis=(0, 2)))),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "n": int(np.isfinite(np.nanmean(diff, axis=(0, 2))).sum()),
+        "pretrain_seeds": int(n_p),
+    }
+
+
+def cell_statistics(cells: pd.DataFrame, other: str, ssl: str = "ssl", jobs: pd.DataFrame | None = None) -> dict:
+    """SSL minus ``other`` (a mode or a trivial answer) over the given cells: the mean
+    difference of cell means with a 95% interval, and a Wilcoxon signed-rank test over
+    cells. With the runs (``jobs``) the interval is a hierarchical bootstrap (pretraining
+    seed, then cell, then fine-tuning seed: :func:`hierarchical_bootstrap`); without, a
+    bootstrap over cell means."""
     diffs = (cells[f"mean_{ssl}"] - cells[f"mean_{other}"]).to_numpy()
-    out = {"unit": "cell (dataset, fraction), mean over seeds", **bootstrap_mean(diffs), "p_value": float("nan")}
+    if jobs is not None and len(cells):
+        interval = hierarchical_bootstrap(run_array(jobs, cells, ssl), run_array(jobs, cells, other))
+        unit = "cell (dataset, fraction); interval resampling pretraining seeds, then cells, then fine-tuning seeds"
+    else:
+        interval, unit = bootstrap_mean(diffs), "cell (dataset, fraction), mean over seeds"
+    out = {"unit": unit, **interval, "p_value": float("nan")}
     finite = diffs[np.isfinite(diffs)]
     if len(finite) >= 2 and np.any(finite != 0):
         out["p_value"] = float(stats.wilcoxon(finite, zero_method="wilcox").pvalue)
@@ -181,37 +251,86 @@ def _learned(cells: pd.DataFrame, model: str) -> pd.Series:
     return cells[column].astype(bool) if column in cells else pd.Series(True, index=cells.index)
 
 
-def verdict(cells: pd.DataFrame, ssl: str = "ssl") -> dict:
+def _against(sub: pd.DataFrame, candidates: list[str], ssl: str, jobs: pd.DataFrame | None = None) -> dict:
+    """The lowest mean test MAE over the dataset's cells among ``candidates``, and SSL
+    against it on the cells where both learned."""
+    strongest = min(candidates, key=lambda m: sub[f"mean_{m}"].mean())
+    counted = _learned(sub, ssl) & _learned(sub, strongest)
+    won = (sub[f"mean_{ssl}"] < sub[f"mean_{strongest}"]) & counted
+    return {
+        "name": strongest,
+        "its_mean_test_mae": float(sub[f"mean_{strongest}"].mean()),
+        "ssl_minus_it": cell_statistics(sub[counted], strongest, ssl, jobs),
+        "ssl_wins": int(won.sum()),
+        "cells_counted": int(counted.sum()),
+        "_diffs": list((sub[f"mean_{ssl}"] - sub[f"mean_{strongest}"])[counted]),
+        # the runs behind the counted cells, for the pooled interval
+        "_runs": None
+        if jobs is None
+        else (run_array(jobs, sub[counted], ssl), run_array(jobs, sub[counted], strongest)),
+    }
+
+
+def _pooled_interval(diffs: list, runs: list) -> dict:
+    """SSL minus each dataset's strongest, over every counted cell of every dataset: the
+    hierarchical interval when the runs are known (cells side by side; a trivial answer
+    repeated over SSL's pretraining seeds), else a bootstrap over cell differences."""
+    runs = [r for r in runs if r is not None and r[0].shape[1]]
+    if not runs or len({a.shape[0] for a, _ in runs}) != 1:
+        return bootstrap_mean(np.array(diffs))
+    a = np.concatenate([a for a, _ in runs], axis=1)
+    b = np.concatenate([np.broadcast_to(b, (a_.shape[0], *b.shape[1:])) for a_, b in runs], axis=1)
+    return hierarchical_bootstrap(a, b)
+
+
+def verdict(cells: pd.DataFrame, ssl: str = "ssl", jobs: pd.DataFrame | None = None) -> dict:
     """Per dataset, the strongest answer that used no pretraining (lowest mean test MAE over
     the dataset's cells among the networks from scratch and the composition models) and
-    SSL against it, on the cells where both learned; overall, SSL against each dataset's
+    SSL against it, on the cells where both learned; beside it the strongest baseline of
+    all, the foundation model's features included; overall, SSL against each dataset's
     strongest, pooled over those cells."""
-    per_dataset, diffs, wins, counted_all = {}, [], 0, 0
+    per_dataset: dict = {}
+    pooled = {"without_pretraining": [[], 0, 0, []], "overall": [[], 0, 0, []]}
     for dataset, sub in cells.groupby("dataset"):
-        candidates = [m for m in NO_PRETRAINING if f"mean_{m}" in sub and sub[f"mean_{m}"].notna().any()]
+        present = [
+            m for m in NO_PRETRAINING + PRETRAINED_ELSEWHERE if f"mean_{m}" in sub and sub[f"mean_{m}"].notna().any()
+        ]
+        candidates = [m for m in present if m in NO_PRETRAINING]
         if not candidates or f"mean_{ssl}" not in sub:
             continue
-        strongest = min(candidates, key=lambda m: sub[f"mean_{m}"].mean())
-        counted = _learned(sub, ssl) & _learned(sub, strongest)
-        won = (sub[f"mean_{ssl}"] < sub[f"mean_{strongest}"]) & counted
-        stats_ = cell_statistics(sub[counted], strongest, ssl)
+        blocks = {
+            "without_pretraining": _against(sub, candidates, ssl, jobs),
+            "overall": _against(sub, present, ssl, jobs),
+        }
+        for key, block in blocks.items():
+            pooled[key][0] += block.pop("_diffs")
+            pooled[key][3].append(block.pop("_runs"))
+            pooled[key][1] += block["ssl_wins"]
+            pooled[key][2] += block["cells_counted"]
+        first = blocks["without_pretraining"]
         per_dataset[dataset] = {
-            "strongest_without_pretraining": strongest,
-            "its_mean_test_mae": float(sub[f"mean_{strongest}"].mean()),
+            "strongest_without_pretraining": first["name"],
+            "its_mean_test_mae": first["its_mean_test_mae"],
             "ssl_mean_test_mae": float(sub[f"mean_{ssl}"].mean()),
-            "ssl_minus_strongest": stats_,
-            "ssl_wins": int(won.sum()),
-            "cells_counted": int(counted.sum()),
+            "ssl_minus_strongest": first["ssl_minus_it"],
+            "ssl_wins": first["ssl_wins"],
+            "cells_counted": first["cells_counted"],
             "cells": int(len(sub)),
+            "strongest_baseline": blocks["overall"],
             "ranking": {
                 m: float(sub[f"mean_{m}"].mean())
-                for m in sorted(candidates + [ssl], key=lambda m: sub[f"mean_{m}"].mean())
+                for m in sorted(present + [ssl], key=lambda m: sub[f"mean_{m}"].mean())
             },
         }
-        diffs += list((sub[f"mean_{ssl}"] - sub[f"mean_{strongest}"])[counted])
-        wins, counted_all = wins + int(won.sum()), counted_all + int(counted.sum())
-    overall = {**bootstrap_mean(np.array(diffs)), "ssl_wins": wins, "cells_counted": counted_all}
-    return {"model": ssl, "per_dataset": per_dataset, "overall": overall}
+    overall = {
+        key: {**_pooled_interval(d, runs), "ssl_wins": w, "cells_counted": n} for key, (d, w, n, runs) in pooled.items()
+    }
+    return {
+        "model": ssl,
+        "per_dataset": per_dataset,
+        "overall": overall["without_pretraining"],
+        "overall_any": overall["overall"],
+    }
 
 
 def summarise(jobs: pd.DataFrame, cells: pd.DataFrame) -> dict:
@@ -230,8 +349,8 @@ def summarise(jobs: pd.DataFrame, cells: pd.DataFrame) -> dict:
             # intervals and tests on the cells where both learned (flagged cells say why in cells.csv)
             both = cells[_learned(cells, ssl) & _learned(cells, other)]
             comp: dict = {
-                "cell_means": cell_statistics(both, other, ssl),
-                "per_dataset": {d: cell_statistics(sub, other, ssl) for d, sub in both.groupby("dataset")},
+                "cell_means": cell_statistics(both, other, ssl, jobs),
+                "per_dataset": {d: cell_statistics(sub, other, ssl, jobs) for d, sub in both.groupby("dataset")},
             }
             if other in BASELINES:
                 counted = cells[f"counted_{ssl}_{other}"]
@@ -249,7 +368,7 @@ def summarise(jobs: pd.DataFrame, cells: pd.DataFrame) -> dict:
                     pairs=paired_test(jobs, other, ssl),
                 )
             out["comparisons"][f"{ssl}_vs_{other}"] = comp
-    out["verdict"] = {ssl: verdict(cells, ssl) for ssl in ssl_models(models)}
+    out["verdict"] = {ssl: verdict(cells, ssl, jobs) for ssl in ssl_models(models)}
     return out
 
 
@@ -281,10 +400,29 @@ def summary_lines(summary: dict) -> list[str]:
                 f"{c['mean']:+.4g} (95% CI {c['ci_low']:+.4g} to {c['ci_high']:+.4g}), {ssl} lower in "
                 f"{d['ssl_wins']} of {d['cells_counted']} counted cells ({d['cells']} in all)"
             )
+            b = d.get("strongest_baseline")
+            if b and b["name"] != d["strongest_without_pretraining"]:
+                c = b["ssl_minus_it"]
+                lines.append(
+                    f"verdict {dataset}, a foundation model's features included: the strongest baseline is "
+                    f"{b['name']} (mean test MAE {b['its_mean_test_mae']:.4g}); {ssl} minus it {c['mean']:+.4g} "
+                    f"(95% CI {c['ci_low']:+.4g} to {c['ci_high']:+.4g}), {ssl} lower in {b['ssl_wins']} of "
+                    f"{b['cells_counted']} counted cells"
+                )
     return lines
 
 
-RESULT_COLUMNS = ("ssl", "sl", "sl_large", "mean_predictor", "composition", "magpie_ridge", "magpie_boosting")
+RESULT_COLUMNS = (
+    "ssl",
+    "sl",
+    "sl_large",
+    "mean_predictor",
+    "composition",
+    "magpie_ridge",
+    "magpie_boosting",
+    "chgnet_ridge",
+    "chgnet_boosting",
+)
 RESULT_LABELS = {
     "ssl": "SSL",
     "sl": "SL (Table 3)",
@@ -293,6 +431,8 @@ RESULT_LABELS = {
     "composition": "element-fraction ridge",
     "magpie_ridge": "Magpie ridge",
     "magpie_boosting": "Magpie boosting",
+    "chgnet_ridge": "CHGNet ridge",
+    "chgnet_boosting": "CHGNet boosting",
 }
 
 

@@ -6,6 +6,7 @@ from snakemake.utils import update_config
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cdssl.data import DataError, check_columns
+from cdssl.features import FEATURIZERS
 from cdssl.config import (
     ConfigError,
     data_settings,
@@ -15,6 +16,7 @@ from cdssl.config import (
     graph_settings,
     load_config,
     pretrain_resources,
+    pretrain_seeds,
     pretrain_settings,
     probe_settings,
     sigmas,
@@ -52,6 +54,7 @@ wildcard_constraints:
     seed="[0-9]+",
     mode="ssl|sl_large|sl",
     sigma="[0-9.]+",
+    pretrain_seed="[0-9]+",
 
 
 R = config["results_dir"]
@@ -59,18 +62,42 @@ FT = config["finetune"]
 PRE = config["pretrain"]["dataset"]
 # one pretraining per noise scale; a single sigma is a sweep of one
 SIGMAS = [fmt_sigma(s) for s in sigmas(config)]
-PT = f"{R}/pretrain/sigma_{{sigma}}"
+# several pretraining seeds: one run per (sigma, seed), each in a seed folder below its
+# sigma's; with one seed a run is its sigma's folder, as before the option existed
+PSEEDS = [str(s) for s in pretrain_seeds(config)]
+SEEDED = len(PSEEDS) > 1
+RUN = "sigma_{sigma}/seed_{pretrain_seed}" if SEEDED else "sigma_{sigma}"
+PT = f"{R}/pretrain/{RUN}"
+
+
+def pretrain_runs(pattern, first_seed=False):
+    """``pattern`` for every pretraining run, sigma by sigma (then seed by seed), or for
+    the first seed's runs only (Figure 3 and the probe)."""
+    seeds = PSEEDS[:1] if first_seed else PSEEDS
+    return expand(
+        pattern,
+        sigma=SIGMAS,
+        **({"pretrain_seed": seeds} if SEEDED else {}),
+        allow_missing=True,
+    )
+
+
+def run_folder(wildcards):
+    """The folder name of a job's pretraining run (RUN with its wildcards filled)."""
+    return RUN.format(
+        sigma=wildcards.sigma, pretrain_seed=wildcards.get("pretrain_seed")
+    )
 
 
 def fmt_fraction(fraction):
     return f"{float(fraction):g}"
 
 
-# A fine-tuning cell's folder: {mode} for sl and sl_large, ssl/sigma_{sigma} for the
-# pretrained model of each noise scale.
+# A fine-tuning cell's folder: {mode} for sl and sl_large, ssl/<run> for the pretrained
+# model of each pretraining run (RUN).
 CELL = f"{R}/finetune/{{dataset}}/{{fraction}}/{{seed}}"
-SSL_CELL = f"{CELL}/ssl/sigma_{{sigma}}"
-# the composition baselines of a cell's split, beside the networks' folders, not among them
+SSL_CELL = f"{CELL}/ssl/{RUN}"
+# the baselines of a cell's split, beside the networks' folders, not among them
 BASELINE_CELL = f"{R}/baselines/{{dataset}}/{{fraction}}/{{seed}}"
 
 
@@ -83,12 +110,16 @@ def finetune_metrics():
     scratch = [m for m in FT["modes"] if m != "ssl"]
     files = expand(f"{CELL}/{{mode}}/metrics.json", mode=scratch, **grid)
     if "ssl" in FT["modes"]:
-        files += expand(f"{SSL_CELL}/metrics.json", sigma=SIGMAS, **grid)
+        files += [
+            f
+            for run in pretrain_runs(f"{SSL_CELL}/metrics.json")
+            for f in expand(run, **grid)
+        ]
     return files
 
 
 def baseline_metrics():
-    """The composition baselines of every (dataset, fraction, seed) of the grid."""
+    """The feature baselines of every (dataset, fraction, seed) of the grid."""
     return expand(
         f"{BASELINE_CELL}/metrics.json",
         dataset=FT["datasets"],
@@ -138,7 +169,7 @@ def all_targets():
     datasets = sorted(set(FT["datasets"]) | {PRE})
     return (
         expand(f"{R}/graphs/{{dataset}}/graphs.pt", dataset=datasets)
-        + expand(f"{PT}/selected.json", sigma=SIGMAS)
+        + pretrain_runs(f"{PT}/selected.json")
         + finetune_metrics()
         + analysis_targets()
     )

@@ -39,7 +39,8 @@ rule finetune:
         "../scripts/finetune.py"
 
 
-# ssl: the encoder pretrained at noise scale sigma, with a fresh readout
+# ssl: the encoder of one pretraining run (noise scale sigma; pretraining seed when there
+# are several), with a fresh readout
 use rule finetune as finetune_ssl with:
     input:
         graphs=f"{R}/graphs/{{dataset}}/graphs.pt",
@@ -54,12 +55,12 @@ use rule finetune as finetune_ssl with:
     params:
         seeds=FT["seeds"],
         ckpt_dirs=lambda wc: [
-            f"{R}/checkpoints/finetune/{wc.dataset}/{wc.fraction}/{seed}/ssl/sigma_{wc.sigma}"
+            f"{R}/checkpoints/finetune/{wc.dataset}/{wc.fraction}/{seed}/ssl/{run_folder(wc)}"
             for seed in FT["seeds"]
         ],
         settings=lambda wc: finetune_settings(config, wc.dataset, "ssl"),
         accelerator=config["accelerator"],
     log:
-        f"{R}/logs/finetune/{{dataset}}/{{fraction}}/ssl/sigma_{{sigma}}.log",
+        f"{R}/logs/finetune/{{dataset}}/{{fraction}}/ssl/{RUN}.log",
     benchmark:
-        f"{R}/benchmarks/finetune/{{dataset}}/{{fraction}}/ssl/sigma_{{sigma}}.tsv"
+        f"{R}/benchmarks/finetune/{{dataset}}/{{fraction}}/ssl/{RUN}.tsv"

@@ -8,8 +8,10 @@ rule pretrain:
     params:
         # Outside the declared outputs: Snakemake must not delete them before a rerun,
         # or a killed pretraining could not resume.
-        ckpt_dir=f"{R}/checkpoints/pretrain/sigma_{{sigma}}",
-        settings=lambda wc: pretrain_settings(config, float(wc.sigma)),
+        ckpt_dir=f"{R}/checkpoints/pretrain/{RUN}",
+        settings=lambda wc: pretrain_settings(
+            config, float(wc.sigma), wc.get("pretrain_seed")
+        ),
         accelerator=config["accelerator"],
         nodes=config["pretrain"]["nodes"],
         devices=config["pretrain"]["devices"],
@@ -24,9 +26,9 @@ rule pretrain:
         mem_mb=16000,
         runtime=2880,
     log:
-        f"{R}/logs/pretrain/sigma_{{sigma}}.log",
+        f"{R}/logs/pretrain/{RUN}.log",
     benchmark:
-        f"{R}/benchmarks/pretrain/sigma_{{sigma}}.tsv"
+        f"{R}/benchmarks/pretrain/{RUN}.tsv"
     conda:
         "../../envs/cdssl.yaml"
     script:
@@ -40,12 +42,12 @@ rule select_checkpoint:
         selected=f"{PT}/selected.json",
         encoder=directory(f"{PT}/encoder"),
     params:
-        ckpt_dir=f"{R}/checkpoints/pretrain/sigma_{{sigma}}",
+        ckpt_dir=f"{R}/checkpoints/pretrain/{RUN}",
     priority: 50
     log:
-        f"{R}/logs/select_checkpoint/sigma_{{sigma}}.log",
+        f"{R}/logs/select_checkpoint/{RUN}.log",
     benchmark:
-        f"{R}/benchmarks/select_checkpoint/sigma_{{sigma}}.tsv"
+        f"{R}/benchmarks/select_checkpoint/{RUN}.tsv"
     conda:
         "../../envs/cdssl.yaml"
     script:

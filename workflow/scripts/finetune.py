@@ -13,6 +13,8 @@ out = snakemake.output
 # rule finetune_ssl has no mode wildcard: its cells are ssl at the noise scale sigma
 mode = wc.get("mode", "ssl")
 sigma = float(wc.sigma) if "sigma" in wc.keys() else None
+# with several pretraining seeds, the run's seed labels its results (a bootstrap level)
+pretrain_seed = int(wc.pretrain_seed) if "pretrain_seed" in wc.keys() else None
 # one cell, every seed in turn; the output lists follow params.seeds
 for i, seed in enumerate(snakemake.params.seeds):
     try:
@@ -23,6 +25,7 @@ for i, seed in enumerate(snakemake.params.seeds):
             seed=int(seed),
             mode=mode,
             sigma=sigma,
+            pretrain_seed=pretrain_seed,
             **snakemake.params.settings,
             accelerator=snakemake.params.accelerator,
             encoder_dir=snakemake.input.get("encoder"),
