@@ -307,3 +307,50 @@ def test_checkpoints_are_read_without_running_code_they_carry(tmp_path, small_ca
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         select_checkpoint(tmp_path / "h.csv", ckpt, tmp_path / "sel.json", tmp_path / "enc")
     assert not marker.exists()
+
+
+def test_relative_improvement_counts_only_drops_of_at_least_min_delta():
+    from cdssl.training import last_relative_improvement
+
+    losses = [float("nan"), 1.0, 0.9, 0.89, 0.5, 0.499]
+    history = [{"epoch": e, "val_loss": v} for e, v in enumerate(losses)]
+    # 0.9 is 10% below 1.0 and counts; 0.89 is not 5% below 0.9; 0.5 is; 0.499 is not
+    assert last_relative_improvement(history, "val_loss", 0.05) == 4
+    assert last_relative_improvement(history, "val_loss", 0.6) == 1
+    assert last_relative_improvement(history, "val_loss", 1e-9) == 5
+    assert last_relative_improvement(history[:1], "val_loss", 0.05) == -1
+
+
+def test_pretraining_stops_once_the_validation_loss_is_flat_and_a_rerun_does_not_train_on(
+    tmp_path, small_cache_path, config
+):
+    # a 90% drop per 2 epochs is more than this loss can give: the run stops at epoch 2
+    config["pretrain"].update(epochs=30, batch_size=16, patience=2, min_delta=0.9)
+    settings = pretrain_settings(config)
+    assert settings["patience"] == 2 and settings["min_delta"] == 0.9
+    kwargs = dict(history_csv=tmp_path / "h.csv", split_csv=tmp_path / "s.csv", ckpt_dir=tmp_path / "ckpt")
+    run_pretraining(small_cache_path, **settings, **kwargs)
+    h = pd.read_csv(tmp_path / "h.csv")
+    assert h["epoch"].tolist() == [0, 1, 2]
+    assert h["stop"].iloc[-1] == "early stop: no val_loss 90% below the last counted best for 2 epochs (best epoch 0)"
+    run_pretraining(small_cache_path, **settings, **kwargs)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "h.csv"), h)
+    from cdssl.selection import select_checkpoint
+
+    record = select_checkpoint(tmp_path / "h.csv", tmp_path / "ckpt", tmp_path / "sel.json", tmp_path / "enc")
+    assert record["epochs_trained"] == 3 and record["stop"] == h["stop"].iloc[-1]
+
+
+def test_the_papers_fixed_epoch_pretraining_keeps_the_identity_it_had_before_the_stopping_keys(root):
+    from dataclasses import replace
+
+    from cdssl.config import PretrainSettings, load_config
+
+    config = load_config(root / "config" / "demo.yaml")
+    declared = pretrain_settings(config)
+    old_keys = {"sizes", "cutoff", "sigma", "epochs", "batch_size", "lr", "val_fraction", "seed"}
+    assert set(declared) == old_keys | {"lr_schedule", "lr_min_factor", "devices", "strategy"}
+    settings = PretrainSettings(**declared)
+    for key, value in {"patience": 20, "min_delta": 0.02}.items():
+        other = replace(settings, **{key: value})
+        assert other.identity()[key] == value and other.declared()[key] == value

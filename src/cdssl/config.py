@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -233,11 +233,20 @@ class PretrainSettings:
     devices: int = 1
     strategy: str = "auto"
     nodes: int = 1
+    # stopping once the validation loss is flat (the paper trains a fixed epoch count);
+    # like the fine-tuning recipe, left out at their defaults
+    patience: int | None = field(default=None, metadata=RECIPE)
+    min_delta: float = field(default=0.0, metadata=RECIPE)
 
     def declared(self) -> dict[str, Any]:
-        """The rule's params and the identity's settings. ``nodes`` only when above 1: the
-        key came after one-node results existed, and they keep their identity."""
-        values = asdict(self)
+        """The rule's params and the identity's settings. ``nodes`` only when above 1, and
+        the stopping keys only when set: they came after results existed, and those keep
+        their identity."""
+        values = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if not (f.metadata.get("recipe") and getattr(self, f.name) == f.default)
+        }
         if values["nodes"] == 1:
             del values["nodes"]
         return values

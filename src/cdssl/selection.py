@@ -42,6 +42,8 @@ def select_checkpoint(
         "train_loss": float(best["train_loss"]),
         "val_mae": float(best["val_mae"]),
         "epochs_trained": int(len(history)),
+        # why training ended: the epoch cap, or (with pretrain.patience) a flat loss
+        "stop": str(history["stop"].fillna("").iloc[-1]) if "stop" in history else "",
         "first_val_loss": float(history["val_loss"].iloc[0]),
         "checkpoint": str(ckpt),
         "encoder": str(encoder_dir),

@@ -242,6 +242,17 @@ def prepare_checkpoint_dir(ckpt_dir: str | Path, identity: dict[str, Any]) -> st
     return None
 
 
+def last_relative_improvement(history: list[dict], monitor: str, min_delta: float) -> int:
+    """The epoch of the last value below ``(1 - min_delta)`` times the one counted before
+    it (the first finite value counts); -1 when no value is finite."""
+    counted, epoch = math.inf, -1
+    for row in history:
+        value = row[monitor]
+        if math.isfinite(value) and (epoch < 0 or value < counted * (1 - min_delta)):
+            counted, epoch = value, int(row["epoch"])
+    return epoch
+
+
 class EpochCheckpoint(Checkpoint):
     """``best.ckpt`` when the history's ``monitor`` improves, then ``last.ckpt``, every epoch;
     and, with ``patience``, early stopping.
@@ -257,14 +268,26 @@ class EpochCheckpoint(Checkpoint):
     (``patience`` epochs without a new best, once at least ``min_steps`` optimizer steps
     were taken), so a run resumed from its last checkpoint stops where an uninterrupted
     one does, and one resumed after it stopped does not train on.
+
+    With ``min_delta`` above 0 only a best lower than ``(1 - min_delta)`` times the last
+    counted one resets the patience: the run stops once the curve is flat to that relative
+    tolerance, while ``best.ckpt`` still follows every new lowest value.
     """
 
-    def __init__(self, dirpath: str | Path, monitor: str, patience: int | None = None, min_steps: int = 0):
+    def __init__(
+        self,
+        dirpath: str | Path,
+        monitor: str,
+        patience: int | None = None,
+        min_steps: int = 0,
+        min_delta: float = 0.0,
+    ):
         super().__init__()
         self.dirpath = Path(dirpath)
         self.monitor = monitor
         self.patience = patience
         self.min_steps = min_steps
+        self.min_delta = min_delta
 
     def on_train_start(self, trainer: L.Trainer, pl_module: HistoryModule) -> None:
         if pl_module.history and pl_module.history[-1].get("stop"):
@@ -272,13 +295,18 @@ class EpochCheckpoint(Checkpoint):
 
     def stop_reason(self, trainer: L.Trainer, history: list[dict]) -> str:
         epoch = int(history[-1]["epoch"])
-        best = (
-            int(best_row(history, self.monitor)["epoch"])
-            if any(math.isfinite(r[self.monitor]) for r in history)
-            else -1
-        )
+        if self.min_delta > 0:
+            best = last_relative_improvement(history, self.monitor, self.min_delta)
+            what = f"no {self.monitor} {self.min_delta:.0%} below the last counted best"
+        else:
+            best = (
+                int(best_row(history, self.monitor)["epoch"])
+                if any(math.isfinite(r[self.monitor]) for r in history)
+                else -1
+            )
+            what = f"no lower {self.monitor}"
         if self.patience is not None and epoch - best >= self.patience and trainer.global_step >= self.min_steps:
-            return f"early stop: no lower {self.monitor} for {self.patience} epochs (best epoch {best})"
+            return f"early stop: {what} for {self.patience} epochs (best epoch {best})"
         if epoch + 1 >= trainer.max_epochs:
             return f"max epochs ({trainer.max_epochs}) reached"
         return ""
