@@ -339,6 +339,13 @@ def test_pretraining_stops_once_the_validation_loss_is_flat_and_a_rerun_does_not
 
     record = select_checkpoint(tmp_path / "h.csv", tmp_path / "ckpt", tmp_path / "sel.json", tmp_path / "enc")
     assert record["epochs_trained"] == 3 and record["stop"] == h["stop"].iloc[-1]
+    # not before min_steps: 2 steps per epoch here, so step 10 ends epoch 4
+    config["pretrain"]["min_steps"] = 10
+    kwargs = dict(history_csv=tmp_path / "h2.csv", split_csv=tmp_path / "s2.csv", ckpt_dir=tmp_path / "ckpt2")
+    run_pretraining(small_cache_path, **pretrain_settings(config), **kwargs)
+    h2 = pd.read_csv(tmp_path / "h2.csv")
+    assert h2["epoch"].tolist() == [0, 1, 2, 3, 4] and h2["steps"].tolist() == [2, 4, 6, 8, 10]
+    assert h2["stop"].iloc[-1].startswith("early stop") and h2["stop"].iloc[:-1].isna().all()
 
 
 def test_the_papers_fixed_epoch_pretraining_keeps_the_identity_it_had_before_the_stopping_keys(root):
@@ -351,6 +358,6 @@ def test_the_papers_fixed_epoch_pretraining_keeps_the_identity_it_had_before_the
     old_keys = {"sizes", "cutoff", "sigma", "epochs", "batch_size", "lr", "val_fraction", "seed"}
     assert set(declared) == old_keys | {"lr_schedule", "lr_min_factor", "devices", "strategy"}
     settings = PretrainSettings(**declared)
-    for key, value in {"patience": 20, "min_delta": 0.02}.items():
+    for key, value in {"patience": 20, "min_delta": 0.02, "min_steps": 2100}.items():
         other = replace(settings, **{key: value})
         assert other.identity()[key] == value and other.declared()[key] == value

@@ -237,6 +237,7 @@ class PretrainSettings:
     # like the fine-tuning recipe, left out at their defaults
     patience: int | None = field(default=None, metadata=RECIPE)
     min_delta: float = field(default=0.0, metadata=RECIPE)
+    min_steps: int = field(default=0, metadata=RECIPE)
 
     def declared(self) -> dict[str, Any]:
         """The rule's params and the identity's settings. ``nodes`` only when above 1, and
