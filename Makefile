@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= all
+# the config of `make demo`, `make figures` and `make report`: CONFIG=config/mine.yaml
+CONFIG ?= config/demo.yaml
+RESULTS = $(shell $(BIN)/python -c "import sys; sys.path.insert(0, 'src'); from cdssl.config import load_config; print(load_config('$(CONFIG)')['results_dir'])" 2>/dev/null || echo results)
 
 .PHONY: demo test test-fast test-slurm report figures lint format dry-run clean
 
@@ -16,10 +19,12 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# The console shows Snakemake's progress and one line per finished job; each job's
+# detail (its rule block, Lightning's output, warnings) is in results/logs/.
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml --rerun-incomplete
-	$(BIN)/snakemake --cores 1 --configfile config/demo.yaml --report results/report.html
-	@echo "Demo results: results/ (analysis/ for tables and figures, report.html for the report)"
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --rerun-incomplete --quiet rules host reason
+	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report $(RESULTS)/report.html --quiet all
+	@echo "Results: $(RESULTS)/ (analysis/ for tables and figures, analysis/results.md, report.html)"
 
 # Test tiers (markers in pyproject.toml): lint first and the fast tier next, so a lint or
 # unit failure stops within minutes; then the slow tier (real workflows, kills and
@@ -39,10 +44,10 @@ test-slurm: $(STAMP)
 	CDSSL_SLURM_TESTS=1 $(BIN)/python -m pytest -q -m slurm
 
 figures: $(STAMP)
-	$(BIN)/snakemake figures --cores $(CORES) --configfile config/demo.yaml
+	$(BIN)/snakemake figures --cores $(CORES) --configfile $(CONFIG)
 
 report: $(STAMP)
-	$(BIN)/snakemake --cores 1 --configfile config/demo.yaml --report results/report.html
+	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report $(RESULTS)/report.html
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile config/test.yaml

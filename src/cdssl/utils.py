@@ -17,9 +17,12 @@ from typing import Any
 LOG = logging.getLogger("cdssl")
 
 
-def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO) -> logging.Logger:
-    """Send the cdssl logger to ``log_path`` (the rule's log:) and to stderr."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+def setup_logging(
+    log_path: str | Path | None = None, level: int = logging.INFO, console: bool = True
+) -> logging.Logger:
+    """Send the cdssl logger to ``log_path`` (the rule's log:) and, with ``console``, to
+    stderr (a rule script whose stderr already goes to its log passes False)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)] if console else []
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="a"))

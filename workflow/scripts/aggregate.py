@@ -3,7 +3,7 @@
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)
-from _bootstrap import start
+from _bootstrap import finish, start
 
 log = start(snakemake)
 from cdssl.statistics import summary_lines, write_aggregates
@@ -19,8 +19,11 @@ try:
         min_prediction_spread=snakemake.params.min_prediction_spread,
         results_md=out.results,
     )
-    for line in summary_lines(summary):
+    lines = summary_lines(summary)
+    for line in lines:
         log.info("%s", line)
+    verdicts = [line for line in lines if line.startswith("verdict")]
+    finish("; ".join(verdicts) if verdicts else f"see {out.results}")
 except Exception:
     log.exception("aggregation failed")
     raise

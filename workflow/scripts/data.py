@@ -3,7 +3,7 @@
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)
-from _bootstrap import start
+from _bootstrap import finish, start
 
 log = start(snakemake)
 from cdssl.data import build_table, read_table, write_table
@@ -18,6 +18,7 @@ try:
     write_table(table, snakemake.output.table)
     with atomic_path(snakemake.output.skipped) as tmp:
         dropped.to_csv(tmp, index=False)
+    finish(f"{len(table)} rows, {len(dropped)} dropped")
 except Exception:
     log.exception("data stage failed for dataset %s", snakemake.wildcards.dataset)
     raise

@@ -3,7 +3,7 @@
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)
-from _bootstrap import start
+from _bootstrap import finish, start
 
 log = start(snakemake)
 from cdssl.finetune import run_finetune
@@ -16,9 +16,10 @@ sigma = float(wc.sigma) if "sigma" in wc.keys() else None
 # with several pretraining seeds, the run's seed labels its results (a bootstrap level)
 pretrain_seed = int(wc.pretrain_seed) if "pretrain_seed" in wc.keys() else None
 # one cell, every seed in turn; the output lists follow params.seeds
+maes = []
 for i, seed in enumerate(snakemake.params.seeds):
     try:
-        run_finetune(
+        metrics = run_finetune(
             snakemake.input.graphs,
             dataset=wc.dataset,
             fraction=float(wc.fraction),
@@ -38,3 +39,5 @@ for i, seed in enumerate(snakemake.params.seeds):
     except Exception:
         log.exception("fine-tuning failed for %s, seed %s", dict(wc), seed)
         raise
+    maes.append(metrics["test_mae"])
+finish(f"test MAE {sum(maes) / len(maes):.4g} {metrics['units']} (mean of {len(maes)} seed(s))")

@@ -3,7 +3,7 @@
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)
-from _bootstrap import start
+from _bootstrap import finish, start
 
 log = start(snakemake)
 import pandas as pd
@@ -28,6 +28,7 @@ try:
     with atomic_path(snakemake.output.skipped) as tmp:
         skipped.to_csv(tmp, index=False)
     save_cache(cache, snakemake.output.graphs)
+    finish(f"{len(cache['ids'])} graphs, {len(skipped)} rows skipped in all")
 except Exception:
     log.exception("graph stage failed for dataset %s", snakemake.wildcards.dataset)
     raise

@@ -3,18 +3,19 @@
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)
-from _bootstrap import start
+from _bootstrap import finish, start
 
 log = start(snakemake)
 from cdssl.selection import select_checkpoint
 
 try:
-    select_checkpoint(
+    record = select_checkpoint(
         snakemake.input.history,
         snakemake.params.ckpt_dir,
         snakemake.output.selected,
         snakemake.output.encoder,
     )
+    finish(f"epoch {record['epoch']} of {record['epochs_trained']}, validation loss {record['val_loss']:.4g}")
 except Exception:
     log.exception("checkpoint selection failed")
     raise
