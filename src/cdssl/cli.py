@@ -92,6 +92,7 @@ def finetune(argv: list[str] | None = None) -> dict:
         predictions_csv=out / "predictions.csv",
         split_csv=out / "split.csv",
         history_csv=out / "history.csv",
+        model_dir=out / "model",
         ckpt_dir=out / "checkpoints",
     )
     log.info("metrics written to %s", out / "metrics.json")

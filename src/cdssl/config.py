@@ -275,6 +275,11 @@ class FinetuneSettings:
     encoder_lr_factor: float = field(default=1.0, metadata=RECIPE)
     freeze_encoder: bool = field(default=False, metadata=RECIPE)
     units: str = field(default="", metadata=LABEL)
+    # what the exported model needs to answer for new crystals (cdssl.predict): the
+    # target, its transform (undone there) and the data stage's site cap
+    target: str = field(default="", metadata=LABEL)
+    transform: str = field(default="none", metadata=LABEL)
+    max_sites: int | None = field(default=None, metadata=LABEL)
 
     def declared(self) -> dict[str, Any]:
         return {
@@ -348,10 +353,14 @@ def probe_settings(config: dict) -> dict[str, Any]:
 def finetune_settings(config: dict, dataset: str, mode: str) -> dict[str, Any]:
     """One fine-tuning job's settings; ``ssl`` takes its sizes from the encoder it loads.
     Every other field is the ``finetune`` section's key of that name."""
+    entry = config["datasets"][dataset]
     values = {
         "sizes": None if mode == "ssl" else dict(config["models"]["small" if mode == "sl" else "large"]),
         "cutoff": float(config["graph"]["cutoff"]),
-        "units": config["datasets"][dataset].get("units", ""),
+        "units": entry.get("units", ""),
+        "target": entry.get("target") or "",
+        "transform": entry.get("transform", "none"),
+        "max_sites": entry.get("max_sites"),
     }
     if mode != "ssl":
         # options for a pretrained encoder: a model from scratch is not affected, so they

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -160,6 +162,27 @@ def initial_model(mode: str, sizes: dict | None, cutoff: float, encoder_dir: str
 
 
 @torch.no_grad()
+def export_model(module: PropertyModule, path: str | Path, info: dict[str, Any]) -> None:
+    """The selected epoch's network as a MatGL model folder (``matgl.load_model``) that
+    outputs the target itself: the training set's mean and std, which the module applies
+    after the network, are folded into the last layer of the output MLP. ``info`` goes
+    into model.json's metadata under ``cdssl`` (the target, its transform and the site cap
+    that :mod:`cdssl.predict` applies to new crystals)."""
+    model = copy.deepcopy(module.model).cpu().float()
+    last = [m for m in model.output_proj.modules() if isinstance(m, nn.Linear)][-1]
+    std, mean = float(module.std), float(module.mean)
+    last.weight.mul_(std)
+    last.bias.mul_(std).add_(mean)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp, metadata={"description": f"CDSSL fine-tuned MEGNet: {info['target']}", "cdssl": info})
+    # whole or absent: a kill mid-export leaves only the hidden partial folder
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+@torch.no_grad()
 def predict_all(module: PropertyModule, cache: GraphCache, indices: np.ndarray, batch_size: int) -> np.ndarray:
     module.eval()
     device = module.mean.device
@@ -182,6 +205,7 @@ def run_finetune(
     history_csv: str | Path,
     ckpt_dir: str | Path,
     split_csv: str | Path | None = None,
+    model_dir: str | Path | None = None,
     encoder_dir: str | Path | None = None,
     sigma: float | None = None,
     pretrain_seed: int | None = None,
@@ -289,6 +313,10 @@ def run_finetune(
         split[train], split[val], split[test] = "train", "val", "test"
         with atomic_path(split_csv) as tmp:
             pd.DataFrame({"id": cache.ids, "split": split}).to_csv(tmp, index=False)
+    if model_dir is not None:
+        info = {k: metrics[k] for k in ("dataset", "fraction", "seed", "mode", "sigma", "pretrain_seed", "test_mae")}
+        info.update(target=job.target, transform=job.transform, units=job.units, max_sites=job.max_sites)
+        export_model(module, model_dir, info)
     write_json(metrics, metrics_json)
     LOG.info("test MAE %.4g %s (best epoch %d)", metrics["test_mae"], job.units, metrics["best_epoch"])
     return metrics

@@ -14,6 +14,7 @@ rule finetune:
         predictions=seed_files(f"{CELL}/{{mode}}", "predictions.csv"),
         split=seed_files(f"{CELL}/{{mode}}", "split.csv"),
         history=seed_files(f"{CELL}/{{mode}}", "history.csv"),
+        model=[directory(m) for m in seed_files(f"{CELL}/{{mode}}", "model")],
     wildcard_constraints:
         mode="sl|sl_large",
     params:
@@ -50,6 +51,7 @@ use rule finetune as finetune_ssl with:
         predictions=seed_files(SSL_CELL, "predictions.csv"),
         split=seed_files(SSL_CELL, "split.csv"),
         history=seed_files(SSL_CELL, "history.csv"),
+        model=[directory(m) for m in seed_files(SSL_CELL, "model")],
     wildcard_constraints:
         sigma="[0-9.]+",
     params:

@@ -34,6 +34,7 @@ for i, seed in enumerate(snakemake.params.seeds):
             predictions_csv=out.predictions[i],
             split_csv=out.split[i],
             history_csv=out.history[i],
+            model_dir=out.model[i],
             ckpt_dir=snakemake.params.ckpt_dirs[i],
         )
     except Exception:

@@ -1,0 +1,199 @@
+"""Prediction (`cdssl-predict`, `cdssl.predict`): fine-tuned models on new crystals, in the dataset's own units.
+
+    cdssl-predict --run results/finetune/dielectric_constant/0.7 --structures new.csv --out predictions.csv
+
+A run is any folder holding fine-tuned models (``model/`` folders written by the
+workflow's fine-tuning jobs or by ``cdssl-finetune``), searched recursively: a cell's
+folder gives every seed and mode trained on that fraction. New crystals go through the
+data stage's reading and site cap and the graph stage's parsing, so a crystal is skipped
+for the same reasons, written beside the predictions. Each model's output is brought back
+to the dataset's units (a log10 transform is undone); with several models, each crystal
+gets their mean and standard deviation, and every model's own column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data import DataError, build_table
+from .graphs import GraphCache, build_cache, save_cache
+from .models import predict as forward
+from .utils import LOG, atomic_path, set_threads, setup_logging
+
+# what the models of one prediction must agree on: the same quantity, read the same way
+SHARED = ("dataset", "target", "transform", "units", "max_sites")
+
+
+def find_models(runs: list[str | Path]) -> list[Path]:
+    """Every fine-tuned model folder under ``runs`` (a model folder itself counts)."""
+    found = []
+    for run in map(Path, runs):
+        if not run.exists():
+            raise FileNotFoundError(f"run folder {run} does not exist")
+        candidates = [run / "model.json"] if (run / "model.json").exists() else sorted(run.rglob("model/model.json"))
+        found += [c.parent for c in candidates if "cdssl" in (_metadata(c) or {})]
+    if not found:
+        raise FileNotFoundError(
+            f"no fine-tuned model under {', '.join(map(str, runs))}: give a folder written by the "
+            "workflow's fine-tuning (results/finetune/<dataset>/<fraction>) or by cdssl-finetune --out"
+        )
+    return found
+
+
+def _metadata(model_json: Path) -> dict[str, Any] | None:
+    return json.loads(model_json.read_text()).get("metadata")
+
+
+def model_info(model_dir: Path) -> dict[str, Any]:
+    return _metadata(model_dir / "model.json")["cdssl"]
+
+
+def inverse_transform(values: np.ndarray, transform: str) -> np.ndarray:
+    """The dataset's units from the model's (the data stage's transform undone)."""
+    if transform == "log10":
+        return 10.0**values
+    if transform == "none":
+        return values
+    raise ValueError(f"unknown target transform {transform!r}")
+
+
+def read_structures(
+    paths: list[str | Path], structure_column: str, id_column: str | None, max_sites: int | None, workdir: Path
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The data stage on new crystals: one CSV/JSON/extxyz file, or CIF files (one crystal
+    each, named by the file's stem). Returns the table and the skipped rows with reasons."""
+    paths = [Path(p) for p in paths]
+    if all(p.suffix.lower() == ".cif" for p in paths):
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise DataError(f"CIF file(s) not found: {', '.join(missing)}")
+        # through a CSV, so CIF files take exactly the path of every other local file
+        table = pd.DataFrame({"id": [p.stem for p in paths], "structure": [p.read_text() for p in paths]})
+        source = workdir / "cif_files.csv"
+        table.to_csv(source, index=False)
+        entry = {"file": str(source), "structure_column": "structure", "id_column": "id"}
+    elif len(paths) == 1:
+        entry = {"file": str(paths[0]), "structure_column": structure_column, "id_column": id_column}
+    else:
+        raise DataError("give one CSV, JSON or extxyz file, or any number of CIF files")
+    entry.update(target=None, max_sites=max_sites)
+    return build_table("new", entry)
+
+
+def predict(
+    runs: list[str | Path],
+    structures: list[str | Path],
+    *,
+    structure_column: str = "structure",
+    id_column: str | None = None,
+    batch_size: int = 64,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Predict with every model under ``runs`` for the crystals in ``structures``.
+
+    Returns (predictions, skipped). predictions has one row per crystal: ``id``,
+    ``prediction`` (the models' mean, in the dataset's units), ``std`` (their standard
+    deviation, 0 for one model), ``n_models``, ``units``, then one column per model
+    (its folder relative to the run). skipped has ``id`` and ``reason``.
+    """
+    models = find_models(runs)
+    infos = [model_info(m) for m in models]
+    for key in SHARED:
+        values = {json.dumps(i.get(key)) for i in infos}
+        if len(values) > 1:
+            raise ValueError(f"the models under {', '.join(map(str, runs))} differ in {key}: {sorted(values)}")
+    info = infos[0]
+    import matgl
+
+    loaded = [matgl.load_model(m).eval() for m in models]
+    cutoffs = {float(m.cutoff) for m in loaded}
+    if len(cutoffs) > 1:
+        raise ValueError(f"the models use different cutoffs: {sorted(cutoffs)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        table, skipped = read_structures(structures, structure_column, id_column, info["max_sites"], Path(tmp))
+        cache_dict, unparsed = build_cache(table.assign(target=0.0), cutoffs.pop())
+        save_cache(cache_dict, Path(tmp) / "graphs.pt")
+        cache = GraphCache.load(Path(tmp) / "graphs.pt", float(loaded[0].cutoff))
+    skipped = pd.concat([skipped, unparsed], ignore_index=True)
+    labels = [_label(m, runs) for m in models]
+    columns = {}
+    with torch.no_grad():
+        for label, model in zip(labels, loaded, strict=True):
+            out = []
+            for start in range(0, len(cache), batch_size):
+                batch = cache.collate(list(range(start, min(start + batch_size, len(cache)))))
+                out.append(forward(model, batch).double().numpy())
+            columns[label] = inverse_transform(np.concatenate(out), info["transform"])
+    values = np.column_stack(list(columns.values()))
+    units = info["target"] if info["transform"] != "none" else (info["units"] or info["target"])
+    predictions = pd.DataFrame(
+        {
+            "id": cache.ids,
+            "prediction": values.mean(axis=1),
+            "std": values.std(axis=1),
+            "n_models": values.shape[1],
+            "units": units,
+            **columns,
+        }
+    )
+    LOG.info(
+        "%d crystal(s) predicted by %d model(s) of %s; %d skipped",
+        len(predictions),
+        len(models),
+        info["dataset"],
+        len(skipped),
+    )
+    return predictions, skipped
+
+
+def _label(model_dir: Path, runs: list[str | Path]) -> str:
+    """A model's column name: its run's folder relative to the run folder it was found
+    in (``0/sl``), or the name of that folder when the model folder itself was given."""
+    for run in map(Path, runs):
+        if model_dir == run:
+            return model_dir.parent.name
+        if model_dir.is_relative_to(run):
+            return str(model_dir.parent.relative_to(run)) if model_dir.parent != run else run.name
+    return str(model_dir.parent)
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="cdssl-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--run", nargs="+", required=True, help="folder(s) holding fine-tuned model/ folders")
+    ap.add_argument("--structures", nargs="+", required=True, help="one CSV/JSON/extxyz file, or CIF files")
+    ap.add_argument("--structure-column", default="structure", help="CSV/JSON column with CIF text or pymatgen dicts")
+    ap.add_argument("--id-column", help="column naming each crystal (default: its row)")
+    ap.add_argument("--out", required=True, help="predictions CSV; skipped crystals go to <out stem>.skipped.csv")
+    ap.add_argument("--threads", type=int, default=1)
+    return ap
+
+
+def predict_main(argv: list[str] | None = None) -> None:
+    """The console script: one line on stderr and status 1 for bad input; None otherwise
+    (a console script's return value becomes its exit status)."""
+    ap = predict_parser()
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    setup_logging(out.with_suffix(".log"))
+    set_threads(args.threads)
+    try:
+        predictions, skipped = predict(
+            args.run, args.structures, structure_column=args.structure_column, id_column=args.id_column
+        )
+    except (DataError, FileNotFoundError, ValueError) as exc:
+        ap.exit(1, f"cdssl-predict: error: {exc}\n")
+    with atomic_path(out) as tmp:
+        predictions.to_csv(tmp, index=False)
+    skipped_csv = out.with_name(out.stem + ".skipped.csv")
+    with atomic_path(skipped_csv) as tmp:
+        skipped.to_csv(tmp, index=False)
+    print(f"{len(predictions)} predicted -> {out}; {len(skipped)} skipped -> {skipped_csv}")
