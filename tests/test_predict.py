@@ -108,3 +108,14 @@ def test_cdssl_predict_as_a_user_runs_it(runs, new_crystals, tmp_path):
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     last = bad.stderr.strip().splitlines()[-1]
     assert last == f"cdssl-predict: error: run folder {tmp_path / 'nothing'} does not exist"
+
+
+def test_several_run_folders_name_each_model_by_its_own_path(runs, small_table, tmp_path):
+    from pymatgen.core import Structure
+
+    from cdssl.inference import predict
+
+    path = tmp_path / "one.cif"
+    Structure.from_dict(small_table["structure"][0]).to(filename=str(path))
+    predictions, _ = predict([runs / "0" / "sl", runs / "1" / "sl"], [path])
+    assert list(predictions.columns[-2:]) == ["0/sl", "1/sl"]

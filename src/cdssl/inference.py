@@ -122,7 +122,7 @@ def predict(
         save_cache(cache_dict, Path(tmp) / "graphs.pt")
         cache = GraphCache.load(Path(tmp) / "graphs.pt", float(loaded[0].cutoff))
     skipped = pd.concat([skipped, unparsed], ignore_index=True)
-    labels = [_label(m, runs) for m in models]
+    labels = _labels(models, runs)
     columns = {}
     with torch.no_grad():
         for label, model in zip(labels, loaded, strict=True):
@@ -153,15 +153,19 @@ def predict(
     return predictions, skipped
 
 
-def _label(model_dir: Path, runs: list[str | Path]) -> str:
-    """A model's column name: its run's folder relative to the run folder it was found
-    in (``0/sl``), or the name of that folder when the model folder itself was given."""
-    for run in map(Path, runs):
-        if model_dir == run:
-            return model_dir.parent.name
-        if model_dir.is_relative_to(run):
-            return str(model_dir.parent.relative_to(run)) if model_dir.parent != run else run.name
-    return str(model_dir.parent)
+def _labels(models: list[Path], runs: list[str | Path]) -> list[str]:
+    """Each model's column name: its run folder relative to the folder all given runs
+    share (``0/sl`` for a fraction's folder), or that folder's name for one model."""
+    import os
+
+    folders = [m.parent.resolve() for m in models]
+    base = Path(os.path.commonpath([Path(r).resolve() for r in runs]))
+    if len(folders) == 1 or any(f == base for f in folders):
+        base = Path(os.path.commonpath(folders)).parent if len(folders) > 1 else folders[0].parent
+    labels = [str(f.relative_to(base)) for f in folders]
+    if len(set(labels)) < len(labels):
+        raise ValueError(f"two models under {', '.join(map(str, runs))} have the same folder name")
+    return labels
 
 
 def predict_parser() -> argparse.ArgumentParser:
