@@ -14,15 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_commands() -> list[str]:
-    """The commands of the README and of the pages it sends users to for running things."""
-    text = "\n".join((ROOT / name).read_text() for name in ("README.md", "docs/scale.md"))
+    """The commands of the README and of every page it sends users to (docs/, config/README.md)."""
+    pages = [ROOT / "README.md", ROOT / "config" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split("#")[0].strip()
             if line:
                 commands.append(" ".join(line.split()))
-    commands += re.findall(r"`((?:\.venv/bin/|make )[^`]+)`", text)
+    # inline commands may wrap across lines
+    commands += [" ".join(c.split()) for c in re.findall(r"`((?:\.venv/bin/|make )[^`]+)`", text)]
     return list(dict.fromkeys(commands))
 
 
@@ -42,7 +44,10 @@ def test_the_readme_shows_the_commands_it_promises():
 
 
 def _snakemake_dry_run(command: str, workdir: Path) -> subprocess.CompletedProcess:
-    args = shlex.split(command)[1:]
+    # the README's "your own data" copies the demo config to config/mine.yaml first
+    mine = workdir / "mine.yaml"
+    mine.write_text((ROOT / "config" / "demo.yaml").read_text())
+    args = [str(mine) if a == "config/mine.yaml" else a for a in shlex.split(command)[1:]]
     if "--report" in args:
         # a report needs finished results: check the report target is accepted by listing
         # what it would need
@@ -81,6 +86,24 @@ def test_cli_command_in_the_readme_parses():
     (command,) = [c for c in COMMANDS if c.startswith(".venv/bin/cdssl-finetune")]
     args = finetune_parser().parse_args(shlex.split(command)[1:])
     assert args.encoder == "results/pretrain/sigma_0.5/encoder"
+
+
+def test_predict_command_in_the_readme_parses():
+    from cdssl.inference import predict_parser
+
+    (command,) = [c for c in COMMANDS if c.startswith(".venv/bin/cdssl-predict")]
+    args = predict_parser().parse_args(shlex.split(command)[1:])
+    assert args.run == ["results/finetune/dielectric_constant/0.7"] and args.structures == ["examples/*.cif"]
+
+
+@pytest.mark.slow
+def test_tool_commands_in_the_readme_run(tmp_path):
+    """Commands of tools/ that write files run as printed, in a scratch folder."""
+    for command in [c for c in COMMANDS if c.startswith(".venv/bin/python tools/example")]:
+        script, *args = shlex.split(command)[1:]
+        proc = subprocess.run([sys.executable, ROOT / script, *args], cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == 0, (command, proc.stderr[-2000:])
+    assert sorted(p.name for p in (tmp_path / "examples").iterdir()) == ["LiF.cif", "MgO.cif", "NaCl.cif", "Si.cif"]
 
 
 @pytest.mark.slow

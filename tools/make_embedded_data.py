@@ -6,7 +6,7 @@ installed (installing them would pull stacks the pipeline does not need):
 - the crystal-toolkit wheel carries matbench v0.1's ``matbench_dielectric`` (4,764 rows);
 - matminer 0.4.2's source release carries four Materials Project sets as CSV
   (``dielectric_constant``, ``elastic_tensor``, ``piezoelectric_tensor``, ``flla_2015``),
-  written here under the names today's matminer gives them, so each loads through
+  written here under the names matminer 0.10 gives them, so each loads through
   ``matminer.datasets.load_dataset(name, data_home="data/matminer")`` like a download.
 
 Every file is matminer's own cache layout: pandas "split" JSON, gzip (mtime 0, so the
