@@ -1,6 +1,7 @@
 """Aggregation maths on hand-made inputs, probes on a known linear relation, figures."""
 
 import json
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -534,3 +535,48 @@ def test_the_summary_intervals_resample_pretraining_seeds():
     assert comp["mean"] == pytest.approx((cells["mean_ssl"] - cells["mean_sl"]).mean())
     # the two pretraining runs differ by 0.5: the interval must be at least that wide
     assert comp["ci_high"] - comp["ci_low"] >= 0.4
+
+
+def test_the_results_document_names_its_run_and_quotes_its_files(tmp_path, root):
+    from cdssl.document import metadata, pretraining_markdown, probe_markdown
+
+    line = metadata(root, ["config/demo.yaml"], None)
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    assert line.startswith("Machine: ") and f"commit {commit.stdout.strip()}" in line
+    assert "torch 2.13.0" in line and "config config/demo.yaml" in line
+    run = tmp_path / "pretrain" / "sigma_0.5" / "seed_1"
+    run.mkdir(parents=True)
+    (run / "selected.json").write_text(
+        json.dumps(
+            {
+                "epoch": 153,
+                "epochs_trained": 156,
+                "stop": "early stop: flat",
+                "val_loss": 0.23397,
+                "first_val_loss": 0.3761,
+            }
+        )
+    )
+    reference = {"val_loss_lookup_noisy_length": 0.3583, "val_loss_lookup_element_pair": 0.3515}
+    (run / "reference.json").write_text(json.dumps({**reference, "val_loss_noisy_distances": 0.4361}))
+    text = pretraining_markdown([run / "selected.json"], [run / "reference.json"])
+    assert (
+        "| sigma_0.5/seed_1 | 156 | early stop: flat | 153 | 0.3761 | **0.2340** | 0.3583 | 0.3515 | 0.4361 |" in text
+    )
+    probe = pd.DataFrame(
+        {
+            "features": ["pretrained", "pretrained", "log_natoms", "log_natoms"],
+            "sigma": [0.5, 0.5, np.nan, np.nan],
+            "target": ["log_density", "log_volume_per_atom"] * 2,
+            "r2_mean": [0.7004, 0.8157, 0.022, -0.009],
+            "r2_sd": [0.0405, 0.0634, 0.036, 0.009],
+            "repeats": 20,
+            "n_structures": 1011,
+            "paper_r2": [0.703, np.nan, 0.703, np.nan],
+        }
+    )
+    text = probe_markdown(probe)
+    assert "20 splits, 1,011 crystals" in text and "| features | log density | log volume per atom |" in text
+    assert "| pretrained encoder (sigma 0.5) | 0.700 ± 0.041 | 0.816 ± 0.063 |" in text
+    assert "| log(atom count) alone | 0.022 ± 0.036 | -0.009 ± 0.009 |" in text
+    assert "| the paper (pretrained, its own data) | 0.703 |  |" in text

@@ -201,7 +201,8 @@ def tiny_run(tmp_path_factory):
         "results_dir=results",
         f"data_dir={ROOT / 'data/matminer'}",
     ]
-    snakemake("--cores", "2", *args, workdir=work)
+    proc = snakemake("--cores", "2", *args, workdir=work)
+    (work / "console.txt").write_text(proc.stdout + proc.stderr)
     return work, args
 
 
@@ -256,6 +257,18 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
     )
 
 
+def test_the_console_has_one_line_per_job_and_the_logs_keep_the_rest(tiny_run):
+    work, _ = tiny_run
+    console = (work / "console.txt").read_text()
+    assert "GPU available" not in console and "LeafSpec" not in console
+    line = r"^finetune \(dataset=dielectric, fraction=0\.3, mode=sl\) done in \d+ s: test MAE [0-9.]+ log10\(n\)"
+    assert re.search(line, console, re.M)
+    assert "GPU available" in (work / "results/logs/finetune/dielectric/0.3/sl.log").read_text()
+    text = (work / "results/analysis/results.md").read_text()
+    assert text.startswith("Machine: ") and "commit " in text
+    assert "### Pretraining" in text and "### dielectric (test MAE, log10(n))" in text and "### Linear probes" in text
+
+
 def test_changed_metrics_rerun_only_aggregation_and_figures(tiny_run):
     work, args = tiny_run
     assert job_counts(snakemake("-n", *args, workdir=work).stdout) == {}
@@ -264,7 +277,7 @@ def test_changed_metrics_rerun_only_aggregation_and_figures(tiny_run):
     data["test_mae"] += 1.0
     metrics.write_text(json.dumps(data))
     counts = job_counts(snakemake("-n", *args, workdir=work).stdout)
-    assert counts == {"aggregate": 1, "figure4": 1, "all": 1}
+    assert counts == {"aggregate": 1, "results": 1, "figure4": 1, "all": 1}
 
 
 def test_report_is_generated(tiny_run):
@@ -286,7 +299,7 @@ def test_rule_scripts_import_the_checkouts_code(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", list(sys.path))
     smk = SimpleNamespace(
         scriptdir=str(ROOT / "workflow" / "rules" / ".." / "scripts"),
-        log=[str(tmp_path / "x.log")],
+        log=[],  # with a log, start() would send this test process's output there
         threads=1,
         rule="probe",
     )

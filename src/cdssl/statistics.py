@@ -439,8 +439,7 @@ RESULT_LABELS = {
 def results_markdown(cells: pd.DataFrame, summary: dict) -> str:
     """The fine-tuning results as the README and the report quote them: per dataset the
     cell table (mean ± standard error over seeds, the lowest mean of a row in bold) and
-    the verdict lines. Written by the aggregate rule, so a quoted number has a file it
-    comes from."""
+    the verdict lines (part of the results document, :mod:`cdssl.document`)."""
     out = []
     for dataset, sub in cells.groupby("dataset"):
         models = [m for m in RESULT_COLUMNS if f"mean_{m}" in sub] + [
@@ -471,7 +470,6 @@ def write_aggregates(
     summary_json,
     baseline_files=(),
     min_prediction_spread: float = MIN_PREDICTION_SPREAD,
-    results_md=None,
 ) -> dict:
     jobs = collect_jobs(metric_files, baseline_files)
     cells = cell_table(jobs, min_prediction_spread)
@@ -480,7 +478,4 @@ def write_aggregates(
             frame.to_csv(tmp, index=False)
     summary = summarise(jobs, cells)
     write_json(summary, summary_json)
-    if results_md is not None:
-        with atomic_path(results_md) as tmp:
-            tmp.write_text(results_markdown(cells, summary))
     return summary

@@ -17,13 +17,12 @@ try:
         out.summary,
         baseline_files=snakemake.input.baselines,
         min_prediction_spread=snakemake.params.min_prediction_spread,
-        results_md=out.results,
     )
     lines = summary_lines(summary)
     for line in lines:
         log.info("%s", line)
     verdicts = [line for line in lines if line.startswith("verdict")]
-    finish("; ".join(verdicts) if verdicts else f"see {out.results}")
+    finish("; ".join(verdicts) if verdicts else f"see {out.summary}")
 except Exception:
     log.exception("aggregation failed")
     raise
