@@ -376,12 +376,13 @@ def summary_lines(summary: dict) -> list[str]:
     """The summary in words: what a log or a README quotes."""
     lines = [
         f"{summary['cells']} cells; did not learn (not below the mean predictor, or nearly constant): "
-        + ", ".join(f"{m} {n}" for m, n in summary["cells_flagged"].items())
+        + ", ".join(f"{m} {n}" for m, n in summary["cells_flagged"].items()),
+        "intervals: 95% percentile bootstrap resampling pretraining seeds, then cells, then fine-tuning seeds",
     ]
     for name, comp in summary["comparisons"].items():
         c = comp["cell_means"]
         line = (
-            f"{name}: mean difference {c['mean']:+.4g} (95% bootstrap CI {c['ci_low']:+.4g} to "
+            f"{name}: mean difference {c['mean']:+.4g} (95% CI {c['ci_low']:+.4g} to "
             f"{c['ci_high']:+.4g}) over {c['n']} cells, Wilcoxon on cell means p = {c['p_value']:.3g}"
         )
         if "ssl_wins" in comp:
