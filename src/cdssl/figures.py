@@ -112,7 +112,6 @@ def figure3(history_csvs, selected_jsons, reference_jsons, out_png, sigmas: list
             )
             twin.set_ylim(0, 1.02)
             twin.set_ylabel("share of output variance explained\nby a lookup of the noisy length", fontsize=8)
-            twin.legend(fontsize=7, loc="center right")
         axes[2].plot(h["epoch"], h["grad_norm"], color=colour if sweep else "grey", label=tag.rstrip(": ") or None)
         for ax in axes:
             ax.axvline(
@@ -127,14 +126,22 @@ def figure3(history_csvs, selected_jsons, reference_jsons, out_png, sigmas: list
     axes[2].set_ylabel("mean gradient norm")
     for ax in axes:
         ax.set_xlabel("epoch")
-    axes[0].legend(fontsize=6 if sweep else 7)
-    axes[1].legend(fontsize=7, loc="upper right")
+    # legends below their panels, never over the curves; the middle panel's twin axis
+    # shares its legend
+    below = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.26), "fontsize": 6 if sweep else 7}
+    axes[0].legend(**below)
+    handles, labels = axes[1].get_legend_handles_labels()
+    for other in axes[1].get_shared_x_axes().get_siblings(axes[1]):
+        if other is not axes[1]:
+            more = other.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+    axes[1].legend(handles, labels, **below)
     if sweep:
-        axes[2].legend(fontsize=7)
+        axes[2].legend(**below)
     fig.suptitle("Figure 3: CDSSL pretraining, validation loss beside answers that need no learning")
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -206,7 +213,8 @@ def _panel(ax, jobs: pd.DataFrame, sub: pd.DataFrame, dataset: str, modes: list[
     _bars(ax, jobs[jobs["dataset"] == dataset], sub, modes)
     ax.set_ylabel(f"test MAE ({units})" if units else "test MAE")
     ax.set_title(_title(dataset, sub, modes), fontsize=9)
-    ax.legend(fontsize=7)
+    # beside the panel, never over the bars
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 def cell_models(cells: pd.DataFrame, modes: list[str]) -> list[str]:
@@ -241,7 +249,7 @@ def figure4(jobs_csv, cells_csv, modes: list[str], out_png, per_dataset_dir) -> 
         fig.tight_layout()
         path = per_dataset_dir / f"{dataset}.png"
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120)
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     ncols = min(3, len(datasets))
@@ -265,7 +273,7 @@ def figure4(jobs_csv, cells_csv, modes: list[str], out_png, per_dataset_dir) -> 
     fig.suptitle(head, fontsize=10)
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return written
 
@@ -300,5 +308,5 @@ def figure5(embeddings_npz, out_png, seed: int = 0) -> None:
     )
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
