@@ -275,7 +275,7 @@ class FinetuneSettings:
     encoder_lr_factor: float = field(default=1.0, metadata=RECIPE)
     freeze_encoder: bool = field(default=False, metadata=RECIPE)
     units: str = field(default="", metadata=LABEL)
-    # what the exported model needs to answer for new crystals (cdssl.predict): the
+    # what the exported model needs to answer for new crystals (cdssl.inference): the
     # target, its transform (undone there) and the data stage's site cap
     target: str = field(default="", metadata=LABEL)
     transform: str = field(default="none", metadata=LABEL)

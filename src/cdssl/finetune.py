@@ -167,7 +167,7 @@ def export_model(module: PropertyModule, path: str | Path, info: dict[str, Any])
     outputs the target itself: the training set's mean and std, which the module applies
     after the network, are folded into the last layer of the output MLP. ``info`` goes
     into model.json's metadata under ``cdssl`` (the target, its transform and the site cap
-    that :mod:`cdssl.predict` applies to new crystals)."""
+    that :mod:`cdssl.inference` applies to new crystals)."""
     model = copy.deepcopy(module.model).cpu().float()
     last = [m for m in model.output_proj.modules() if isinstance(m, nn.Linear)][-1]
     std, mean = float(module.std), float(module.mean)
