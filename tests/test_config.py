@@ -174,6 +174,12 @@ def test_one_key_list_per_job_every_setting_but_a_label_changes_the_identity(tes
         assert other.declared() != settings.declared(), f.name  # the rule reruns
         if f.metadata.get("label"):
             assert other.identity() == settings.identity(), f.name
+        elif f.metadata.get("cap"):
+            # the epoch cap under a constant learning rate: a raised cap resumes the run;
+            # under a schedule that spans the epochs it is another run
+            assert other.identity() == settings.identity(), f.name
+            scheduled = replace(settings, lr_schedule="cosine")
+            assert replace(scheduled, **{f.name: getattr(other, f.name)}).identity() != scheduled.identity()
         else:
             assert other.identity() != settings.identity(), f.name  # and its checkpoints are not resumed
     with pytest.raises(TypeError, match="unexpected keyword argument 'not_a_setting'"):

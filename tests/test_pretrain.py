@@ -361,3 +361,67 @@ def test_the_papers_fixed_epoch_pretraining_keeps_the_identity_it_had_before_the
     for key, value in {"patience": 20, "min_delta": 0.02, "min_steps": 2100}.items():
         other = replace(settings, **{key: value})
         assert other.identity()[key] == value and other.declared()[key] == value
+
+
+def test_a_budget_exports_the_best_of_its_first_epochs_as_a_run_of_that_length_would(
+    tmp_path, small_cache_path, config
+):
+    """pretrain.export_epochs: the budget-k encoder of a long run is, bit for bit, the
+    encoder a run of k epochs selects; and raising the epoch cap of a finished run
+    (constant learning rate) resumes it into the run that had the higher cap from the start."""
+    import matgl
+
+    from cdssl.models import encoder_state
+    from cdssl.selection import select_checkpoint
+    from cdssl.training import snapshot_path
+
+    def pretrain(epochs: int, out: Path) -> pd.DataFrame:
+        config["pretrain"].update(epochs=epochs, batch_size=8)
+        run_pretraining(
+            small_cache_path,
+            **pretrain_settings(config),
+            history_csv=out / "h.csv",
+            split_csv=out / "s.csv",
+            ckpt_dir=out / "ckpt",
+        )
+        return pd.read_csv(out / "h.csv")
+
+    def state(enc: Path) -> dict:
+        return encoder_state(matgl.load_model(enc))
+
+    long = pretrain(5, tmp_path / "long")
+    # every new best was kept, and only those
+    bests = [int(e) for e in long["epoch"] if long["val_loss"][: e + 1].idxmin() == e]
+    kept = sorted(p.name for p in (tmp_path / "long/ckpt/best_by_epoch").iterdir())
+    assert kept == [snapshot_path(".", e).name for e in bests]
+    short = pretrain(3, tmp_path / "short")
+    pd.testing.assert_frame_equal(short[["train_loss", "val_loss"]], long[["train_loss", "val_loss"]].iloc[:3])
+    whole = select_checkpoint(tmp_path / "short/h.csv", tmp_path / "short/ckpt", tmp_path / "w.json", tmp_path / "w")
+    cut = select_checkpoint(
+        tmp_path / "long/h.csv", tmp_path / "long/ckpt", tmp_path / "b.json", tmp_path / "b", budget=3
+    )
+    assert cut["epoch"] == whole["epoch"] == int(long["val_loss"][:3].idxmin()) and cut["budget"] == 3
+    a, b = state(tmp_path / "w"), state(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for k in range(1, 6):
+        record = select_checkpoint(
+            tmp_path / "long/h.csv", tmp_path / "long/ckpt", tmp_path / f"{k}.json", tmp_path / f"e{k}", budget=k
+        )
+        assert record["epoch"] == int(long["val_loss"][:k].idxmin()) and record["epochs_trained"] == k
+    # a budget beyond the run's end gets its final best, and says so
+    beyond = select_checkpoint(
+        tmp_path / "long/h.csv", tmp_path / "long/ckpt", tmp_path / "9.json", tmp_path / "e9", budget=9
+    )
+    assert beyond["epoch"] == int(long["val_loss"].idxmin()) and "ended before 9" in beyond["why"]
+    # the short run, its cap raised to 5: resumed (no epoch redone), the long run's numbers
+    resumed = pretrain(5, tmp_path / "short")
+    cols = ["epoch", "train_loss", "val_loss", "val_mae", "steps"]
+    pd.testing.assert_frame_equal(resumed[cols], long[cols])
+    assert resumed["stop"].fillna("").tolist() == long["stop"].fillna("").tolist()
+    # resumed, not redone: the first three rows are the ones the short run wrote
+    pd.testing.assert_series_equal(resumed["epoch_seconds"][:3], short["epoch_seconds"])
+    last = {
+        k: torch.load(p / "ckpt/last.ckpt", weights_only=False)["state_dict"]
+        for k, p in (("s", tmp_path / "short"), ("l", tmp_path / "long"))
+    }
+    assert all(torch.equal(last["s"][k], last["l"][k]) for k in last["l"])

@@ -90,6 +90,12 @@ def _check_references(config: dict, source: str) -> None:
             f"invalid configuration in {source}: 'pretrain.strategy' must be ddp for "
             f"{pc['nodes']} node(s) x {pc['devices']} device(s); it is {pc['strategy']!r}"
         )
+    for i, k in enumerate(pc.get("export_epochs") or []):
+        if k > pc["epochs"]:
+            raise ConfigError(
+                f"invalid configuration in {source}: 'pretrain.export_epochs.{i}' = {k} exceeds "
+                f"'pretrain.epochs' = {pc['epochs']}: a budget is a number of epochs of the one run"
+            )
     datasets = config["datasets"]
     pre = config["pretrain"]["dataset"]
     if pre not in datasets:
@@ -203,6 +209,11 @@ def pretrain_seeds(config: dict) -> list[int]:
     return [int(s) for s in (seed if isinstance(seed, list) else [seed])]
 
 
+def budgets(config: dict) -> list[int]:
+    """``pretrain.export_epochs`` in ascending order; empty when unset (no budget wildcard)."""
+    return sorted(int(k) for k in config["pretrain"].get("export_epochs") or [])
+
+
 def fmt_sigma(sigma: float) -> str:
     """The spelling of a sigma in paths and wildcards: ``0.5``, ``1``."""
     return f"{float(sigma):g}"
@@ -216,6 +227,7 @@ def fmt_sigma(sigma: float) -> str:
 # does not change them) stays out of the identity.
 LABEL = {"label": True}
 RECIPE = {"recipe": True}
+CAP = {"cap": True}
 
 
 @dataclass(frozen=True)
@@ -223,7 +235,9 @@ class PretrainSettings:
     sizes: dict
     cutoff: float
     sigma: float
-    epochs: int
+    # under a constant learning rate the cap decides only where the run ends: out of the
+    # identity, so a raised cap resumes the run (PretrainSettings.identity)
+    epochs: int = field(metadata=CAP)
     batch_size: int
     lr: float
     val_fraction: float
@@ -252,7 +266,17 @@ class PretrainSettings:
             del values["nodes"]
         return values
 
-    identity = declared
+    def identity(self) -> dict[str, Any]:
+        """The checkpoint folder's identity: the declared settings, less the epoch cap
+        under a constant learning rate, where the cap decides only when the run ends, so
+        a raised cap resumes the finished run (the budgets' epochs are not settings at
+        all: cdssl.selection picks them from the one run)."""
+        values = self.declared()
+        if self.lr_schedule == "constant":
+            for f in fields(self):
+                if f.metadata.get("cap"):
+                    del values[f.name]
+        return values
 
 
 @dataclass(frozen=True)

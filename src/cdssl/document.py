@@ -14,8 +14,10 @@ import platform
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from .budget import budget_markdown
 from .statistics import results_markdown
 from .utils import atomic_path
 
@@ -93,6 +95,16 @@ def pretraining_markdown(selected: list[str | Path], references: list[str | Path
     return "\n".join(lines) + "\n"
 
 
+def probe_label(features: str, sigma: float = float("nan"), budget: float = float("nan")) -> str:
+    """A probe row's features in words; a pretrained encoder with its noise scale and,
+    with budgets, its pretraining epochs: ``pretrained encoder (sigma 0.5, 100 epochs)``."""
+    if not features.startswith("pretrained"):
+        return PROBE_LABELS.get(features, features)
+    tags = [f"sigma {sigma:g}"] if pd.notna(sigma) else []
+    tags += [f"{budget:g} epochs"] if pd.notna(budget) else []
+    return PROBE_LABELS["pretrained"] + (f" ({', '.join(tags)})" if tags else "")
+
+
 def probe_markdown(probe: pd.DataFrame) -> str:
     """R^2 mean ± sd per feature row and target, on the crystals the probe used."""
     if probe.empty:
@@ -106,10 +118,10 @@ def probe_markdown(probe: pd.DataFrame) -> str:
         "| features | " + " | ".join(t.replace("_", " ") for t in targets) + " |",
         "|---" * (len(targets) + 1) + "|",
     ]
-    rows = probe.assign(sigma=probe["sigma"].fillna(""))
-    for (features, sigma), sub in rows.groupby(["features", "sigma"], sort=False):
+    for features, sub in probe.groupby("features", sort=False):
         by_target = sub.set_index("target")
-        label = PROBE_LABELS.get(features, features) + (f" (sigma {sigma:g})" if sigma != "" else "")
+        first = sub.iloc[0]
+        label = probe_label(features, first.get("sigma", np.nan), first.get("budget", np.nan))
         cells = [
             f"{by_target.loc[t, 'r2_mean']:.3f} ± {by_target.loc[t, 'r2_sd']:.3f}" if t in by_target.index else "-"
             for t in targets
@@ -136,8 +148,10 @@ def write_results_document(
     workflow_dir: str | Path = ".",
     configfiles: list[str] = (),
     benchmarks_dir: str | Path | None = None,
+    budget_csv: str | Path | None = None,
 ) -> str:
-    """Write ``results_md``: the metadata line, pretraining, fine-tuning, probes."""
+    """Write ``results_md``: the metadata line, pretraining, fine-tuning, probes and,
+    with pretrain.export_epochs, the budget table."""
     cells = pd.read_csv(cells_csv)
     summary = json.loads(Path(summary_json).read_text())
     parts = [
@@ -147,6 +161,8 @@ def write_results_document(
     ]
     if probe_csv is not None:
         parts.append(probe_markdown(pd.read_csv(probe_csv)))
+    if budget_csv is not None:
+        parts.append(budget_markdown(pd.read_csv(budget_csv, dtype={"fraction": str})))
     text = "\n".join(p.rstrip() + "\n" for p in parts if p)
     with atomic_path(results_md) as tmp:
         tmp.write_text(text)

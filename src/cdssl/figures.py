@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .statistics import BASELINES, ssl_models
+from .statistics import BASELINES, ssl_models, ssl_parts
 from .utils import atomic_path
 
 MODE_LABELS = {"ssl": "SSL (pretrained)", "sl": "SL (Table 3)", "sl_large": "SL large (Table 2)"}
@@ -36,17 +36,25 @@ def reference_line(cells: pd.DataFrame, name: str):
     return cells[columns].min(axis=1).to_numpy()
 
 
+def ssl_tag(model: str) -> str:
+    """``sigma 0.5 A, 100 epochs``: what tells one ssl model from another."""
+    parts = ssl_parts(model)
+    words = [f"sigma {parts['sigma']:g} A"] if "sigma" in parts else []
+    words += [f"{parts['budget']:g} epochs"] if "budget" in parts else []
+    return ", ".join(words)
+
+
 def model_label(model: str) -> str:
-    if model.startswith("ssl_sigma_"):
-        return f"SSL (pretrained, sigma {model.removeprefix('ssl_sigma_')} A)"
+    if model.startswith("ssl_"):
+        return f"SSL (pretrained, {ssl_tag(model)})"
     return MODE_LABELS.get(model, model)
 
 
 def model_colour(model: str, models: list[str]) -> str | None:
-    if model.startswith("ssl_sigma_"):
+    if model.startswith("ssl_"):
         import matplotlib
 
-        ssl = [m for m in models if m.startswith("ssl_sigma_")]
+        ssl = [m for m in ssl_models(models) if m != "ssl"]
         return matplotlib.colormaps["Greens"](0.45 + 0.5 * ssl.index(model) / max(1, len(ssl) - 1))
     return MODE_COLOURS.get(model)
 
@@ -202,7 +210,7 @@ def _title(dataset: str, sub: pd.DataFrame, models: list[str]) -> str:
         for base in BASELINES:
             if f"{ssl}_wins_{base}" in sub:
                 won, counted = _wins(sub, ssl, base)
-                who = "" if ssl == "ssl" else f"sigma {ssl.removeprefix('ssl_sigma_')}: "
+                who = "" if ssl == "ssl" else f"{ssl_tag(ssl)}: "
                 wins.append(f"{who}{won}/{counted} vs {MODE_LABELS[base].split(' (')[0]}")
     text = f"{dataset}: SSL lower in " + ", ".join(wins) if wins else dataset
     return text + "\n(hollow bars: did not learn, cell not counted)"
@@ -222,10 +230,7 @@ def cell_models(cells: pd.DataFrame, modes: list[str]) -> list[str]:
     out = []
     for mode in modes:
         if mode == "ssl":
-            out += sorted(
-                (c.removeprefix("mean_") for c in cells.columns if c.startswith("mean_ssl")),
-                key=lambda m: float(m.removeprefix("ssl_sigma_")) if m != "ssl" else 0.0,
-            )
+            out += ssl_models(c.removeprefix("mean_") for c in cells.columns if c.startswith("mean_ssl"))
         elif f"mean_{mode}" in cells:
             out.append(mode)
     return out
@@ -305,6 +310,115 @@ def figure5(embeddings_npz, out_png, seed: int = 0) -> None:
     ax.set_ylabel("UMAP 2")
     ax.set_title(
         f"Figure 5: pretrained embeddings of {len(z)} crystals\nnever trained on (the probes' crystals)", fontsize=10
+    )
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _budget_panel(ax, sub: pd.DataFrame, fraction: str) -> None:
+    """Test MAE against pretraining epochs for one fraction: SSL with 95% intervals over
+    seeds, SL large and the strongest baseline as bands of their own 95% intervals."""
+    sub = sub.sort_values("budget")
+    ax.errorbar(
+        sub["budget"], sub["ssl_mean"], yerr=1.96 * sub["ssl_sem"], color=MODE_COLOURS["ssl"], marker="o", ms=4,
+        capsize=2, label="SSL (pretrained)",
+    )  # fmt: skip
+    for key, colour in (
+        ("sl_large", MODE_COLOURS["sl_large"]),
+        ("strongest", "tab:red"),
+        ("strongest_any", "tab:blue"),
+    ):
+        if f"{key}_mean" not in sub or (
+            key == "strongest_any" and sub[f"{key}_name"].iloc[0] == sub["strongest_name"].iloc[0]
+        ):
+            continue
+        if key == "strongest" and sub["strongest_name"].iloc[0] == "sl_large":
+            continue
+        mean, sem = float(sub[f"{key}_mean"].iloc[0]), float(sub[f"{key}_sem"].iloc[0])
+        name = sub[f"{key}_name"].iloc[0]
+        ax.axhline(
+            mean, color=colour, lw=1.2, label=MODE_LABELS.get(name, TRIVIAL_LABELS.get(name, name.replace("_", " ")))
+        )
+        if np.isfinite(sem):
+            ax.axhspan(mean - 1.96 * sem, mean + 1.96 * sem, color=colour, alpha=0.12, lw=0)
+    _budget_axis(ax, sub["budget"])
+    ax.set_title(f"training fraction {fraction}", fontsize=9)
+
+
+def _budget_axis(ax, budgets) -> None:
+    """A log axis of pretraining epochs, ticked at the budgets themselves."""
+    ax.set_xscale("log")
+    ticks = sorted({int(b) for b in budgets})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("pretraining epochs (budget)")
+
+
+def _budget_gap_panel(ax, sub: pd.DataFrame) -> None:
+    """Over all fractions: SSL minus each reference with its hierarchical 95% interval."""
+    sub = sub.sort_values("budget")
+    ax.axhline(0, color="k", lw=0.8)
+    shown = set()
+    for key, colour in (
+        ("sl_large", MODE_COLOURS["sl_large"]),
+        ("strongest", "tab:red"),
+        ("strongest_any", "tab:blue"),
+    ):
+        if f"diff_{key}" not in sub or sub[f"{key}_name"].iloc[0] in shown:
+            continue
+        shown.add(sub[f"{key}_name"].iloc[0])
+        y = sub[f"diff_{key}"]
+        err = np.vstack([y - sub[f"diff_{key}_low"], sub[f"diff_{key}_high"] - y])
+        name = sub[f"{key}_name"].iloc[0]
+        label = MODE_LABELS.get(name, TRIVIAL_LABELS.get(name, name.replace("_", " ")))
+        ax.errorbar(sub["budget"], y, yerr=err, color=colour, marker="o", ms=4, capsize=2, label=f"SSL - {label}")
+    _budget_axis(ax, sub["budget"])
+    ax.set_title("all fractions: SSL minus reference\n(below 0: SSL better)", fontsize=9)
+
+
+def figure_budget(budget_csv, history_csv, reference_json, out_png) -> None:
+    """The budget figure: the pretext validation loss of the one run against its lookup
+    references, with the budgets marked; per dataset, test MAE against budget per
+    fraction, and SSL minus SL large and minus the strongest baseline over all fractions."""
+    plt = _plt()
+    table = pd.read_csv(budget_csv, dtype={"fraction": str})
+    datasets = list(dict.fromkeys(table["dataset"]))
+    fractions = [f for f in dict.fromkeys(table["fraction"]) if f != "all"]
+    ncols = len(fractions) + 1
+    fig, axes = plt.subplots(1 + len(datasets), ncols, figsize=(3.3 * ncols, 3.2 * (1 + len(datasets))), squeeze=False)
+    h = pd.read_csv(history_csv)
+    ref = json.loads(Path(reference_json).read_text())
+    ax = axes[0, 0]
+    ax.plot(h["epoch"] + 1, h["val_loss"], color="grey", lw=1, label="validation loss")
+    ax.plot(h["epoch"] + 1, h["val_loss"].cummin(), color="k", lw=1.2, label="lowest so far")
+    first = table.drop_duplicates("budget").sort_values("budget")
+    ax.plot(first["budget"], first["pretrain_val_loss"], "o", color=MODE_COLOURS["ssl"], ms=5, label="budgets")
+    for key, label, style in REFERENCES:
+        if key in ref:
+            ax.axhline(ref[key], color="tab:red", ls=style, lw=1, label=f"{label} ({ref[key]:.3f})")
+    _budget_axis(ax, first["budget"])
+    ax.set_xlabel("pretraining epochs")
+    ax.set_ylabel("pretext validation loss (MSE)")
+    ax.set_title("pretraining (first seed)", fontsize=9)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    for extra in axes[0, 1:]:
+        extra.set_visible(False)
+    for row, dataset in enumerate(datasets, start=1):
+        sub = table[table["dataset"] == dataset]
+        units = sub["units"].dropna().iloc[0] if "units" in sub and sub["units"].notna().any() else ""
+        for col, fraction in enumerate(fractions):
+            _budget_panel(axes[row, col], sub[sub["fraction"] == fraction], fraction)
+        axes[row, 0].set_ylabel(f"{dataset}\ntest MAE" + (f" ({units})" if units else ""))
+        axes[row, -1].set_ylabel("difference in test MAE" + (f" ({units})" if units else ""))
+        axes[row, 0].legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=1)
+        _budget_gap_panel(axes[row, -1], sub[sub["fraction"] == "all"])
+        axes[row, -1].legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=1)
+    fig.suptitle(
+        "Pretraining budget: the best encoder of the first k epochs of one run, fine-tuned\n"
+        "(SSL: mean and 95% interval over seeds; bands: 95% intervals of the references)",
+        fontsize=10,
     )
     fig.tight_layout()
     with atomic_path(out_png) as tmp:

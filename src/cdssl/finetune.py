@@ -209,6 +209,7 @@ def run_finetune(
     encoder_dir: str | Path | None = None,
     sigma: float | None = None,
     pretrain_seed: int | None = None,
+    budget: int | None = None,
     accelerator: str = "auto",
     **settings: Any,
 ) -> dict:
@@ -219,8 +220,9 @@ def run_finetune(
     returns and the rule declares). The cell, the settings' identity fields and the
     content digests of the graph cache and (ssl) of the encoder form the job's identity.
     ``sigma`` (the encoder's noise scale) and ``pretrain_seed`` (its pretraining run's
-    seed, when there are several) only label results: the encoder's digest already
-    stands for them.
+    seed, when there are several) and ``budget`` (its pretraining epochs, with
+    pretrain.export_epochs) only label results: the encoder's digest already stands for
+    them.
     """
     job = FinetuneSettings(**settings)
     cell = {"dataset": dataset, "fraction": fraction, "seed": seed, "mode": mode}
@@ -284,6 +286,8 @@ def run_finetune(
         "mode": mode,
         "sigma": sigma,
         "pretrain_seed": pretrain_seed,
+        # only with budgets: the metrics of a run without them keep their keys
+        **({"budget": int(budget)} if budget is not None else {}),
         "n_train": int(len(train)),
         "n_val": int(len(val)),
         "n_test": int(len(test)),
@@ -314,7 +318,8 @@ def run_finetune(
         with atomic_path(split_csv) as tmp:
             pd.DataFrame({"id": cache.ids, "split": split}).to_csv(tmp, index=False)
     if model_dir is not None:
-        info = {k: metrics[k] for k in ("dataset", "fraction", "seed", "mode", "sigma", "pretrain_seed", "test_mae")}
+        keys = ("dataset", "fraction", "seed", "mode", "sigma", "pretrain_seed", "budget", "test_mae")
+        info = {k: metrics[k] for k in keys if k in metrics}
         info.update(target=job.target, transform=job.transform, units=job.units, max_sites=job.max_sites)
         export_model(module, model_dir, info)
     write_json(metrics, metrics_json)

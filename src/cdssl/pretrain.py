@@ -367,7 +367,7 @@ def run_pretraining(
     trainer = make_trainer(
         job.epochs,
         accelerator,
-        [EpochCheckpoint(ckpt_dir, "val_loss", job.patience, job.min_steps, min_delta=job.min_delta)],
+        [EpochCheckpoint(ckpt_dir, "val_loss", job.patience, job.min_steps, min_delta=job.min_delta, snapshots=True)],
         devices=job.devices,
         strategy=job.strategy,
         nodes=job.nodes,

@@ -137,11 +137,14 @@ def run_probes(
     probe_csv,
     embeddings_npz,
     sigmas: list | None = None,
+    budgets: list | None = None,
 ) -> pd.DataFrame:
-    """Probe every pretrained encoder (one per noise scale ``sigmas``, in that order) and
-    the references on the same crystals; ``feature_files`` gives, for the pretraining
-    graphs and then each of ``other_graphs``, ``{featurizer: npz}`` (cdssl.features), each
-    a row per probe row. ``embeddings_npz`` holds the first encoder's embeddings (Figure 5)."""
+    """Probe every pretrained encoder (one per noise scale ``sigmas`` and pretraining
+    budget ``budgets``, parallel lists in the order of ``encoder_dirs``) and the
+    references on the same crystals; ``feature_files`` gives, for the pretraining graphs
+    and then each of ``other_graphs``, ``{featurizer: npz}`` (cdssl.features), each a row
+    per probe row. ``embeddings_npz`` holds the embeddings of the first sigma's encoder
+    with the largest budget (Figure 5)."""
     import lightning as L
     import matgl
 
@@ -165,7 +168,12 @@ def run_probes(
     L.seed_everything(0, verbose=False)
     dirs = [encoder_dirs] if isinstance(encoder_dirs, (str, Path)) else list(encoder_dirs)
     sigmas = list(sigmas) if sigmas is not None else [None] * len(dirs)
-    names = ["pretrained"] if len(dirs) == 1 else [f"pretrained_sigma_{float(s):g}" for s in sigmas]
+    budgets = list(budgets) if budgets is not None else [None] * len(dirs)
+    sweep = len(set(sigmas)) > 1
+    names = [
+        "pretrained" + (f"_sigma_{float(s):g}" if sweep else "") + (f"_budget_{int(b)}" if b is not None else "")
+        for s, b in zip(sigmas, budgets, strict=True)
+    ]
     encoders = {name: matgl.load_model(Path(d)) for name, d in zip(names, dirs, strict=True)}
     encoders["random_init"] = build_megnet(sizes, cutoff)
     fractions = stack(lambda c, idx: element_fractions(c, idx, n_types))
@@ -182,6 +190,7 @@ def run_probes(
             [read_features(feature_files[k][featurizer], c)[idx] for c, idx, k in sources]
         )
     sigma_of = dict(zip(names, sigmas, strict=True))
+    budget_of = dict(zip(names, budgets, strict=True))
     rows = []
     for name in names + list(FEATURES[1:]) + featurizers:
         for target, y in targets.items():
@@ -189,6 +198,7 @@ def run_probes(
                 {
                     "features": name,
                     "sigma": sigma_of.get(name),
+                    **({"budget": budget_of.get(name)} if any(b is not None for b in budgets) else {}),
                     "target": target,
                     **repeated_probe(features[name], y, repeats),
                     "n_structures": len(y),
@@ -200,5 +210,7 @@ def run_probes(
         table.to_csv(tmp, index=False)
     ids = stack(lambda c, idx: np.array(c.ids)[idx])
     with atomic_path(embeddings_npz) as tmp:
-        np.savez(tmp, z=features[names[0]], density=density, ids=ids)
+        # the first sigma's longest-pretrained encoder: budgets ascend within a sigma
+        shown = max((i for i, s in enumerate(sigmas) if s == sigmas[0]), key=lambda i: budgets[i] or 0)
+        np.savez(tmp, z=features[names[shown]], density=density, ids=ids)
     return table

@@ -7,35 +7,52 @@ from pathlib import Path
 
 import pandas as pd
 
-from .training import BEST, checked_best
+from .training import BEST, best_row, checked_best, snapshot_path
 from .utils import LOG, write_json
 
 
 def select_checkpoint(
-    history_csv: str | Path, ckpt_dir: str | Path, selected_json: str | Path, encoder_dir: str | Path
+    history_csv: str | Path,
+    ckpt_dir: str | Path,
+    selected_json: str | Path,
+    encoder_dir: str | Path,
+    budget: int | None = None,
 ) -> dict:
     """Export ``ckpt_dir/best.ckpt`` after checking it is the best epoch of ``history_csv``.
 
     Pretraining writes best.ckpt by the same rule (:func:`cdssl.training.best_row` on the
     same history column), so the two can only disagree when the files come from
     different runs; that stops here with the command that makes them agree.
+
+    With ``budget`` k: the best of the first k epochs only, from the snapshot pretraining
+    kept when that epoch set a new best (:func:`cdssl.training.snapshot_path`), checked
+    against the history cut at k: the encoder a run of k epochs would have selected.
     """
     from .pretrain import DenoisingModule
 
     history = pd.read_csv(history_csv)
     if history.empty:
         raise ValueError(f"{history_csv} has no epochs")
-    ckpt = Path(ckpt_dir) / BEST
+    trained = len(history)
+    if budget is not None:
+        history = history[history["epoch"] < budget]
+        if history.empty:
+            raise ValueError(f"budget {budget}: {history_csv} has no epoch below it")
+    rows = history.to_dict("records")
+    ckpt = Path(ckpt_dir) / BEST if budget is None else snapshot_path(ckpt_dir, best_row(rows, "val_loss")["epoch"])
     if not ckpt.exists():
-        raise FileNotFoundError(f"{ckpt} is missing; rerun pretraining (snakemake --forcerun pretrain ...)")
+        why = "" if budget is None else f" (the best of the first {budget} epochs, kept since budgets exist)"
+        raise FileNotFoundError(f"{ckpt} is missing{why}; rerun pretraining (snakemake --forcerun pretrain ...)")
     # weights_only: a checkpoint copied from elsewhere cannot run code when it is read
     module = DenoisingModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    best = checked_best(history.to_dict("records"), module.history, "val_loss", ckpt)
+    best = checked_best(rows, module.history, "val_loss", ckpt)
     epoch = int(best["epoch"])
     encoder_dir = Path(encoder_dir)
     if encoder_dir.exists():
         shutil.rmtree(encoder_dir)
-    module.model.save(encoder_dir, metadata={"description": f"CDSSL pretrained MEGNet encoder, epoch {epoch}"})
+    what = "" if budget is None else f" (budget {budget} epochs)"
+    module.model.save(encoder_dir, metadata={"description": f"CDSSL pretrained MEGNet encoder, epoch {epoch}{what}"})
+    stop = str(history["stop"].fillna("").iloc[-1]) if "stop" in history else ""
     record = {
         "epoch": epoch,
         "val_loss": float(best["val_loss"]),
@@ -43,12 +60,17 @@ def select_checkpoint(
         "val_mae": float(best["val_mae"]),
         "epochs_trained": int(len(history)),
         # why training ended: the epoch cap, or (with pretrain.patience) a flat loss
-        "stop": str(history["stop"].fillna("").iloc[-1]) if "stop" in history else "",
+        "stop": stop,
         "first_val_loss": float(history["val_loss"].iloc[0]),
         "checkpoint": str(ckpt),
         "encoder": str(encoder_dir),
         "why": f"lowest validation pretraining loss among {len(history)} epochs",
     }
+    if budget is not None:
+        # a run that stopped early before k epochs gives its final best to every later budget
+        record.update(budget=int(budget), run_epochs=int(trained))
+        if len(history) < budget:
+            record["why"] += f" (the run ended before {budget}: {stop or 'unknown reason'})"
     write_json(record, selected_json)
-    LOG.info("selected epoch %d (val_loss %.4g); encoder exported to %s", epoch, record["val_loss"], encoder_dir)
+    LOG.info("selected epoch %d (val_loss %.4g)%s; encoder to %s", epoch, record["val_loss"], what, encoder_dir)
     return record

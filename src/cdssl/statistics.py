@@ -14,16 +14,35 @@ from .utils import atomic_path, write_json
 BASELINES = ("sl", "sl_large")
 
 
-def ssl_model(sigma: float) -> str:
-    """The model name of the ssl cells pretrained at noise scale ``sigma`` in a sweep."""
-    return f"ssl_sigma_{float(sigma):g}"
+def ssl_model(sigma: float | None = None, budget: int | None = None) -> str:
+    """The model name of ssl cells: ``ssl``, plus ``_sigma_<s>`` in a noise-scale sweep and
+    ``_budget_<k>`` for the encoder of the first k pretraining epochs."""
+    name = "ssl"
+    if sigma is not None:
+        name += f"_sigma_{float(sigma):g}"
+    if budget is not None:
+        name += f"_budget_{int(budget)}"
+    return name
+
+
+def ssl_parts(model: str) -> dict[str, float]:
+    """``sigma`` and ``budget`` of an ssl model name (those it has)."""
+    words = model.split("_")[1:]
+    return {key: float(value) for key, value in zip(words[::2], words[1::2], strict=True)}
+
+
+def ssl_order(model: str) -> tuple[float, float]:
+    """Sorts ssl models by sigma, then budget (numbers, not text: budget 25 before 100)."""
+    parts = ssl_parts(model)
+    return parts.get("sigma", 0.0), parts.get("budget", 0.0)
 
 
 def collect_jobs(metric_files: list[str | Path], baseline_files: list[str | Path] = ()) -> pd.DataFrame:
     """Every run's metrics, with ``model``: the mode, except that in a noise-scale sweep
-    (ssl runs at several sigmas) each sigma's ssl runs are their own model. Each row also
-    gets its (dataset, fraction, seed)'s feature baselines (cdssl.baselines), which
-    are computed once per split and are the same for every mode."""
+    (ssl runs at several sigmas) each sigma's ssl runs are their own model, and so are
+    each pretraining budget's (pretrain.export_epochs). Each row also gets its (dataset,
+    fraction, seed)'s feature baselines (cdssl.baselines), which are computed once per
+    split and are the same for every mode."""
     rows = [json.loads(Path(f).read_text()) for f in metric_files]
     jobs = pd.DataFrame(rows)
     if baseline_files:
@@ -32,15 +51,19 @@ def collect_jobs(metric_files: list[str | Path], baseline_files: list[str | Path
         base = base[keys + [c for c in base if c.startswith("test_mae_")]]
         jobs = jobs.merge(base, on=keys, how="left", validate="many_to_one")
     jobs["model"] = jobs["mode"]
-    if "sigma" in jobs:
-        ssl = jobs["mode"] == "ssl"
-        if jobs.loc[ssl, "sigma"].nunique() > 1:
-            jobs.loc[ssl, "model"] = jobs.loc[ssl, "sigma"].map(ssl_model)
+    ssl = jobs["mode"] == "ssl"
+    sweep = "sigma" in jobs and jobs.loc[ssl, "sigma"].nunique() > 1
+    budgets = "budget" in jobs and jobs.loc[ssl, "budget"].notna().any()
+    if sweep or budgets:
+        jobs.loc[ssl, "model"] = [
+            ssl_model(row.sigma if sweep else None, row.budget if budgets else None) for row in jobs[ssl].itertuples()
+        ]
     return jobs.sort_values(["dataset", "fraction", "model", "seed"]).reset_index(drop=True)
 
 
 def ssl_models(models) -> list[str]:
-    return [m for m in models if m == "ssl" or m.startswith("ssl_sigma_")]
+    """The ssl models among ``models``, by sigma, then budget."""
+    return sorted((m for m in models if m == "ssl" or m.startswith("ssl_")), key=ssl_order)
 
 
 # The answers without a graph network of ours, by name: the column of a run's (or its
@@ -74,8 +97,8 @@ def cell_table(jobs: pd.DataFrame, min_prediction_spread: float = MIN_PREDICTION
     and whether it learned (``learned_<mode>``: beats the mean predictor and every seed's
     spread is at least ``min_prediction_spread``); per baseline, SSL minus baseline,
     whether SSL has the lower mean (``ssl_wins_<base>``, the paper's count) and whether
-    the cell counts (``counted_<ssl>_<base>``: both learned). In a noise-scale sweep every
-    ``ssl_sigma_<s>`` model gets these columns in place of ssl."""
+    the cell counts (``counted_<ssl>_<base>``: both learned). In a noise-scale sweep or
+    with budgets every ssl model (:func:`ssl_model`) gets these columns in place of ssl."""
     if "model" not in jobs:
         jobs = jobs.assign(model=jobs["mode"])
     g = jobs.groupby(["dataset", "fraction", "model"])["test_mae"]
@@ -444,7 +467,7 @@ def results_markdown(cells: pd.DataFrame, summary: dict) -> str:
     out = []
     for dataset, sub in cells.groupby("dataset"):
         models = [m for m in RESULT_COLUMNS if f"mean_{m}" in sub] + [
-            m for m in ssl_models(sorted(c.removeprefix("mean_") for c in sub if c.startswith("mean_ssl_sigma_")))
+            m for m in ssl_models(c.removeprefix("mean_") for c in sub if c.startswith("mean_ssl_"))
         ]
         units = sub["units"].iloc[0] if "units" in sub else ""
         out += [f"### {dataset}" + (f" (test MAE, {units})" if units else ""), ""]

@@ -44,6 +44,13 @@ from .utils import LOG, atomic_path, file_digest, write_json
 FINGERPRINT_FILE = "fingerprint.json"
 LAST = "last.ckpt"
 BEST = "best.ckpt"
+# every epoch that set a new best, weights only: the best of the first k epochs for any k
+# (cdssl.selection's budgets), whichever k is asked for after the run
+SNAPSHOTS = "best_by_epoch"
+
+
+def snapshot_path(ckpt_dir: str | Path, epoch: int) -> Path:
+    return Path(ckpt_dir) / SNAPSHOTS / f"epoch_{int(epoch):05d}.ckpt"
 
 
 def epoch_mean() -> MeanMetric:
@@ -272,6 +279,9 @@ class EpochCheckpoint(Checkpoint):
     With ``min_delta`` above 0 only a best lower than ``(1 - min_delta)`` times the last
     counted one resets the patience: the run stops once the curve is flat to that relative
     tolerance, while ``best.ckpt`` still follows every new lowest value.
+
+    With ``snapshots`` each new best is also kept, weights only, as
+    :func:`snapshot_path`: the best encoder of any first k epochs stays on disk.
     """
 
     def __init__(
@@ -281,17 +291,25 @@ class EpochCheckpoint(Checkpoint):
         patience: int | None = None,
         min_steps: int = 0,
         min_delta: float = 0.0,
+        snapshots: bool = False,
     ):
         super().__init__()
         self.dirpath = Path(dirpath)
+        self.snapshots = snapshots
         self.monitor = monitor
         self.patience = patience
         self.min_steps = min_steps
         self.min_delta = min_delta
 
     def on_train_start(self, trainer: L.Trainer, pl_module: HistoryModule) -> None:
-        if pl_module.history and pl_module.history[-1].get("stop"):
-            trainer.should_stop = True
+        if not pl_module.history:
+            return
+        # decided again under this run's cap: a run that ended at its old cap trains on
+        # when the cap was raised (its last row then reads as in a run that never
+        # stopped there); an early stop stays an early stop
+        last = pl_module.history[-1]
+        last["stop"] = self.stop_reason(trainer, pl_module.history) if last.get("stop") else ""
+        trainer.should_stop = bool(last["stop"])
 
     def stop_reason(self, trainer: L.Trainer, history: list[dict]) -> str:
         epoch = int(history[-1]["epoch"])
@@ -321,18 +339,22 @@ class EpochCheckpoint(Checkpoint):
         if trainer.is_global_zero and pl_module.history_csv:
             write_history(pl_module.history, pl_module.history_csv)
         if math.isfinite(row[self.monitor]) and best_row(pl_module.history, self.monitor) is row:
-            self._save(trainer, BEST)
-        self._save(trainer, LAST)
+            if self.snapshots:
+                # before best: a kill in between redoes the epoch and rewrites both
+                self._save(trainer, snapshot_path(self.dirpath, row["epoch"]), weights_only=True)
+            self._save(trainer, self.dirpath / BEST)
+        self._save(trainer, self.dirpath / LAST)
 
-    def _save(self, trainer: L.Trainer, name: str) -> None:
+    def _save(self, trainer: L.Trainer, path: Path, weights_only: bool = False) -> None:
         # every rank takes part in save_checkpoint (it synchronises); rank 0 writes, and
         # the rename makes the file appear whole or not at all
-        tmp = self.dirpath / f".{name}.partial"
-        # the whole state (optimizer, loops, callbacks): an exact resume needs it; said
-        # explicitly, or Lightning logs that it defaulted, twice per epoch
-        trainer.save_checkpoint(tmp, weights_only=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.partial"
+        # the whole state (optimizer, loops, callbacks) for best and last: an exact resume
+        # needs it; said explicitly, or Lightning logs that it defaulted, twice per epoch
+        trainer.save_checkpoint(tmp, weights_only=weights_only)
         if trainer.is_global_zero:
-            os.replace(tmp, self.dirpath / name)
+            os.replace(tmp, path)
         trainer.strategy.barrier("cdssl-checkpoint")
 
 

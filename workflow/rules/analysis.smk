@@ -39,6 +39,8 @@ rule results:
         selected=pretrain_runs(f"{PT}/selected.json"),
         reference=pretrain_runs(f"{PT}/reference.json"),
         probe=f"{R}/analysis/probe.csv",
+        # with pretrain.export_epochs: the budget table
+        budget=[f"{R}/analysis/budget.csv"] if BUDGETED else [],
     output:
         results=report(
             f"{R}/analysis/results.md",
@@ -116,7 +118,8 @@ rule probe:
         # one pretrained encoder per noise scale, in the order of pretrain.sigma (the
         # first pretraining seed's); the split depends on the seed and val_fraction
         # only, so every sigma of that seed shares it
-        encoders=pretrain_runs(f"{PT}/encoder", first_seed=True),
+        # (and with pretrain.export_epochs every budget's, sigma by sigma)
+        encoders=probe_encoders()[0],
         graphs=f"{R}/graphs/{PRE}/graphs.pt",
         split=pretrain_runs(f"{PT}/split.csv", first_seed=True)[0],
         # crystals pretraining never saw, beside its validation split: the fine-tuning
@@ -141,7 +144,8 @@ rule probe:
         embeddings=f"{R}/analysis/embeddings.npz",
     params:
         settings=probe_settings(config),
-        sigmas=SIGMAS,
+        sigmas=probe_encoders()[1],
+        budgets=probe_encoders()[2],
         featurizers=config["analysis"]["featurizers"],
     threads: config["threads"]
     log:
@@ -171,3 +175,49 @@ rule figure5:
         "../../envs/cdssl.yaml"
     script:
         "../scripts/figure5.py"
+
+
+# pretrain.export_epochs: each budget's ssl model against SL large and the strongest
+# baseline, per fraction and over all fractions
+rule budget_table:
+    input:
+        jobs=f"{R}/analysis/jobs.csv",
+        cells=f"{R}/analysis/cells.csv",
+        summary=f"{R}/analysis/summary.json",
+        selected=pretrain_runs(f"{SEL}/selected.json"),
+    output:
+        budget=report(
+            f"{R}/analysis/budget.csv",
+            caption="../report/budget.rst",
+            category="Tables",
+        ),
+    log:
+        f"{R}/logs/analysis/budget_table.log",
+    benchmark:
+        f"{R}/benchmarks/analysis/budget_table.tsv"
+    conda:
+        "../../envs/cdssl.yaml"
+    script:
+        "../scripts/budget_table.py"
+
+
+rule figure_budget:
+    input:
+        budget=f"{R}/analysis/budget.csv",
+        # the first pretraining run's curve and references
+        history=pretrain_runs(f"{PT}/history.csv", first_seed=True)[0],
+        reference=pretrain_runs(f"{PT}/reference.json", first_seed=True)[0],
+    output:
+        png=report(
+            f"{R}/analysis/fig_budget.png",
+            caption="../report/fig_budget.rst",
+            category="Figures",
+        ),
+    log:
+        f"{R}/logs/analysis/figure_budget.log",
+    benchmark:
+        f"{R}/benchmarks/analysis/figure_budget.tsv"
+    conda:
+        "../../envs/cdssl.yaml"
+    script:
+        "../scripts/figure_budget.py"

@@ -9,6 +9,7 @@ from cdssl.data import DataError, check_columns
 from cdssl.features import FEATURIZERS
 from cdssl.config import (
     ConfigError,
+    budgets,
     data_settings,
     excluded_datasets,
     finetune_settings,
@@ -55,6 +56,7 @@ wildcard_constraints:
     mode="ssl|sl_large|sl",
     sigma="[0-9.]+",
     pretrain_seed="[0-9]+",
+    budget="[0-9]+",
 
 
 R = config["results_dir"]
@@ -68,24 +70,46 @@ PSEEDS = [str(s) for s in pretrain_seeds(config)]
 SEEDED = len(PSEEDS) > 1
 RUN = "sigma_{sigma}/seed_{pretrain_seed}" if SEEDED else "sigma_{sigma}"
 PT = f"{R}/pretrain/{RUN}"
+# pretraining budgets (pretrain.export_epochs): the best encoder of the first {budget}
+# epochs of each run, in a folder below the run's; without them an ssl cell loads the
+# run's own best encoder and no path has a budget
+BUDGETS = [str(k) for k in budgets(config)]
+BUDGETED = bool(BUDGETS)
+ENC_RUN = f"{RUN}/budget_{{budget}}" if BUDGETED else RUN
+SEL = f"{R}/pretrain/{ENC_RUN}"
 
 
 def pretrain_runs(pattern, first_seed=False):
-    """``pattern`` for every pretraining run, sigma by sigma (then seed by seed), or for
-    the first seed's runs only (Figure 3 and the probe)."""
+    """``pattern`` for every pretraining run, sigma by sigma (then seed by seed, then
+    budget by budget where the pattern has one), or for the first seed's runs only
+    (Figure 3 and the probe)."""
     seeds = PSEEDS[:1] if first_seed else PSEEDS
     return expand(
         pattern,
         sigma=SIGMAS,
         **({"pretrain_seed": seeds} if SEEDED else {}),
+        **({"budget": BUDGETS} if "{budget}" in pattern else {}),
         allow_missing=True,
     )
 
 
+def probe_encoders():
+    """The probe's encoders (the first pretraining seed's, sigma by sigma, then budget by
+    budget) with each one's sigma and budget, as parallel lists."""
+    runs = [(s, b) for s in SIGMAS for b in BUDGETS or [None]]
+    paths = [
+        expand(f"{SEL}/encoder", sigma=s, pretrain_seed=PSEEDS[0], budget=b or "")[0]
+        for s, b in runs
+    ]
+    return paths, [s for s, _ in runs], [b and int(b) for _, b in runs]
+
+
 def run_folder(wildcards):
-    """The folder name of a job's pretraining run (RUN with its wildcards filled)."""
-    return RUN.format(
-        sigma=wildcards.sigma, pretrain_seed=wildcards.get("pretrain_seed")
+    """The folder name of a job's pretraining encoder (ENC_RUN with its wildcards filled)."""
+    return ENC_RUN.format(
+        sigma=wildcards.sigma,
+        pretrain_seed=wildcards.get("pretrain_seed"),
+        budget=wildcards.get("budget"),
     )
 
 
@@ -96,7 +120,7 @@ def fmt_fraction(fraction):
 # A fine-tuning cell's folder: {mode} for sl and sl_large, ssl/<run> for the pretrained
 # model of each pretraining run (RUN).
 CELL = f"{R}/finetune/{{dataset}}/{{fraction}}/{{seed}}"
-SSL_CELL = f"{CELL}/ssl/{RUN}"
+SSL_CELL = f"{CELL}/ssl/{ENC_RUN}"
 # the baselines of a cell's split, beside the networks' folders, not among them
 BASELINE_CELL = f"{R}/baselines/{{dataset}}/{{fraction}}/{{seed}}"
 
@@ -153,16 +177,20 @@ def data_input(wildcards):
 
 
 def analysis_targets():
-    return [
-        f"{R}/analysis/jobs.csv",
-        f"{R}/analysis/cells.csv",
-        f"{R}/analysis/summary.json",
-        f"{R}/analysis/results.md",
-        f"{R}/analysis/fig3_pretraining.png",
-        f"{R}/analysis/fig4_finetune.png",
-        f"{R}/analysis/fig4",
-        f"{R}/analysis/probe.csv",
-    ] + ([f"{R}/analysis/fig5_umap.png"] if config["analysis"]["umap"] else [])
+    return (
+        [
+            f"{R}/analysis/jobs.csv",
+            f"{R}/analysis/cells.csv",
+            f"{R}/analysis/summary.json",
+            f"{R}/analysis/results.md",
+            f"{R}/analysis/fig3_pretraining.png",
+            f"{R}/analysis/fig4_finetune.png",
+            f"{R}/analysis/fig4",
+            f"{R}/analysis/probe.csv",
+        ]
+        + ([f"{R}/analysis/fig5_umap.png"] if config["analysis"]["umap"] else [])
+        + ([f"{R}/analysis/fig_budget.png"] if BUDGETED else [])
+    )
 
 
 def all_targets():
@@ -170,6 +198,7 @@ def all_targets():
     return (
         expand(f"{R}/graphs/{{dataset}}/graphs.pt", dataset=datasets)
         + pretrain_runs(f"{PT}/selected.json")
+        + (pretrain_runs(f"{SEL}/selected.json") if BUDGETED else [])
         + finetune_metrics()
         + analysis_targets()
     )

@@ -41,11 +41,12 @@ rule finetune:
 
 
 # ssl: the encoder of one pretraining run (noise scale sigma; pretraining seed when there
-# are several), with a fresh readout
+# are several; its best of the first {budget} epochs with pretrain.export_epochs), with a
+# fresh readout
 use rule finetune as finetune_ssl with:
     input:
         graphs=f"{R}/graphs/{{dataset}}/graphs.pt",
-        encoder=f"{PT}/encoder",
+        encoder=f"{SEL}/encoder",
     output:
         metrics=seed_files(SSL_CELL, "metrics.json"),
         predictions=seed_files(SSL_CELL, "predictions.csv"),
@@ -63,6 +64,6 @@ use rule finetune as finetune_ssl with:
         settings=lambda wc: finetune_settings(config, wc.dataset, "ssl"),
         accelerator=config["accelerator"],
     log:
-        f"{R}/logs/finetune/{{dataset}}/{{fraction}}/ssl/{RUN}.log",
+        f"{R}/logs/finetune/{{dataset}}/{{fraction}}/ssl/{ENC_RUN}.log",
     benchmark:
-        f"{R}/benchmarks/finetune/{{dataset}}/{{fraction}}/ssl/{RUN}.tsv"
+        f"{R}/benchmarks/finetune/{{dataset}}/{{fraction}}/ssl/{ENC_RUN}.tsv"

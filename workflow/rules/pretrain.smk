@@ -52,3 +52,18 @@ rule select_checkpoint:
         "../../envs/cdssl.yaml"
     script:
         "../scripts/select_checkpoint.py"
+
+
+# pretrain.export_epochs: the best of the first {budget} epochs of the same run, from the
+# snapshot pretraining kept of every new best; a budget added later reuses the run
+use rule select_checkpoint as select_budget with:
+    output:
+        selected=f"{PT}/budget_{{budget}}/selected.json",
+        encoder=directory(f"{PT}/budget_{{budget}}/encoder"),
+    params:
+        ckpt_dir=f"{R}/checkpoints/pretrain/{RUN}",
+        budget=lambda wc: int(wc.budget),
+    log:
+        f"{R}/logs/select_checkpoint/{RUN}/budget_{{budget}}.log",
+    benchmark:
+        f"{R}/benchmarks/select_checkpoint/{RUN}/budget_{{budget}}.tsv"

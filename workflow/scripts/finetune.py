@@ -15,6 +15,8 @@ mode = wc.get("mode", "ssl")
 sigma = float(wc.sigma) if "sigma" in wc.keys() else None
 # with several pretraining seeds, the run's seed labels its results (a bootstrap level)
 pretrain_seed = int(wc.pretrain_seed) if "pretrain_seed" in wc.keys() else None
+# with pretrain.export_epochs, the encoder's pretraining budget (epochs) labels its model
+budget = int(wc.budget) if "budget" in wc.keys() else None
 # one cell, every seed in turn; the output lists follow params.seeds
 maes = []
 for i, seed in enumerate(snakemake.params.seeds):
@@ -27,6 +29,7 @@ for i, seed in enumerate(snakemake.params.seeds):
             mode=mode,
             sigma=sigma,
             pretrain_seed=pretrain_seed,
+            budget=budget,
             **snakemake.params.settings,
             accelerator=snakemake.params.accelerator,
             encoder_dir=snakemake.input.get("encoder"),

@@ -22,6 +22,7 @@ try:
         feature_files=per_dataset if featurizers else [],
         **snakemake.params.settings,
         sigmas=[float(s) for s in snakemake.params.sigmas],
+        budgets=snakemake.params.budgets,
         probe_csv=snakemake.output.probe,
         embeddings_npz=snakemake.output.embeddings,
     )

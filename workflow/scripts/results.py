@@ -19,6 +19,7 @@ try:
         workflow_dir=snakemake.scriptdir,
         configfiles=snakemake.params.configfiles,
         benchmarks_dir=snakemake.params.benchmarks,
+        budget_csv=snakemake.input.budget[0] if snakemake.input.budget else None,
     )
     finish(snakemake.output.results)
 except Exception:

@@ -14,6 +14,8 @@ try:
         snakemake.params.ckpt_dir,
         snakemake.output.selected,
         snakemake.output.encoder,
+        # rule select_budget: the best of the first {budget} epochs
+        budget=snakemake.params.get("budget"),
     )
     finish(f"epoch {record['epoch']} of {record['epochs_trained']}, validation loss {record['val_loss']:.4g}")
 except Exception:

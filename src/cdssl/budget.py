@@ -1,0 +1,183 @@
+"""Transfer against the pretraining budget: per budget, SSL against SL large and the strongest baseline.
+
+With ``pretrain.export_epochs`` every budget k (the best encoder of the first k epochs of
+one pretraining run) is its own ssl model, ``ssl_budget_<k>`` (cdssl.statistics). This
+module puts those models side by side: one row per (dataset, fraction, budget) and one
+per (dataset, budget) over all fractions, each with SSL minus SL large and SSL minus the
+strongest baseline and their 95% intervals, plus the pretext loss the budget reached;
+and says in words where SSL crosses each reference, or where its gap stopped shrinking.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .statistics import _learned, cell_statistics, ssl_models, ssl_parts
+from .utils import atomic_path
+
+ALL = "all"  # the fraction column of the rows over every fraction
+
+
+def _budget_models(cells: pd.DataFrame) -> dict[int, str]:
+    """The ssl model of each budget (the first sigma of a sweep: budgets compare within one)."""
+    models = ssl_models(c.removeprefix("mean_") for c in cells if c.startswith("mean_ssl_"))
+    out: dict[int, str] = {}
+    for model in models:
+        parts = ssl_parts(model)
+        if "budget" in parts:
+            out.setdefault(int(parts["budget"]), model)
+    return dict(sorted(out.items()))
+
+
+def _pretext(selected: list[str | Path]) -> dict[int, dict[str, float]]:
+    """Per budget, the selected epoch and validation loss, averaged over pretraining seeds."""
+    rows = [json.loads(Path(p).read_text()) for p in selected]
+    frame = pd.DataFrame([r for r in rows if "budget" in r])
+    if frame.empty:
+        return {}
+    means = frame.groupby("budget")[["epoch", "val_loss", "epochs_trained"]].mean()
+    return {int(k): row.to_dict() for k, row in means.iterrows()}
+
+
+def _compare(sub: pd.DataFrame, ssl: str, other: str, jobs: pd.DataFrame) -> dict[str, float]:
+    both = sub[_learned(sub, ssl) & _learned(sub, other)]
+    if both.empty:
+        return {"mean": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n": 0}
+    c = cell_statistics(both, other, ssl, jobs)
+    return {k: c[k] for k in ("mean", "ci_low", "ci_high", "n")}
+
+
+def budget_table(jobs: pd.DataFrame, cells: pd.DataFrame, summary: dict, selected: list[str | Path]) -> pd.DataFrame:
+    """One row per (dataset, fraction, budget), and per (dataset, budget) with fraction
+    ``all``: SSL's mean test MAE, SL large's, the strongest baseline's (the verdict's
+    strongest answer without pretraining, and of all, a foundation model's features
+    included), SSL minus each with its 95% interval (one cell: resampling seeds; all:
+    pretraining seeds, cells, fine-tuning seeds), and the pretext validation loss."""
+    models = _budget_models(cells)
+    pretext = _pretext(selected)
+    rows = []
+    for budget, ssl in models.items():
+        verdicts = summary["verdict"].get(ssl, {}).get("per_dataset", {})
+        for dataset, sub in cells.groupby("dataset"):
+            v = verdicts.get(dataset)
+            if v is None:
+                continue
+            refs = {
+                "sl_large": "sl_large",
+                "strongest": v["strongest_without_pretraining"],
+                "strongest_any": v["strongest_baseline"]["name"],
+            }
+            groups = [(f"{f:g}", sub[sub["fraction"] == f]) for f in sorted(sub["fraction"])] + [(ALL, sub)]
+            for fraction, part in groups:
+                row = {
+                    "dataset": dataset,
+                    "fraction": fraction,
+                    "budget": budget,
+                    "model": ssl,
+                    "units": sub["units"].iloc[0] if "units" in sub else "",
+                    "pretrain_epoch": pretext.get(budget, {}).get("epoch", np.nan),
+                    "pretrain_val_loss": pretext.get(budget, {}).get("val_loss", np.nan),
+                    "ssl_mean": float(part[f"mean_{ssl}"].mean()),
+                    "ssl_sem": float(part[f"sem_{ssl}"].mean()) if len(part) == 1 else np.nan,
+                }
+                for key, name in refs.items():
+                    if f"mean_{name}" not in part:
+                        continue
+                    row[f"{key}_name"] = name
+                    row[f"{key}_mean"] = float(part[f"mean_{name}"].mean())
+                    row[f"{key}_sem"] = float(part[f"sem_{name}"].mean()) if len(part) == 1 else np.nan
+                    c = _compare(part, ssl, name, jobs)
+                    row[f"diff_{key}"], row[f"diff_{key}_low"], row[f"diff_{key}_high"] = (
+                        c["mean"],
+                        c["ci_low"],
+                        c["ci_high"],
+                    )
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _trend(budgets: list[int], diffs: list[float], lows: list[float], highs: list[float]) -> str:
+    if not np.isfinite(diffs).any():
+        return "no cell counted at any budget (a model did not learn: cells.csv says which)"
+    below = [b for b, h in zip(budgets, highs, strict=True) if h < 0]
+    lower = [b for b, d in zip(budgets, diffs, strict=True) if d < 0]
+    if below:
+        text = f"SSL lower from budget {below[0]} (interval below 0)"
+    elif lower:
+        text = f"SSL lower on average from budget {lower[0]}, no interval below 0"
+    else:
+        text = "no crossing: SSL higher at every budget"
+    narrowest = budgets[int(np.nanargmin(diffs))]
+    # the first budget after which the next one did not narrow the gap (NaN: not counted)
+    stop = next((b for b, nxt, d in zip(budgets, diffs[1:], diffs, strict=False) if not nxt < d), None)
+    text += f"; lowest difference at budget {narrowest}"
+    text += f"; it stopped shrinking after budget {stop}" if stop is not None else "; still shrinking at the last"
+    return text
+
+
+def budget_lines(table: pd.DataFrame) -> list[str]:
+    """Per dataset and reference, over all fractions: the difference at every budget and
+    the crossing, or where the gap stopped shrinking."""
+    lines = []
+    for dataset, sub in table[table["fraction"] == ALL].groupby("dataset"):
+        sub = sub.sort_values("budget")
+        budgets = [int(b) for b in sub["budget"]]
+        for key in ("sl_large", "strongest", "strongest_any"):
+            if f"diff_{key}" not in sub or (
+                key == "strongest_any" and (sub[f"{key}_name"] == sub["strongest_name"]).all()
+            ):
+                continue
+            name = sub[f"{key}_name"].iloc[0]
+            steps = ", ".join(f"{b}: {_diff(r, key)}" for b, (_, r) in zip(budgets, sub.iterrows(), strict=True))
+            trend = _trend(
+                budgets, list(sub[f"diff_{key}"]), list(sub[f"diff_{key}_low"]), list(sub[f"diff_{key}_high"])
+            )
+            lines.append(f"budget {dataset}, SSL minus {name} by pretraining epochs: {steps}; {trend}")
+    return lines
+
+
+def _diff(row: pd.Series, key: str) -> str:
+    mean = row.get(f"diff_{key}", np.nan)
+    if not np.isfinite(mean):
+        return "not counted"
+    return f"{mean:+.4f} [{row[f'diff_{key}_low']:+.4f}, {row[f'diff_{key}_high']:+.4f}]"
+
+
+def budget_markdown(table: pd.DataFrame) -> str:
+    """The rows over all fractions as a Markdown table, then :func:`budget_lines`."""
+    if table.empty:
+        return ""
+    out = ["### Pretraining budget (mean over fractions; 95% intervals)", ""]
+    for dataset, sub in table[table["fraction"] == ALL].groupby("dataset"):
+        strongest = sub["strongest_name"].iloc[0]
+        out += [
+            f"{dataset}:",
+            "",
+            "| budget (epochs) | selected epoch | pretext val loss | SSL | SL large | "
+            f"{strongest} | SSL - SL large | SSL - {strongest} |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for _, r in sub.sort_values("budget").iterrows():
+            out.append(
+                f"| {int(r['budget'])} | {r['pretrain_epoch']:.0f} | {r['pretrain_val_loss']:.4f} "
+                f"| {r['ssl_mean']:.4f} "
+                f"| {r.get('sl_large_mean', np.nan):.4f} | {r['strongest_mean']:.4f} "
+                f"| {_diff(r, 'sl_large')} | {_diff(r, 'strongest')} |"
+            )
+        out.append("")
+    out += [f"- {line}" for line in budget_lines(table)]
+    return "\n".join(out) + "\n"
+
+
+def write_budget_table(jobs_csv, cells_csv, summary_json, selected: list, budget_csv) -> pd.DataFrame:
+    jobs = pd.read_csv(jobs_csv)
+    cells = pd.read_csv(cells_csv)
+    summary = json.loads(Path(summary_json).read_text())
+    table = budget_table(jobs, cells, summary, selected)
+    with atomic_path(budget_csv) as tmp:
+        table.to_csv(tmp, index=False)
+    return table
