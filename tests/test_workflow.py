@@ -305,3 +305,69 @@ def test_rule_scripts_import_the_checkouts_code(tmp_path, monkeypatch):
     )
     _bootstrap.start(smk)
     assert sys.path[0] == str(ROOT / "src")
+
+
+def _budget_config(tmp_path: Path, budgets: str, epochs: int = 2) -> Path:
+    """config/test.yaml with one sigma, ``epochs`` pretraining epochs and export_epochs ``budgets``."""
+    text = (ROOT / "config/test.yaml").read_text()
+    text = text.replace("sigma: [0.3, 0.5]", f"sigma: 0.5\n  export_epochs: {budgets}")
+    text = text.replace("  epochs: 2\n", f"  epochs: {epochs}\n", 1)  # the pretrain section's
+    path = tmp_path / f"budget-{epochs}-{budgets.strip('[]').replace(', ', '-')}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_budget_list_gives_one_pretraining_and_a_selection_and_ssl_cells_per_budget(tmp_path):
+    out = snakemake("-n", "--configfile", str(_budget_config(tmp_path, "[1, 2]")), workdir=tmp_path).stdout
+    counts = job_counts(out)
+    # one pretraining; its own selection (Figure 3) and one per budget; 2 fractions x 1
+    # seed of ssl cells per budget; sl and sl_large as without budgets
+    assert counts["pretrain"] == 1 and counts["select_checkpoint"] == 1 and counts["select_budget"] == 2
+    assert counts["finetune_ssl"] == 2 * 2 and counts["finetune"] == 2 * 2
+    assert counts["budget_table"] == counts["figure_budget"] == counts["probe"] == 1
+    for budget in ("1", "2"):
+        assert f"results/test/pretrain/sigma_0.5/budget_{budget}/encoder" in out
+        assert f"results/test/finetune/dielectric/0.3/0/ssl/sigma_0.5/budget_{budget}/metrics.json" in out
+    # without the list: no budget anywhere, the rules of before
+    out = snakemake("-n", "--configfile", str(ROOT / "config/test.yaml"), workdir=tmp_path).stdout
+    assert "/budget_" not in out and "select_budget" not in out and "figure_budget" not in out
+    # a budget beyond the epochs trained stops before any job, naming the key
+    proc = snakemake("-n", "--configfile", str(_budget_config(tmp_path, "[1, 3]")), workdir=tmp_path, check=False)
+    assert proc.returncode != 0 and "pretrain.export_epochs.1" in proc.stderr + proc.stdout
+
+
+def test_budgets_added_or_a_raised_cap_after_a_finished_run_retrain_nothing_done(tmp_path):
+    """A finished run with budget [2]; the list extended to [1, 2] runs the new budget's
+    selection and cells only; the cap raised to 3 with budget 3 resumes pretraining from
+    its last epoch and leaves every finished cell's numbers as they were."""
+    args = ["--cores", "2", "--config", "results_dir=results", f"data_dir={ROOT / 'data/matminer'}"]
+    r = tmp_path / "results"
+    snakemake(*args, "--configfile", str(_budget_config(tmp_path, "[2]")), workdir=tmp_path)
+    cell = r / "finetune/dielectric/0.3/0/ssl/sigma_0.5"
+    before = json.loads((cell / "budget_2/metrics.json").read_text())
+    history = pd.read_csv(r / "pretrain/sigma_0.5/history.csv")
+    budget = pd.read_csv(r / "analysis/budget.csv", dtype={"fraction": str})
+    assert budget["budget"].unique().tolist() == [2] and (r / "analysis/fig_budget.png").stat().st_size > 0
+    assert "### Pretraining budget" in (r / "analysis/results.md").read_text()
+
+    extended = _budget_config(tmp_path, "[1, 2]")
+    counts = job_counts(snakemake("-n", *args, "--configfile", str(extended), workdir=tmp_path).stdout)
+    assert "pretrain" not in counts and counts["select_budget"] == 1 and counts["finetune_ssl"] == 2
+    snakemake(*args, "--configfile", str(extended), workdir=tmp_path)
+    assert json.loads((cell / "budget_1/metrics.json").read_text())["budget"] == 1
+    assert json.loads((cell / "budget_2/metrics.json").read_text()) == before
+
+    raised = _budget_config(tmp_path, "[1, 2, 3]", epochs=3)
+    snakemake(*args, "--configfile", str(raised), workdir=tmp_path)
+    longer = pd.read_csv(r / "pretrain/sigma_0.5/history.csv")
+    assert longer["epoch"].tolist() == [0, 1, 2]
+    # resumed: the first two rows are those the first run wrote, epoch times included
+    cols = ["epoch", "train_loss", "val_loss", "epoch_seconds"]
+    pd.testing.assert_frame_equal(longer[cols].iloc[:2], history[cols])
+    assert "resuming from" in (r / "logs/pretrain/sigma_0.5.log").read_text()
+    after = json.loads((cell / "budget_2/metrics.json").read_text())
+    # the cell resumed from its final checkpoint: the same numbers (its wall time aside)
+    assert {k: v for k, v in after.items() if k != "wall_seconds"} == {
+        k: v for k, v in before.items() if k != "wall_seconds"
+    }
+    assert pd.read_csv(r / "analysis/budget.csv")["budget"].unique().tolist() == [1, 2, 3]
