@@ -239,6 +239,12 @@ def test_probes_use_unseen_crystals_and_put_composition_beside_the_encoders(tmp_
     assert vol[("log_atoms", "log_volume")] > max(0.05, vol[("log_atoms", "log_volume_per_atom")])
     z = np.load(tmp_path / "z.npz")
     assert z["z"].shape[0] == 50
+    # Figure 5's second map: the random-init encoder on the same crystals, not the pretrained one
+    assert z["z_random"].shape == z["z"].shape and not np.allclose(z["z_random"], z["z"])
+    from cdssl.figures import figure5
+
+    figure5(tmp_path / "z.npz", tmp_path / "fig5.png")
+    assert (tmp_path / "fig5.png").stat().st_size > 0
     # the feature rows follow the probe's crystals: the validation rows, then every row
     assert z["ids"].tolist() == [cache.ids[i] for i in [*range(30, 40), *range(40)]]
 

@@ -284,34 +284,30 @@ def figure4(jobs_csv, cells_csv, modes: list[str], out_png, per_dataset_dir) -> 
 
 
 def figure5(embeddings_npz, out_png, seed: int = 0) -> None:
+    """UMAP maps of the pretrained encoder's embeddings and, beside them, the random-init
+    encoder's on the same crystals, coloured by log density on one shared scale."""
     import umap
 
     plt = _plt()
     data = np.load(embeddings_npz)
-    z, density = data["z"], data["density"]
-    coords = umap.UMAP(n_neighbors=min(15, len(z) - 1), random_state=seed).fit_transform(z)
-    import seaborn as sns
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    norm = plt.Normalize(float(np.min(density)), float(np.max(density)))
-    sns.scatterplot(
-        x=coords[:, 0],
-        y=coords[:, 1],
-        hue=density,
-        hue_norm=norm,
-        palette="viridis",
-        s=6,
-        linewidth=0,
-        legend=False,
-        ax=ax,
+    maps = [("pretrained encoder", data["z"])]
+    if "z_random" in data:  # embeddings written before the random-init map existed have one
+        maps.append(("random-init encoder (same architecture)", data["z_random"]))
+    log_density = np.log10(data["density"])
+    norm = plt.Normalize(float(np.min(log_density)), float(np.max(log_density)))
+    # constrained: the colour bar and the second map's axis label keep clear of the first map
+    fig, axes = plt.subplots(1, len(maps), figsize=(5.0 * len(maps) + 1.0, 4.5), squeeze=False, layout="constrained")
+    for ax, (title, z) in zip(axes.flat, maps, strict=True):
+        coords = umap.UMAP(n_neighbors=min(15, len(z) - 1), random_state=seed).fit_transform(z)
+        ax.scatter(coords[:, 0], coords[:, 1], c=log_density, cmap="viridis", norm=norm, s=6, linewidths=0)
+        ax.set_xlabel("UMAP 1")
+        ax.set_ylabel("UMAP 2")
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=list(axes.flat), label="log10 density (g/cm$^3$)")
+    fig.suptitle(
+        f"Figure 5: embeddings of {len(log_density)} crystals pretraining never trained on (the probes' crystals)",
+        fontsize=10,
     )
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="density (g/cm$^3$)")
-    ax.set_xlabel("UMAP 1")
-    ax.set_ylabel("UMAP 2")
-    ax.set_title(
-        f"Figure 5: pretrained embeddings of {len(z)} crystals\nnever trained on (the probes' crystals)", fontsize=10
-    )
-    fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)

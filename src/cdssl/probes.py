@@ -144,7 +144,7 @@ def run_probes(
     references on the same crystals; ``feature_files`` gives, for the pretraining graphs
     and then each of ``other_graphs``, ``{featurizer: npz}`` (cdssl.features), each a row
     per probe row. ``embeddings_npz`` holds the embeddings of the first sigma's encoder
-    with the largest budget (Figure 5)."""
+    with the largest budget and of the random-init encoder (Figure 5)."""
     import lightning as L
     import matgl
 
@@ -212,5 +212,6 @@ def run_probes(
     with atomic_path(embeddings_npz) as tmp:
         # the first sigma's longest-pretrained encoder: budgets ascend within a sigma
         shown = max((i for i, s in enumerate(sigmas) if s == sigmas[0]), key=lambda i: budgets[i] or 0)
-        np.savez(tmp, z=features[names[shown]], density=density, ids=ids)
+        # and the random-init encoder's on the same crystals: what pretraining added
+        np.savez(tmp, z=features[names[shown]], z_random=features["random_init"], density=density, ids=ids)
     return table
