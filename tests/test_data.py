@@ -178,13 +178,31 @@ def test_cached_density_and_volume_match_pymatgen(small_table, small_cache_path)
 
 
 def test_fast_parser_agrees_with_pymatgen_and_defers_disorder(small_table):
-    from cdssl.graphs import _ordered_from_dict, parse_structure
+    from cdssl.structures import _ordered_from_dict, parse_structure
 
     d = small_table["structure"].iloc[3]
     assert parse_structure(d) == Structure.from_dict(d)
     disordered = Structure(Lattice.cubic(3.6), [{"Fe": 0.5, "Ni": 0.5}], [[0, 0, 0]]).as_dict()
     assert _ordered_from_dict(disordered) is None
     assert not parse_structure(disordered).is_ordered
+
+
+def test_one_parser_reads_cif_and_poscar_text_alike_and_says_why_text_is_unreadable(small_table):
+    from pymatgen.io.cif import CifWriter
+    from pymatgen.io.vasp import Poscar
+
+    from cdssl.structures import n_sites, parse_structure
+
+    crystal = Structure.from_dict(small_table["structure"].iloc[3])
+    from_cif = parse_structure(str(CifWriter(crystal)))
+    from_poscar = parse_structure(Poscar(crystal).get_str())
+    for parsed in (from_cif, from_poscar):
+        assert parsed.composition == crystal.composition and len(parsed) == len(crystal)
+        assert parsed.lattice.volume == pytest.approx(crystal.volume, rel=1e-5)
+    assert n_sites(Poscar(crystal).get_str()) == len(crystal)
+    with pytest.raises(ValueError, match="neither CIF nor readable POSCAR"):
+        parse_structure("not a crystal\n1.0\n")
+    assert n_sites("not a crystal") is None
 
 
 def _labelled_csv(tmp_path, dielectric) -> Path:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .structures import n_sites, parsed_or_none
 from .utils import LOG, atomic_path
 
 COLUMNS = ["id", "structure", "target"]
@@ -188,19 +189,6 @@ def clean_targets(target: pd.Series, transform: str) -> tuple[pd.Series, dict[st
     return values, {k: int(m.sum()) for k, m in masks.items()}, reason
 
 
-def n_sites(structure: Any) -> int | None:
-    """Sites of a pymatgen dict, or of CIF text once parsed; None when it cannot be parsed
-    (the graph stage then reports why)."""
-    if isinstance(structure, dict):
-        return len(structure.get("sites", []))
-    from .graphs import parse_structure
-
-    try:
-        return len(parse_structure(structure))
-    except Exception:  # pymatgen raises many types for bad CIF
-        return None
-
-
 def take_pool(df: pd.DataFrame, pool: dict) -> pd.DataFrame:
     """Split ``df`` once with ``pool.seed`` into disjoint pools of ``pool.sizes``; return ``pool.take``.
 
@@ -232,15 +220,6 @@ def load_union(sources: list[str], data_dir: str | None) -> pd.DataFrame:
         frames.append(pd.DataFrame({"id": [f"{source}:{i}" for i in local], "structure": raw["structure"].values}))
         LOG.info("union: %d rows from %s", len(raw), source)
     return pd.concat(frames, ignore_index=True)
-
-
-def _parsed(payload: Any) -> Any:
-    from .graphs import parse_structure
-
-    try:
-        return parse_structure(payload)
-    except Exception:  # reported by the graph stage of the dataset that owns it
-        return None
 
 
 class Rows:
@@ -294,7 +273,7 @@ def build_table(
         raise DataError(f"dataset {name}: id column {id_col!r} of {source} repeats ids, e.g. {list(duplicated[:5])}")
     table = pd.DataFrame({"id": ids.values, "structure": [_structure_payload(s) for s in raw[scol]]})
     if entry.get("union"):
-        table["crystal"] = [s if hasattr(s, "lattice") else _parsed(s) for s in raw[scol]]
+        table["crystal"] = [s if hasattr(s, "lattice") else parsed_or_none(s) for s in raw[scol]]
     table["target"] = raw[target_col].values if target_col else np.nan
     rows = Rows(table)
     drop = rows.drop
@@ -361,7 +340,7 @@ def _match_union(name: str, rows: Rows, exclude: dict[str, pd.DataFrame]) -> Non
     rows.drop(twins.notna(), twins.map(lambda t: f"same structure as {t}"))
     for other, ref in sorted(exclude.items()):
         table = rows.table
-        crystals = [_parsed(s) for s in ref["structure"]]
+        crystals = [parsed_or_none(s) for s in ref["structure"]]
         keep = [i for i, c in enumerate(crystals) if c is not None]
         hits = found_in(list(table["crystal"]), [crystals[i] for i in keep], [str(ref["id"].iloc[i]) for i in keep])
         hits = pd.Series(hits, index=table.index, dtype=object)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .structures import parse_structure
 from .utils import atomic_path, record_digest
 
 CACHE_FORMAT = 1
@@ -58,54 +59,6 @@ def atomic_masses() -> np.ndarray:
     from pymatgen.core import Element
 
     return np.array([float(Element(el).atomic_mass) for el in element_types()])
-
-
-def _ordered_from_dict(payload: dict):
-    """Structure(lattice, species, coords) straight from an ordered pymatgen dict.
-
-    Four times faster than Structure.from_dict, which builds every site, species and
-    property object; anything partially occupied or unusual returns None and takes the
-    full parser, so disorder is still detected there.
-    """
-    from pymatgen.core import Lattice, Structure
-
-    try:
-        sites = payload["sites"]
-        species = []
-        for site in sites:
-            (sp,) = site["species"]
-            if sp.get("occu", 1) != 1:
-                return None
-            species.append(sp["element"])
-        return Structure(Lattice(payload["lattice"]["matrix"]), species, [site["abc"] for site in sites])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def parse_structure(payload: Any):
-    """A pymatgen Structure from a dict or CIF text; raises ValueError with the reason."""
-    from pymatgen.core import Structure
-
-    if isinstance(payload, dict):
-        return _ordered_from_dict(payload) or Structure.from_dict(payload)
-    if isinstance(payload, str):
-        import warnings
-
-        # pymatgen's CIF warnings would flood the log, but when parsing fails they hold the
-        # cause ("Occupancy 2.0 exceeded tolerance": a site listed twice) and its exception
-        # only "Invalid CIF file with no structures!": keep them for the skip reason
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                return Structure.from_str(payload, fmt="cif")
-            except Exception as exc:
-                lines = [line for w in caught for line in str(w.message).splitlines()]
-                lines = [line for line in lines if not line.startswith("Issues encountered while parsing CIF")]
-                causes = list(dict.fromkeys(reversed(lines)))  # pymatgen warns the most specific last
-                if not causes:
-                    raise
-                raise ValueError(f"{'; '.join(causes)} ({exc})") from exc
-    raise ValueError(f"structure of type {type(payload).__name__} is neither a pymatgen dict nor CIF text")
 
 
 def structure_to_arrays(
