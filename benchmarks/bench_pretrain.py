@@ -35,7 +35,8 @@ def main() -> None:
 
     from cdssl.graphs import GraphCache, build_cache
     from cdssl.models import build_megnet
-    from cdssl.pretrain import DenoisingModule, perturb, standardise_per_graph
+    from cdssl.pretext import perturb, standardise_per_graph
+    from cdssl.pretrain import DenoisingModule
 
     torch.set_num_threads(args.threads)
     dev = device(args.device)

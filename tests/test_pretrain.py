@@ -11,20 +11,15 @@ import torch
 
 from cdssl.config import model_kwargs, pretrain_settings
 from cdssl.graphs import GraphCache
-from cdssl.pretrain import (
-    DenoisingModule,
+from cdssl.pretext import (
     denoising_target,
     edge_lengths,
-    loaders,
-    lookup_references,
-    lookup_share,
-    no_learning_reference,
     perturb,
-    pretrain_split,
-    run_pretraining,
     standardise_per_graph,
     validation_generator,
 )
+from cdssl.pretrain import DenoisingModule, loaders, pretrain_split, run_pretraining
+from cdssl.references import lookup_references, lookup_share, no_learning_reference
 
 
 @pytest.fixture(scope="module")
