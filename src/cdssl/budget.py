@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .statistics import _learned, cell_statistics, ssl_models, ssl_parts
-from .utils import atomic_path
+from .utils import LOG, atomic_path
 
 ALL = "all"  # the fraction column of the rows over every fraction
 
@@ -180,4 +180,6 @@ def write_budget_table(jobs_csv, cells_csv, summary_json, selected: list, budget
     table = budget_table(jobs, cells, summary, selected)
     with atomic_path(budget_csv) as tmp:
         table.to_csv(tmp, index=False)
+    for line in budget_lines(table):
+        LOG.info("%s", line)
     return table

@@ -13,13 +13,11 @@ import argparse
 import copy
 from pathlib import Path
 
-import pandas as pd
-
 from .config import PAPER_CONFIG, finetune_settings, graph_settings, load_config, validate_config
 from .data import build_table
 from .finetune import run_finetune
-from .graphs import build_cache, save_cache
-from .utils import atomic_path, set_threads, setup_logging
+from .graphs import run_graphs
+from .utils import set_threads, setup_logging
 
 
 def finetune_parser() -> argparse.ArgumentParser:
@@ -72,13 +70,9 @@ def finetune(argv: list[str] | None = None) -> dict:
     validate_config(config, f"{args.config} + command line")
     # the same settings functions the Snakemake rules declare as params
     table, dropped = build_table("user", config["datasets"]["user"])
-    graph = graph_settings(config)
-    cache, skipped = build_cache(
-        table, graph["cutoff"], processes=args.threads, unknown_elements=graph["unknown_elements"]
+    run_graphs(
+        table, out / "graphs.pt", out / "skipped.csv", **graph_settings(config), dropped=dropped, processes=args.threads
     )
-    with atomic_path(out / "skipped.csv") as tmp:
-        pd.concat([dropped, skipped], ignore_index=True).to_csv(tmp, index=False)
-    save_cache(cache, out / "graphs.pt")
     metrics = run_finetune(
         out / "graphs.pt",
         dataset="user",

@@ -236,17 +236,9 @@ class Rows:
             self.table = self.table[~mask].reset_index(drop=True)
 
 
-def build_table(
-    name: str, entry: dict, data_dir: str | None = None, exclude: dict[str, pd.DataFrame] | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Load and clean one configured dataset; return (id, structure, target) table and dropped (id, reason).
-
-    Order matters for disjoint pools: everything that does not depend on the target
-    (missing structure, ``max_sites``, for a union the removal of duplicates and of the
-    ``exclude`` tables' crystals) is applied first, then the pool is drawn, then the
-    target is cleaned. Two entries on one source with different targets or transforms
-    thus draw their pools from the very same rows.
-    """
+def _read_source(name: str, entry: dict, data_dir: str | None) -> tuple[pd.DataFrame, pd.Series, str]:
+    """One entry's raw rows, their ids and where they came from, after checking that the
+    columns the entry names exist and that the ids are unique."""
     target_col = entry.get("target")
     scol = entry.get("structure_column", "structure")
     if entry.get("union"):
@@ -271,6 +263,23 @@ def build_table(
     duplicated = ids[ids.duplicated()].unique()
     if len(duplicated):
         raise DataError(f"dataset {name}: id column {id_col!r} of {source} repeats ids, e.g. {list(duplicated[:5])}")
+    return raw, ids, source
+
+
+def build_table(
+    name: str, entry: dict, data_dir: str | None = None, exclude: dict[str, pd.DataFrame] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Load and clean one configured dataset; return (id, structure, target) table and dropped (id, reason).
+
+    Order matters for disjoint pools: everything that does not depend on the target
+    (missing structure, ``max_sites``, for a union the removal of duplicates and of the
+    ``exclude`` tables' crystals) is applied first, then the pool is drawn, then the
+    target is cleaned. Two entries on one source with different targets or transforms
+    thus draw their pools from the very same rows.
+    """
+    target_col = entry.get("target")
+    scol = entry.get("structure_column", "structure")
+    raw, ids, source = _read_source(name, entry, data_dir)
     table = pd.DataFrame({"id": ids.values, "structure": [_structure_payload(s) for s in raw[scol]]})
     if entry.get("union"):
         table["crystal"] = [s if hasattr(s, "lattice") else parsed_or_none(s) for s in raw[scol]]
@@ -362,3 +371,24 @@ def write_table(table: pd.DataFrame, path: str | Path) -> None:
 def read_table(path: str | Path) -> pd.DataFrame:
     with gzip.open(path, "rt") as fh:
         return pd.DataFrame(**json.load(fh))
+
+
+def run_data(
+    dataset: str,
+    *,
+    entry: dict,
+    data_dir: str | None,
+    exclude: list[str],
+    exclude_tables: list[str | Path],
+    table_out: str | Path,
+    skipped_csv: str | Path,
+) -> tuple[int, int]:
+    """The data stage: one dataset entry (:func:`cdssl.config.data_settings`) -> its
+    table and the rows it dropped with their reasons; ``exclude_tables`` are the tables of
+    the fine-tuning sets ``exclude`` names, in that order. Returns (rows kept, dropped)."""
+    tables = dict(zip(exclude, map(read_table, exclude_tables), strict=True))
+    table, dropped = build_table(dataset, entry, data_dir, tables)
+    write_table(table, table_out)
+    with atomic_path(skipped_csv) as tmp:
+        dropped.to_csv(tmp, index=False)
+    return len(table), len(dropped)

@@ -132,6 +132,33 @@ def launch(
     LOG.info("all %d ranks finished", world_size(nodes, devices))
 
 
+def run_ranks(
+    target: str,
+    kwargs: dict[str, Any],
+    *,
+    nodes: int,
+    devices: int,
+    cpus_per_rank: int,
+    spec_path: str | Path,
+    log_path: str | Path | None,
+) -> None:
+    """``target(**kwargs)``: here, or, where the run needs ranks this process must start
+    (:func:`needs_srun`), on every rank through :func:`launch`."""
+    if needs_srun(nodes, devices):
+        launch(
+            target,
+            kwargs,
+            nodes=nodes,
+            devices=devices,
+            cpus_per_rank=cpus_per_rank,
+            spec_path=spec_path,
+            log_path=log_path,
+        )
+        return
+    module_name, func_name = target.split(":")
+    getattr(importlib.import_module(module_name), func_name)(**kwargs)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:

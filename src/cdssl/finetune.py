@@ -213,13 +213,14 @@ def run_finetune(
     accelerator: str = "auto",
     **settings: Any,
 ) -> dict:
-    """Train one grid cell; resume from ``ckpt_dir`` when it belongs to this very job.
+    """Train one grid cell (:func:`train`), then score it (:func:`evaluate`); resume from
+    ``ckpt_dir`` when it belongs to this very job.
 
     The cell is (dataset, fraction, seed, mode); ``settings`` are
     :class:`cdssl.config.FinetuneSettings` (what :func:`cdssl.config.finetune_settings`
     returns and the rule declares). The cell, the settings' identity fields and the
     content digests of the graph cache and (ssl) of the encoder form the job's identity.
-    ``sigma`` (the encoder's noise scale) and ``pretrain_seed`` (its pretraining run's
+    ``sigma`` (the encoder's noise scale), ``pretrain_seed`` (its pretraining run's
     seed, when there are several) and ``budget`` (its pretraining epochs, with
     pretrain.export_epochs) only label results: the encoder's digest already stands for
     them.
@@ -229,22 +230,47 @@ def run_finetune(
     start = time.monotonic()
     L.seed_everything(seed, workers=True, verbose=False)
     cache = GraphCache.load(graphs, job.cutoff)
-    train, val, test = finetune_split(len(cache), seed, fraction, job.test_fraction, job.val_fraction)
+    split = finetune_split(len(cache), seed, fraction, job.test_fraction, job.val_fraction)
+    module, best, history, device = train(
+        cache, split, job, cell, graphs=graphs, encoder_dir=encoder_dir, history_csv=history_csv, ckpt_dir=ckpt_dir,
+        accelerator=accelerator,
+    )  # fmt: skip
+    labels = {"sigma": sigma, "pretrain_seed": pretrain_seed}
+    # only with budgets: the metrics of a run without them keep their keys
+    labels |= {"budget": int(budget)} if budget is not None else {}
+    metrics = evaluate(
+        module, cache, split, job, cell | labels, best, history, predictions_csv=predictions_csv, split_csv=split_csv,
+        model_dir=model_dir,
+    )  # fmt: skip
+    metrics |= {"wall_seconds": time.monotonic() - start, "device": device}
+    write_json(metrics, metrics_json)
+    LOG.info("test MAE %.4g %s (best epoch %d)", metrics["test_mae"], job.units, metrics["best_epoch"])
+    return metrics
+
+
+def train(
+    cache: GraphCache,
+    split: tuple[np.ndarray, np.ndarray, np.ndarray],
+    job: FinetuneSettings,
+    cell: dict[str, Any],
+    *,
+    graphs: str | Path,
+    encoder_dir: str | Path | None,
+    history_csv: str | Path,
+    ckpt_dir: str | Path,
+    accelerator: str,
+) -> tuple[PropertyModule, dict, list[dict], str]:
+    """Fit one cell to its stopping epoch and reload the best one. Returns the module at
+    the best epoch, that epoch's history row, the whole history and the device."""
+    train_idx, val_idx, test_idx = split
     y = cache.targets.numpy()
-    mean, std = float(y[train].mean()), float(y[train].std())
+    mean, std = float(y[train_idx].mean()), float(y[train_idx].std())
     std = std if std > 0 else 1.0
     LOG.info(
         "%s fraction=%s seed=%d mode=%s: %d train, %d val, %d test; target mean %.4g std %.4g",
-        dataset,
-        fraction,
-        seed,
-        mode,
-        len(train),
-        len(val),
-        len(test),
-        mean,
-        std,
-    )
+        *cell.values(), len(train_idx), len(val_idx), len(test_idx), mean, std,
+    )  # fmt: skip
+    mode, seed = cell["mode"], cell["seed"]
     model = initial_model(mode, job.sizes, job.cutoff, encoder_dir)
     encoder = encoder_dir if mode == "ssl" else None
     resume = prepare_checkpoint_dir(
@@ -252,45 +278,52 @@ def run_finetune(
     )
     recipe = recipe_of(job, mode)
     module = PropertyModule(model, mean, std, job.lr, str(history_csv), **recipe)
-    train_list = train.tolist()
+    train_list = train_idx.tolist()
     train_dl = DataLoader(
         train_list, batch_size=job.batch_size, sampler=EpochShuffle(train_list, seed), collate_fn=cache.collate
     )
-    val_dl = DataLoader(val.tolist(), batch_size=job.batch_size, collate_fn=cache.collate)
+    val_dl = DataLoader(val_idx.tolist(), batch_size=job.batch_size, collate_fn=cache.collate)
     trainer = make_trainer(job.epochs, accelerator, [EpochCheckpoint(ckpt_dir, "val_mae", job.patience, job.min_steps)])
     # weights_only: checkpoints hold tensors and plain types only (the history rows too),
     # so resuming never unpickles code from a checkpoint folder copied from elsewhere
     trainer.fit(module, train_dl, val_dl, ckpt_path=resume, weights_only=True)
     history = module.history
     write_history(history, history_csv)
-
     # the best epoch's weights, through Lightning (the history rides along in the checkpoint)
     best_ckpt = Path(ckpt_dir) / BEST
     module = PropertyModule.load_from_checkpoint(
-        best_ckpt,
-        map_location=module.mean.device,
-        weights_only=True,
-        model=model,
-        mean=mean,
-        std=std,
-        lr=job.lr,
+        best_ckpt, map_location=module.mean.device, weights_only=True, model=model, mean=mean, std=std, lr=job.lr,
         **recipe,
-    )
+    )  # fmt: skip
     best = checked_best(history, module.history, "val_mae", best_ckpt)
-    pred = predict_all(module, cache, test, job.batch_size)
-    truth = y[test]
+    return module, best, history, str(trainer.strategy.root_device)
+
+
+def evaluate(
+    module: PropertyModule,
+    cache: GraphCache,
+    split: tuple[np.ndarray, np.ndarray, np.ndarray],
+    job: FinetuneSettings,
+    labels: dict[str, Any],
+    best: dict,
+    history: list[dict],
+    *,
+    predictions_csv: str | Path,
+    split_csv: str | Path | None = None,
+    model_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Score the best epoch on the test set beside the answers without learning; write
+    the predictions, the split and the exported model. Returns the metrics (the caller
+    adds the wall time and device and writes them)."""
+    train_idx, val_idx, test_idx = split
+    y = cache.targets.numpy()
+    pred = predict_all(module, cache, test_idx, job.batch_size)
+    truth = y[test_idx]
     metrics = {
-        "dataset": dataset,
-        "fraction": fraction,
-        "seed": seed,
-        "mode": mode,
-        "sigma": sigma,
-        "pretrain_seed": pretrain_seed,
-        # only with budgets: the metrics of a run without them keep their keys
-        **({"budget": int(budget)} if budget is not None else {}),
-        "n_train": int(len(train)),
-        "n_val": int(len(val)),
-        "n_test": int(len(test)),
+        **labels,
+        "n_train": int(len(train_idx)),
+        "n_val": int(len(val_idx)),
+        "n_test": int(len(test_idx)),
         "test_mae": float(np.abs(pred - truth).mean()),
         "val_mae": float(best["val_mae"]),
         "best_epoch": int(best["epoch"]),
@@ -299,29 +332,57 @@ def run_finetune(
         "optimizer_steps": int(history[-1]["steps"]),
         "stop": history[-1]["stop"],
         # the same test set, answered without learning from structure (cdssl.baselines)
-        "test_mae_mean_predictor": mean_predictor_mae(y, train, test),
-        "test_mae_composition": composition_mae(cache, y, train, val, test),
+        "test_mae_mean_predictor": mean_predictor_mae(y, train_idx, test_idx),
+        "test_mae_composition": composition_mae(cache, y, train_idx, val_idx, test_idx),
         # a model whose predictions hardly vary did not learn, whatever its MAE
         # (cdssl.statistics flags it by the ratio of the two)
         "prediction_std": float(pred.std()),
         "target_std": float(truth.std()),
         "units": job.units,
-        "wall_seconds": time.monotonic() - start,
-        "device": str(trainer.strategy.root_device),
     }
     with atomic_path(predictions_csv) as tmp:
-        pd.DataFrame({"id": [cache.ids[i] for i in test], "target": truth, "prediction": pred}).to_csv(tmp, index=False)
+        ids = [cache.ids[i] for i in test_idx]
+        pd.DataFrame({"id": ids, "target": truth, "prediction": pred}).to_csv(tmp, index=False)
     if split_csv is not None:
         # every crystal's role in this run, so any other model can be scored on the same split
-        split = np.array(["unused"] * len(cache), dtype=object)
-        split[train], split[val], split[test] = "train", "val", "test"
+        roles = np.array(["unused"] * len(cache), dtype=object)
+        roles[train_idx], roles[val_idx], roles[test_idx] = "train", "val", "test"
         with atomic_path(split_csv) as tmp:
-            pd.DataFrame({"id": cache.ids, "split": split}).to_csv(tmp, index=False)
+            pd.DataFrame({"id": cache.ids, "split": roles}).to_csv(tmp, index=False)
     if model_dir is not None:
         keys = ("dataset", "fraction", "seed", "mode", "sigma", "pretrain_seed", "budget", "test_mae")
         info = {k: metrics[k] for k in keys if k in metrics}
         info.update(target=job.target, transform=job.transform, units=job.units, max_sites=job.max_sites)
         export_model(module, model_dir, info)
-    write_json(metrics, metrics_json)
-    LOG.info("test MAE %.4g %s (best epoch %d)", metrics["test_mae"], job.units, metrics["best_epoch"])
     return metrics
+
+
+def run_cell(
+    graphs: str | Path,
+    seeds: list[int],
+    *,
+    metrics_jsons: list[str],
+    predictions_csvs: list[str],
+    split_csvs: list[str],
+    history_csvs: list[str],
+    model_dirs: list[str],
+    ckpt_dirs: list[str],
+    **kwargs: Any,
+) -> list[dict]:
+    """Every seed of one (dataset, fraction, mode) cell in turn, each with its own
+    outputs (the lists follow ``seeds``): one process pays torch's, Lightning's and
+    MatGL's start-up once per cell. ``kwargs`` are :func:`run_finetune`'s."""
+    return [
+        run_finetune(
+            graphs,
+            seed=int(seed),
+            metrics_json=metrics_jsons[i],
+            predictions_csv=predictions_csvs[i],
+            split_csv=split_csvs[i],
+            history_csv=history_csvs[i],
+            model_dir=model_dirs[i],
+            ckpt_dir=ckpt_dirs[i],
+            **kwargs,
+        )  # fmt: skip
+        for i, seed in enumerate(seeds)
+    ]

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from .structures import parse_structure
-from .utils import atomic_path, record_digest
+from .utils import LOG, atomic_path, record_digest
 
 CACHE_FORMAT = 1
 
@@ -163,6 +163,35 @@ def save_cache(cache: dict, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(cache, tmp)
     record_digest(path)
+
+
+def run_graphs(
+    table: str | Path | pd.DataFrame,
+    graphs_pt: str | Path,
+    skipped_csv: str | Path,
+    *,
+    cutoff: float,
+    unknown_elements: str = "skip",
+    dropped: str | Path | pd.DataFrame | None = None,
+    processes: int = 1,
+) -> tuple[int, int]:
+    """The graph stage: a data table (or its file) -> the packed cache and one list of
+    every row that left the dataset, the data stage's ``dropped`` rows first, each with
+    its reason. Returns (graphs cached, rows skipped in all)."""
+    from .data import read_table
+
+    table = table if isinstance(table, pd.DataFrame) else read_table(table)
+    cache, skipped = build_cache(table, cutoff, processes=processes, unknown_elements=unknown_elements)
+    for reason, count in skipped["reason"].str.split(":").str[0].value_counts().items():
+        LOG.warning("skipped %d structure(s): %s", count, reason)
+    if dropped is not None:
+        earlier = dropped if isinstance(dropped, pd.DataFrame) else pd.read_csv(dropped, dtype=str)
+        skipped = pd.concat([earlier, skipped], ignore_index=True)
+    LOG.info("%d graphs cached, %d rows skipped in all (see %s)", len(cache["ids"]), len(skipped), skipped_csv)
+    with atomic_path(skipped_csv) as tmp:
+        skipped.to_csv(tmp, index=False)
+    save_cache(cache, graphs_pt)
+    return len(cache["ids"]), len(skipped)
 
 
 @dataclass

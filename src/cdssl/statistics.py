@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .utils import atomic_path, write_json
+from .utils import LOG, atomic_path, write_json
 
 BASELINES = ("sl", "sl_large")
 
@@ -502,4 +502,6 @@ def write_aggregates(
             frame.to_csv(tmp, index=False)
     summary = summarise(jobs, cells)
     write_json(summary, summary_json)
+    for line in summary_lines(summary):
+        LOG.info("%s", line)
     return summary

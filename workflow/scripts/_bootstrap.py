@@ -1,8 +1,12 @@
 """Shared start of every rule script: import path, rule log, threads, a quiet console.
 
-Snakemake runs a copy of each script from .snakemake/scripts, so the library is found
-through ``snakemake.scriptdir`` rather than ``__file__``; this also serves ``--use-conda``
-environments, where the package is not pip-installed.
+A rule script is its docstring, ``start(snakemake)``, the import of its library function
+and one call to it (plus :func:`finish` with the job's key number). Snakemake runs a copy
+of each script from .snakemake/scripts and appends the script's own folder to
+``sys.path`` (so ``from _bootstrap import start`` works); the library is found through
+``snakemake.scriptdir`` rather than ``__file__``, which also serves ``--use-conda``
+environments, where the package is not pip-installed. An exception needs no handler in
+the script: with a log, the traceback goes to the log and the console (below).
 
 The console belongs to Snakemake's progress: a job with a ``log:`` sends everything it
 prints (Lightning's banners, library warnings, our own log lines) to that file, and

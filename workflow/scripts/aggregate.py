@@ -1,28 +1,23 @@
 """Rule aggregate: fine-tuning and baseline metrics -> jobs.csv, cells.csv, summary.json (cdssl.statistics)."""
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
 from _bootstrap import finish, start
 
-log = start(snakemake)
-from cdssl.statistics import summary_lines, write_aggregates
+start(snakemake)
+from cdssl.statistics import write_aggregates
 
-try:
-    out = snakemake.output
-    summary = write_aggregates(
-        snakemake.input.metrics,
-        out.jobs,
-        out.cells,
-        out.summary,
-        baseline_files=snakemake.input.baselines,
-        min_prediction_spread=snakemake.params.min_prediction_spread,
-    )
-    lines = summary_lines(summary)
-    for line in lines:
-        log.info("%s", line)
-    verdicts = [line for line in lines if line.startswith("verdict")]
-    finish("; ".join(verdicts) if verdicts else f"see {out.summary}")
-except Exception:
-    log.exception("aggregation failed")
-    raise
+summary = write_aggregates(
+    snakemake.input.metrics,
+    snakemake.output.jobs,
+    snakemake.output.cells,
+    snakemake.output.summary,
+    baseline_files=snakemake.input.baselines,
+    min_prediction_spread=snakemake.params.min_prediction_spread,
+)
+# the console line: per task, SSL against the strongest answer without pretraining
+verdicts = [
+    f"{dataset}: {ssl} minus {v['strongest_without_pretraining']} "
+    + (f"{mean:+.4g}" if (mean := v["ssl_minus_strongest"]["mean"]) == mean else "not counted (a model did not learn)")
+    for ssl, verdict in summary["verdict"].items()
+    for dataset, v in verdict["per_dataset"].items()
+]
+finish("; ".join(verdicts) or f"see {snakemake.output.summary}")

@@ -4,39 +4,27 @@ With several ranks inside a SLURM allocation, this process only starts them with
 (cdssl.distributed) and waits; each rank runs run_pretraining with the same arguments.
 """
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
 from _bootstrap import start
 
-log = start(snakemake)
-from cdssl.distributed import launch, needs_srun
-from cdssl.pretrain import run_pretraining
+start(snakemake)
+from cdssl.distributed import run_ranks
 
-# the settings name nodes themselves when above 1
-kwargs = dict(
-    graphs=snakemake.input.graphs,
-    **snakemake.params.settings,
-    accelerator=snakemake.params.accelerator,
-    history_csv=snakemake.output.history,
-    split_csv=snakemake.output.split,
-    reference_json=snakemake.output.reference,
-    ckpt_dir=snakemake.params.ckpt_dir,
+run_ranks(
+    "cdssl.pretrain:run_pretraining",
+    # the settings name nodes themselves when above 1
+    dict(
+        graphs=snakemake.input.graphs,
+        **snakemake.params.settings,
+        accelerator=snakemake.params.accelerator,
+        history_csv=snakemake.output.history,
+        split_csv=snakemake.output.split,
+        reference_json=snakemake.output.reference,
+        ckpt_dir=snakemake.params.ckpt_dir,
+    ),
+    nodes=snakemake.params.nodes,
+    devices=snakemake.params.devices,
+    cpus_per_rank=snakemake.threads,
+    # beside the checkpoint folder, which rank 0 may wipe on a change of identity
+    spec_path=f"{snakemake.params.ckpt_dir}.ranks.json",
+    log_path=snakemake.log[0],
 )
-try:
-    if needs_srun(snakemake.params.nodes, snakemake.params.devices):
-        launch(
-            "cdssl.pretrain:run_pretraining",
-            kwargs,
-            nodes=snakemake.params.nodes,
-            devices=snakemake.params.devices,
-            cpus_per_rank=snakemake.threads,
-            # beside the checkpoint folder, which rank 0 may wipe on a change of identity
-            spec_path=f"{snakemake.params.ckpt_dir}.ranks.json",
-            log_path=snakemake.log[0],
-        )
-    else:
-        run_pretraining(**kwargs)
-except Exception:
-    log.exception("pretraining failed")
-    raise

@@ -1,11 +1,8 @@
 """Rule probe: ridge probes on frozen embeddings of unseen crystals (cdssl.probes)."""
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
 from _bootstrap import start
 
-log = start(snakemake)
+start(snakemake)
 from cdssl.probes import run_probes
 
 featurizers = snakemake.params.featurizers
@@ -13,20 +10,15 @@ files = list(snakemake.input.features)
 # one {featurizer: file} per dataset, in the rule's order: the pool, then the fine-tuning sets
 step = len(featurizers)
 per_dataset = [dict(zip(featurizers, files[i : i + step], strict=True)) for i in range(0, len(files), step or 1)]
-try:
-    table = run_probes(
-        list(snakemake.input.encoders),
-        snakemake.input.graphs,
-        snakemake.input.split,
-        list(snakemake.input.finetune_graphs),
-        feature_files=per_dataset if featurizers else [],
-        **snakemake.params.settings,
-        sigmas=[float(s) for s in snakemake.params.sigmas],
-        budgets=snakemake.params.budgets,
-        probe_csv=snakemake.output.probe,
-        embeddings_npz=snakemake.output.embeddings,
-    )
-    log.info("linear probes:\n%s", table.to_string(index=False))
-except Exception:
-    log.exception("linear probes failed")
-    raise
+run_probes(
+    list(snakemake.input.encoders),
+    snakemake.input.graphs,
+    snakemake.input.split,
+    list(snakemake.input.finetune_graphs),
+    feature_files=per_dataset if featurizers else [],
+    **snakemake.params.settings,
+    sigmas=[float(s) for s in snakemake.params.sigmas],
+    budgets=snakemake.params.budgets,
+    probe_csv=snakemake.output.probe,
+    embeddings_npz=snakemake.output.embeddings,
+)

@@ -1,27 +1,20 @@
 """Rule results: the run's tables under one metadata line -> analysis/results.md (cdssl.document)."""
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
 from _bootstrap import finish, start
 
-log = start(snakemake)
+start(snakemake)
 from cdssl.document import write_results_document
 
-try:
-    write_results_document(
-        snakemake.input.cells,
-        snakemake.input.summary,
-        list(snakemake.input.selected),
-        list(snakemake.input.reference),
-        snakemake.output.results,
-        probe_csv=snakemake.input.probe,
-        workflow_dir=snakemake.scriptdir,
-        configfiles=snakemake.params.configfiles,
-        benchmarks_dir=snakemake.params.benchmarks,
-        budget_csv=snakemake.input.budget[0] if snakemake.input.budget else None,
-    )
-    finish(snakemake.output.results)
-except Exception:
-    log.exception("results document failed")
-    raise
+write_results_document(
+    snakemake.input.cells,
+    snakemake.input.summary,
+    list(snakemake.input.selected),
+    list(snakemake.input.reference),
+    snakemake.output.results,
+    probe_csv=snakemake.input.probe,
+    workflow_dir=snakemake.scriptdir,
+    configfiles=snakemake.params.configfiles,
+    benchmarks_dir=snakemake.params.benchmarks,
+    budget_csv=snakemake.input.budget[0] if snakemake.input.budget else None,
+)
+finish(snakemake.output.results)

@@ -1,23 +1,16 @@
 """Rule select_checkpoint: the lowest-validation-loss epoch -> the exported encoder (cdssl.selection)."""
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
 from _bootstrap import finish, start
 
-log = start(snakemake)
+start(snakemake)
 from cdssl.selection import select_checkpoint
 
-try:
-    record = select_checkpoint(
-        snakemake.input.history,
-        snakemake.params.ckpt_dir,
-        snakemake.output.selected,
-        snakemake.output.encoder,
-        # rule select_budget: the best of the first {budget} epochs
-        budget=snakemake.params.get("budget"),
-    )
-    finish(f"epoch {record['epoch']} of {record['epochs_trained']}, validation loss {record['val_loss']:.4g}")
-except Exception:
-    log.exception("checkpoint selection failed")
-    raise
+record = select_checkpoint(
+    snakemake.input.history,
+    snakemake.params.ckpt_dir,
+    snakemake.output.selected,
+    snakemake.output.encoder,
+    # rule select_budget: the best of the first {budget} epochs
+    budget=snakemake.params.get("budget"),
+)
+finish(f"epoch {record['epoch']} of {record['epochs_trained']}, validation loss {record['val_loss']:.4g}")
