@@ -22,7 +22,7 @@ import pandas as pd
 from .baselines import element_fractions
 from .features import read_features
 from .graphs import GraphCache
-from .utils import atomic_path
+from .utils import LOG, atomic_path
 
 PAPER_R2 = {"log_density": 0.703, "log_volume": 0.756}
 FEATURES = ("pretrained", "random_init", "element_fractions", "element_fractions+atoms", "log_atoms")
@@ -123,6 +123,39 @@ def probe_structures(
     return [(c, idx, k) for k, (c, idx) in enumerate(parts) if len(idx)]
 
 
+def encoder_names(sigmas: list, budgets: list) -> list[str]:
+    """``pretrained``, plus ``_sigma_<s>`` in a noise-scale sweep and ``_budget_<k>`` with budgets."""
+    sweep = len(set(sigmas)) > 1
+    return [
+        "pretrained" + (f"_sigma_{float(s):g}" if sweep else "") + (f"_budget_{int(b)}" if b is not None else "")
+        for s, b in zip(sigmas, budgets, strict=True)
+    ]
+
+
+def probe_table(
+    features: dict[str, np.ndarray], targets: dict[str, np.ndarray], rows: list[str], labels: dict, repeats: int
+) -> pd.DataFrame:
+    """One row per (feature set, target): :func:`repeated_probe`'s R^2; a pretrained
+    encoder's row carries its sigma (and its budget, when any encoder has one)."""
+    budgets = any(label["budget"] is not None for label in labels.values())
+    out = []
+    for name in rows:
+        label = labels.get(name, {"sigma": None, "budget": None})
+        for target, y in targets.items():
+            out.append(
+                {
+                    "features": name,
+                    "sigma": label["sigma"],
+                    **({"budget": label["budget"]} if budgets else {}),
+                    "target": target,
+                    **repeated_probe(features[name], y, repeats),
+                    "n_structures": len(y),
+                    "paper_r2": PAPER_R2.get(target, np.nan),
+                }
+            )
+    return pd.DataFrame(out)
+
+
 def run_probes(
     encoder_dirs,
     pretrain_graphs,
@@ -169,11 +202,7 @@ def run_probes(
     dirs = [encoder_dirs] if isinstance(encoder_dirs, (str, Path)) else list(encoder_dirs)
     sigmas = list(sigmas) if sigmas is not None else [None] * len(dirs)
     budgets = list(budgets) if budgets is not None else [None] * len(dirs)
-    sweep = len(set(sigmas)) > 1
-    names = [
-        "pretrained" + (f"_sigma_{float(s):g}" if sweep else "") + (f"_budget_{int(b)}" if b is not None else "")
-        for s, b in zip(sigmas, budgets, strict=True)
-    ]
+    names = encoder_names(sigmas, budgets)
     encoders = {name: matgl.load_model(Path(d)) for name, d in zip(names, dirs, strict=True)}
     encoders["random_init"] = build_megnet(sizes, cutoff)
     fractions = stack(lambda c, idx: element_fractions(c, idx, n_types))
@@ -189,23 +218,9 @@ def run_probes(
         features[featurizer] = np.concatenate(
             [read_features(feature_files[k][featurizer], c)[idx] for c, idx, k in sources]
         )
-    sigma_of = dict(zip(names, sigmas, strict=True))
-    budget_of = dict(zip(names, budgets, strict=True))
-    rows = []
-    for name in names + list(FEATURES[1:]) + featurizers:
-        for target, y in targets.items():
-            rows.append(
-                {
-                    "features": name,
-                    "sigma": sigma_of.get(name),
-                    **({"budget": budget_of.get(name)} if any(b is not None for b in budgets) else {}),
-                    "target": target,
-                    **repeated_probe(features[name], y, repeats),
-                    "n_structures": len(y),
-                    "paper_r2": PAPER_R2.get(target, np.nan),
-                }
-            )
-    table = pd.DataFrame(rows)
+    labels = {name: {"sigma": s, "budget": b} for name, s, b in zip(names, sigmas, budgets, strict=True)}
+    table = probe_table(features, targets, names + list(FEATURES[1:]) + featurizers, labels, repeats)
+    LOG.info("linear probes:\n%s", table.to_string(index=False))
     with atomic_path(probe_csv) as tmp:
         table.to_csv(tmp, index=False)
     ids = stack(lambda c, idx: np.array(c.ids)[idx])
