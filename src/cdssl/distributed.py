@@ -132,31 +132,19 @@ def launch(
     LOG.info("all %d ranks finished", world_size(nodes, devices))
 
 
-def run_ranks(
-    target: str,
-    kwargs: dict[str, Any],
-    *,
-    nodes: int,
-    devices: int,
-    cpus_per_rank: int,
-    spec_path: str | Path,
-    log_path: str | Path | None,
-) -> None:
-    """``target(**kwargs)``: here, or, where the run needs ranks this process must start
-    (:func:`needs_srun`), on every rank through :func:`launch`."""
-    if needs_srun(nodes, devices):
-        launch(
-            target,
-            kwargs,
-            nodes=nodes,
-            devices=devices,
-            cpus_per_rank=cpus_per_rank,
-            spec_path=spec_path,
-            log_path=log_path,
-        )
-        return
+def _function(target: str):
     module_name, func_name = target.split(":")
-    getattr(importlib.import_module(module_name), func_name)(**kwargs)
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def run_ranks(target: str, kwargs: dict[str, Any], **launch_args: Any) -> None:
+    """``target(**kwargs)``: here, or, where the run needs ranks this process must start
+    (:func:`needs_srun`), on every rank through :func:`launch`, whose keywords
+    ``launch_args`` are (nodes, devices, cpus_per_rank, spec_path, log_path)."""
+    if needs_srun(launch_args["nodes"], launch_args["devices"]):
+        launch(target, kwargs, **launch_args)
+    else:
+        _function(target)(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -167,10 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     log = setup_logging(spec.get("log"))
     set_threads(spec.get("threads", 1))
     log.info("%s", rank_line())
-    module_name, func_name = spec["target"].split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
     try:
-        func(**spec["kwargs"])
+        _function(spec["target"])(**spec["kwargs"])
     except Exception:
         log.exception("%s failed on %s", spec["target"], rank_line())
         raise
