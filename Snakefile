@@ -7,6 +7,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+# the paper's run when no --configfile is given; a --configfile replaces it (the profile
+# sets replace-workflow-config), and --config key=value applies on top of either
+# (beside this file, whatever the working directory: --directory runs elsewhere)
+configfile: f"{workflow.basedir}/config/config.yaml"
+
+
 report: "workflow/report/workflow.rst"
 
 

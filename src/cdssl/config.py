@@ -6,7 +6,6 @@ Snakemake user sees only the message, not a traceback into our code.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -40,29 +39,16 @@ def load_schema(path: Path | str = SCHEMA_PATH) -> dict:
         return yaml.safe_load(fh)
 
 
-def _fill_defaults(instance: dict, schema: dict, defs: dict) -> None:
-    """Insert schema defaults for absent keys, as snakemake.utils.validate(set_default=True)."""
-    if "$ref" in schema:
-        schema = defs[schema["$ref"].split("/")[-1]]
-    for key, sub in schema.get("properties", {}).items():
-        if key not in instance and "default" in sub:
-            # a copy: a default's lists must not be shared between configs
-            instance[key] = copy.deepcopy(sub["default"])
-        if isinstance(instance.get(key), dict):
-            _fill_defaults(instance[key], sub, defs)
-    extra = schema.get("additionalProperties")
-    if isinstance(extra, dict):
-        for key, value in instance.items():
-            if key not in schema.get("properties", {}) and isinstance(value, dict):
-                _fill_defaults(value, extra, defs)
-
-
-def validate_config(config: dict, source: str = "<config>", schema: dict | None = None) -> dict:
+def validate_config(config: dict, source: str = "<config>", schema_path: Path | str = SCHEMA_PATH) -> dict:
     """Validate ``config`` in place (defaults filled) and return it.
 
-    Raises ConfigError naming ``source`` and the dotted key path of the first problem.
+    Raises ConfigError naming ``source`` and the dotted key path of the first problem
+    (jsonschema's own messages name neither); a valid config then gets the schema's
+    defaults from Snakemake's validator, and our cross-field rules.
     """
-    schema = schema or load_schema()
+    from snakemake.utils import validate
+
+    schema = load_schema(schema_path)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(e.absolute_path)))
     if errors:
@@ -78,7 +64,7 @@ def validate_config(config: dict, source: str = "<config>", schema: dict | None 
         else:
             msg = f"'{where}': {err.message}"
         raise ConfigError(f"invalid configuration in {source}: {msg}")
-    _fill_defaults(config, schema, schema.get("$defs", {}))
+    validate(config, str(schema_path), set_default=True)
     _check_references(config, source)
     return config
 

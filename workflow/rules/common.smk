@@ -1,8 +1,6 @@
 import sys
 from pathlib import Path
 
-from snakemake.utils import update_config
-
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cdssl.data import DataError, check_columns
@@ -15,7 +13,6 @@ from cdssl.config import (
     finetune_settings,
     fmt_sigma,
     graph_settings,
-    load_config,
     pretrain_resources,
     pretrain_seeds,
     pretrain_settings,
@@ -25,21 +22,13 @@ from cdssl.config import (
 )
 
 
-# No `configfile:` directive: Snakemake would merge config/config.yaml beneath every
-# --configfile, and a user config missing a section would silently run the paper's
-# settings. Each config file is complete on its own; without --configfile the paper's
-# config/config.yaml is used, with --config key=value applied on top.
-DEFAULT_CONFIG = Path(workflow.basedir) / "config" / "config.yaml"
+# The config is config/config.yaml (the Snakefile's configfile) or, replacing it, the
+# --configfile(s) given (profiles set replace-workflow-config), with --config on top;
+# validated here against the schema (defaults filled) and our cross-field rules.
 try:
-    if not workflow.overwrite_configfiles:
-        overrides = dict(config)
-        config.clear()
-        config.update(load_config(DEFAULT_CONFIG))
-        update_config(config, overrides)
     validate_config(
         config,
-        source=", ".join(str(f) for f in workflow.overwrite_configfiles)
-        or str(DEFAULT_CONFIG),
+        source=", ".join(str(f) for f in workflow.configfiles) or "config/config.yaml",
     )
     for name in sorted(
         set(config["finetune"]["datasets"]) | {config["pretrain"]["dataset"]}
