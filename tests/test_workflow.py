@@ -269,6 +269,18 @@ def test_the_console_has_one_line_per_job_and_the_logs_keep_the_rest(tiny_run):
     assert "### Pretraining" in text and "### dielectric (test MAE, log10(n))" in text and "### Linear probes" in text
 
 
+def test_the_committed_demo_tables_have_the_format_a_fresh_run_writes(tiny_run):
+    """docs/runs/demo.md is a demo run's own results.md (tools/results_doc.py collect):
+    a fresh run of today's code writes the same sections, tables and lines."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from results_doc import RUNS, skeleton
+
+    work, _ = tiny_run
+    fresh = skeleton((work / "results/analysis/results.md").read_text())
+    assert fresh == skeleton((RUNS / "demo.md").read_text())
+    assert "### DATASET (test MAE" in fresh and "table: fraction" in fresh and "bullet: verdict" in fresh
+
+
 def test_changed_metrics_rerun_only_aggregation_and_figures(tiny_run):
     work, args = tiny_run
     assert job_counts(snakemake("-n", *args, workdir=work).stdout) == {}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .statistics import BASELINES, ssl_models, ssl_parts
+from .statistics import BASELINES, RESULT_LABELS, ssl_models, ssl_parts
 from .utils import atomic_path
 
 MODE_LABELS = {"ssl": "SSL (pretrained)", "sl": "SL (Table 3)", "sl_large": "SL large (Table 2)"}
@@ -334,9 +334,7 @@ def _budget_panel(ax, sub: pd.DataFrame, fraction: str) -> None:
             continue
         mean, sem = float(sub[f"{key}_mean"].iloc[0]), float(sub[f"{key}_sem"].iloc[0])
         name = sub[f"{key}_name"].iloc[0]
-        ax.axhline(
-            mean, color=colour, lw=1.2, label=MODE_LABELS.get(name, TRIVIAL_LABELS.get(name, name.replace("_", " ")))
-        )
+        ax.axhline(mean, color=colour, lw=1.2, label=RESULT_LABELS.get(name, name.replace("_", " ")))
         if np.isfinite(sem):
             ax.axhspan(mean - 1.96 * sem, mean + 1.96 * sem, color=colour, alpha=0.12, lw=0)
     _budget_axis(ax, sub["budget"])
@@ -368,7 +366,7 @@ def _budget_gap_panel(ax, sub: pd.DataFrame) -> None:
         y = sub[f"diff_{key}"]
         err = np.vstack([y - sub[f"diff_{key}_low"], sub[f"diff_{key}_high"] - y])
         name = sub[f"{key}_name"].iloc[0]
-        label = MODE_LABELS.get(name, TRIVIAL_LABELS.get(name, name.replace("_", " ")))
+        label = RESULT_LABELS.get(name, name.replace("_", " "))
         ax.errorbar(sub["budget"], y, yerr=err, color=colour, marker="o", ms=4, capsize=2, label=f"SSL - {label}")
     _budget_axis(ax, sub["budget"])
     ax.set_title("all fractions: SSL minus reference\n(below 0: SSL better)", fontsize=9)
