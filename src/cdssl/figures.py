@@ -1,4 +1,5 @@
-"""Figures 3-5: pretraining curves beside their references, SSL against the baselines per cell, the UMAP map."""
+"""Figures 3-5 and the budget figure: pretraining curves beside their references, SSL against the baselines per cell
+and per pretraining budget, the UMAP maps."""
 
 from __future__ import annotations
 
