@@ -295,7 +295,7 @@ def test_a_near_constant_predictor_is_flagged_and_not_counted():
     assert cell_table(varied, min_prediction_spread=0.8)["learned_ssl"].sum() == 0
 
 
-def test_the_verdict_names_the_strongest_answer_without_pretraining_and_counts_against_it():
+def test_the_verdict_names_the_strongest_answer_without_pretraining_and_counts_against_it(tmp_path):
     jobs = _jobs()
     # dataset A: Magpie boosting below every network; dataset B: SL is the strongest
     jobs["test_mae_magpie_boosting"] = np.where(jobs["dataset"] == "A", 0.2, 9.0)
@@ -320,6 +320,9 @@ def test_the_verdict_names_the_strongest_answer_without_pretraining_and_counts_a
     assert "### A (test MAE, eV)" in text and "| fraction | SSL | SL (Table 3) |" in text
     row = "| 0.1 | 2.0000 ± 0.5774 | 3.0000 ± 0.5774 | 11.0000 ± 0.5774 | 8.0000 ± 0.0000 | 9.5000 ± 0.0000 |"
     assert row + " **0.2000 ± 0.0000** | - |" in text
+    # as the results rule reads it: from cells.csv, where an empty flag comes back as NaN
+    cells.to_csv(tmp_path / "cells.csv", index=False)
+    assert row + " **0.2000 ± 0.0000** | - |" in results_markdown(pd.read_csv(tmp_path / "cells.csv"), summary)
     assert "- verdict A: the strongest answer without pretraining is magpie_boosting" in text
     assert v["A"]["strongest_baseline"]["name"] == "magpie_boosting"
     # a foundation model's features, pretrained elsewhere: never the answer "without

@@ -481,7 +481,10 @@ def results_markdown(cells: pd.DataFrame, summary: dict) -> str:
                 if np.isfinite(row.get(f"sem_{m}", np.nan)):
                     text += f" ± {row[f'sem_{m}']:.4f}"
                 cells_text.append(f"**{text}**" if row[f"mean_{m}"] == best else text)
-            out.append(f"| {row['fraction']:g} | " + " | ".join(cells_text) + f" | {row.get('flagged', '') or '-'} |")
+            # read back from cells.csv, an empty flag is NaN
+            flag = row.get("flagged")
+            flag = flag if isinstance(flag, str) and flag else "-"
+            out.append(f"| {row['fraction']:g} | " + " | ".join(cells_text) + f" | {flag} |")
         out.append("")
     out += [f"- {line}" for line in summary_lines(summary)]
     return "\n".join(out) + "\n"
