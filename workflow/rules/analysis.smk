@@ -48,7 +48,7 @@ rule results:
             category="Tables",
         ),
     params:
-        configfiles=[str(f) for f in workflow.configfiles],
+        configfiles=CONFIGFILES,
         benchmarks=f"{R}/benchmarks",
     log:
         f"{R}/logs/analysis/results.log",

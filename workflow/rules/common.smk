@@ -25,11 +25,23 @@ from cdssl.config import (
 # The config is config/config.yaml (the Snakefile's configfile) or, replacing it, the
 # --configfile(s) given (profiles set replace-workflow-config), with --config on top;
 # validated here against the schema (defaults filled) and our cross-field rules.
+# the config files this run reads, for messages and the results' metadata line: with a
+# --configfile the Snakefile's default is replaced, whatever else lists it; a file in the
+# workflow is named from its folder (config/demo.yaml), any other by its full path
+DEFAULT_CONFIGFILE = Path(workflow.basedir) / "config" / "config.yaml"
+
+
+def config_name(path):
+    path = Path(path).resolve()
+    base = Path(workflow.basedir).resolve()
+    return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+
+
+CONFIGFILES = [
+    config_name(f) for f in workflow.configfiles if Path(f) != DEFAULT_CONFIGFILE
+] or [config_name(DEFAULT_CONFIGFILE)]
 try:
-    validate_config(
-        config,
-        source=", ".join(str(f) for f in workflow.configfiles) or "config/config.yaml",
-    )
+    validate_config(config, source=", ".join(CONFIGFILES))
     for name in sorted(
         set(config["finetune"]["datasets"]) | {config["pretrain"]["dataset"]}
     ):
