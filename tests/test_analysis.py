@@ -589,3 +589,47 @@ def test_the_results_document_names_its_run_and_quotes_its_files(tmp_path, root)
     assert "| pretrained encoder (sigma 0.5) | 0.700 ± 0.041 | 0.816 ± 0.063 |" in text
     assert "| log(atom count) alone | 0.022 ± 0.036 | -0.009 ± 0.009 |" in text
     assert "| the paper (pretrained, its own data) | 0.703 |  |" in text
+
+
+def test_budgets_become_their_own_ssl_models_and_the_budget_table_says_where_ssl_crosses(tmp_path):
+    """pretrain.export_epochs: each budget's runs are model ssl_budget_<k>; the budget
+    table sets each against SL large and the strongest baseline, and says from which
+    budget SSL is lower with an interval below 0, or that it never is."""
+    from cdssl.budget import budget_lines, budget_markdown, write_budget_table
+
+    rows = []
+    for fraction in (0.1, 0.2, 0.3):
+        for seed in range(3):
+            base = {"dataset": "A", "fraction": fraction, "seed": seed, "units": "eV", "test_mae_mean_predictor": 10.0}
+            base |= {"test_mae_composition": 8.0, "test_mae_magpie_boosting": 3.0 + 0.01 * seed}
+            rows.append(base | {"mode": "sl_large", "test_mae": 5.0 + 0.01 * seed})
+            # SSL improves with the budget: above boosting at 10 epochs, below it at 100
+            for budget, mae in ((10, 6.0), (30, 4.0), (100, 2.0)):
+                rows.append(base | {"mode": "ssl", "budget": budget, "sigma": 0.5, "test_mae": mae + 0.01 * seed})
+    for i, row in enumerate(rows):
+        path = tmp_path / f"m{i}.json"
+        path.write_text(json.dumps(row))
+    out = [tmp_path / n for n in ("jobs.csv", "cells.csv", "summary.json")]
+    summary = write_aggregates(sorted(tmp_path.glob("m*.json")), *out)
+    assert {"ssl_budget_10", "ssl_budget_30", "ssl_budget_100"} <= set(summary["models"])
+    selected = []
+    for budget, loss in ((10, 0.35), (30, 0.3), (100, 0.25)):
+        selected.append(tmp_path / f"sel{budget}.json")
+        selected[-1].write_text(
+            json.dumps({"budget": budget, "epoch": budget - 1, "val_loss": loss, "epochs_trained": budget})
+        )
+    table = write_budget_table(*out, selected, tmp_path / "budget.csv")
+    overall = table[table["fraction"] == "all"].set_index("budget")
+    assert overall["strongest_name"].unique().tolist() == ["magpie_boosting"]
+    assert overall.loc[10, "diff_strongest"] == pytest.approx(3.0) and overall.loc[
+        100, "diff_strongest"
+    ] == pytest.approx(-1.0)
+    assert overall.loc[100, "diff_sl_large_high"] < 0 and overall.loc[30, "pretrain_val_loss"] == 0.3
+    lines = budget_lines(table)
+    assert any(
+        "minus magpie_boosting" in line and "SSL lower from budget 100 (interval below 0)" in line for line in lines
+    )
+    assert any("minus sl_large" in line and "SSL lower from budget 30" in line for line in lines)
+    assert "| 100 | 99 | 0.2500 | 2.0100 |" in budget_markdown(table)
+    # one table per fraction too, three budgets each
+    assert (table[table["fraction"] == "0.2"]["budget"].tolist()) == [10, 30, 100]

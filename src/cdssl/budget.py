@@ -111,12 +111,11 @@ def _trend(budgets: list[int], diffs: list[float], lows: list[float], highs: lis
         text = f"SSL lower on average from budget {lower[0]}, no interval below 0"
     else:
         text = "no crossing: SSL higher at every budget"
-    narrowest = budgets[int(np.nanargmin(diffs))]
-    # the first budget after which the next one did not narrow the gap (NaN: not counted)
-    stop = next((b for b, nxt, d in zip(budgets, diffs[1:], diffs, strict=False) if not nxt < d), None)
-    text += f"; lowest difference at budget {narrowest}"
-    text += f"; it stopped shrinking after budget {stop}" if stop is not None else "; still shrinking at the last"
-    return text
+    lowest = int(np.nanargmin(diffs))
+    text += f"; lowest difference at budget {budgets[lowest]}"
+    if lowest == len(budgets) - 1:
+        return text + ", the last: still falling"
+    return text + f"; no budget after it went lower ({', '.join(str(b) for b in budgets[lowest + 1 :])})"
 
 
 def budget_lines(table: pd.DataFrame) -> list[str]:

@@ -460,6 +460,16 @@ RESULT_LABELS = {
 }
 
 
+def result_label(model: str) -> str:
+    """A model's column name: ``SSL (sigma 0.3 A, 100 epochs)`` for a sweep's or a budget's ssl model."""
+    if model in RESULT_LABELS or not model.startswith("ssl_"):
+        return RESULT_LABELS.get(model, model)
+    parts = ssl_parts(model)
+    tags = [f"sigma {parts['sigma']:g} A"] if "sigma" in parts else []
+    tags += [f"{parts['budget']:g} epochs"] if "budget" in parts else []
+    return f"SSL ({', '.join(tags)})"
+
+
 def results_markdown(cells: pd.DataFrame, summary: dict) -> str:
     """The fine-tuning results as the README and the report quote them: per dataset the
     cell table (mean ± standard error over seeds, the lowest mean of a row in bold) and
@@ -471,7 +481,7 @@ def results_markdown(cells: pd.DataFrame, summary: dict) -> str:
         ]
         units = sub["units"].iloc[0] if "units" in sub else ""
         out += [f"### {dataset}" + (f" (test MAE, {units})" if units else ""), ""]
-        out.append("| fraction | " + " | ".join(RESULT_LABELS.get(m, m) for m in models) + " | flagged |")
+        out.append("| fraction | " + " | ".join(result_label(m) for m in models) + " | flagged |")
         out.append("|---" * (len(models) + 2) + "|")
         for _, row in sub.sort_values("fraction").iterrows():
             best = min((row[f"mean_{m}"] for m in models if m != "mean_predictor"), default=np.nan)
