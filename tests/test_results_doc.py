@@ -36,7 +36,7 @@ def test_collect_copies_a_run_and_build_includes_it_below_the_templates_headings
     template = tmp_path / "t.md"
     template.write_text("# Results\n\n## Tiny\n\n<!-- run: tiny -->\n\nRead it so.\n")
     text = results_doc.build(template, tmp_path / "runs")
-    assert "\n*Machine: 2 CPUs;" in text and "\n##### task (test MAE, eV)\n" in text and text.endswith("Read it so.\n")
+    assert "\n*Machine: 2 CPUs;" in text and "\n#### task (test MAE, eV)\n" in text and text.endswith("Read it so.\n")
     template.write_text("<!-- run: absent -->\n")
     with pytest.raises(FileNotFoundError, match="absent"):
         results_doc.build(template, tmp_path / "runs")

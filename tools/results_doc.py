@@ -49,12 +49,12 @@ def collect(name: str, results_dir: Path, runs: Path = RUNS, images: Path = IMAG
 
 
 def run_section(text: str) -> str:
-    """A run's results.md as a part of docs/results.md: headings two levels down (the
-    template's sections are ``##``), the metadata line in italics."""
+    """A run's results.md as a part of docs/results.md: headings one level down (they
+    sit below the template's ``### Run document``), the metadata line in italics."""
     lines = []
     for line in text.rstrip("\n").splitlines():
         if line.startswith("#"):
-            line = "##" + line
+            line = "#" + line
         elif line.startswith("Machine: "):
             line = f"*{line}*"
         lines.append(line)
