@@ -24,10 +24,9 @@ from cdssl.config import (
 
 # The config is config/config.yaml (the Snakefile's configfile) or, replacing it, the
 # --configfile(s) given (profiles set replace-workflow-config), with --config on top;
-# validated here against the schema (defaults filled) and our cross-field rules.
-# the config files this run reads, for messages and the results' metadata line: with a
-# --configfile the Snakefile's default is replaced, whatever else lists it; a file in the
-# workflow is named from its folder (config/demo.yaml), any other by its full path
+# validated below against the schema (defaults filled) and our cross-field rules.
+# CONFIGFILES names the files read, for messages and the results' metadata line: a file
+# in the workflow by its path there (config/demo.yaml), any other by its full path.
 DEFAULT_CONFIGFILE = Path(workflow.basedir) / "config" / "config.yaml"
 
 
