@@ -50,6 +50,17 @@ def cluster():
     subprocess.run([str(CLUSTER), "stop"], check=False)
 
 
+def _rank_zero_checkpoints_only(ckpt: Path, history: pd.DataFrame) -> None:
+    """One writer: the run's checkpoints and a snapshot at each new best epoch, no rank's
+    stray copies (a second rank writing would add files or snapshots of other epochs)."""
+    from cdssl.training import snapshot_path
+
+    assert sorted(p.name for p in ckpt.iterdir()) == ["best.ckpt", "best_by_epoch", "fingerprint.json", "last.ckpt"]
+    losses = history["val_loss"]
+    bests = [int(e) for e in history["epoch"] if losses[: e + 1].idxmin() == e]
+    assert sorted(p.name for p in (ckpt / "best_by_epoch").iterdir()) == [snapshot_path(".", e).name for e in bests]
+
+
 def _config(tmp_path: Path, **pretrain) -> Path:
     """config/test.yaml with pretraining on 2 ranks (CPU processes, gloo)."""
     config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
@@ -135,8 +146,7 @@ def test_tiny_workflow_runs_as_slurm_jobs_with_srun_ranks_and_grouped_finetuning
             assert f"training rank {rank} of 2" in text
         history = pd.read_csv(tmp_path / f"results/pretrain/sigma_{sigma}/history.csv")
         assert history["epoch"].tolist() == [0, 1]
-        ckpt = tmp_path / f"results/checkpoints/pretrain/sigma_{sigma}"
-        assert sorted(p.name for p in ckpt.iterdir()) == ["best.ckpt", "fingerprint.json", "last.ckpt"]
+        _rank_zero_checkpoints_only(tmp_path / f"results/checkpoints/pretrain/sigma_{sigma}", history)
 
 
 @pytest.mark.slurm
@@ -174,6 +184,5 @@ def test_multi_rank_pretraining_killed_under_slurm_resumes_on_rerun(cluster, tmp
     pd.testing.assert_frame_equal(
         before.iloc[:done][same], after.iloc[:done][same], check_exact=True, check_dtype=False
     )
-    ckpt = tmp_path / "results/checkpoints/pretrain/sigma_0.5"
-    assert sorted(p.name for p in ckpt.iterdir()) == ["best.ckpt", "fingerprint.json", "last.ckpt"]
+    _rank_zero_checkpoints_only(tmp_path / "results/checkpoints/pretrain/sigma_0.5", after)
     assert (tmp_path / target).exists()
