@@ -20,12 +20,21 @@ TABLE2 = model_kwargs(_PAPER, "sl_large")
 TABLE3 = model_kwargs(_PAPER, "sl")
 
 
+def backbone_sizes(backbone: str, mode: str = "sl_large") -> dict:
+    """A backbone's large (ssl, sl_large) or small (sl) sizes, as a run of it declares them."""
+    config = {**_PAPER, "models": {**_PAPER["models"], "backbone": backbone}}
+    return model_kwargs(config, mode)
+
+
 def parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc)
     p.add_argument("--n", type=int, default=1000, help="structures from the embedded data")
     p.add_argument("--max-sites", type=int, default=12)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--backbone", default="megnet", choices=["megnet", "m3gnet", "tensornet"], help="the network (models.backbone)"
+    )
     return p
 
 
@@ -45,7 +54,7 @@ def environment(args, dev=None) -> None:
         f"torch threads {torch.get_num_threads()}, device {dev or 'cpu'}"
         + (f" ({torch.cuda.get_device_name(dev)})" if dev is not None and dev.type == "cuda" else "")
     )
-    print(f"# {args.n} structures of matbench_dielectric with <= {args.max_sites} sites")
+    print(f"# {args.n} structures of matbench_dielectric with <= {args.max_sites} sites; backbone {args.backbone}")
 
 
 def table(n: int, max_sites: int):

@@ -1,7 +1,8 @@
 """Fine-tuning step: graphs/s of the cdssl PropertyModule vs MatGL's ModelLightningModule.
 
-    .venv/bin/python benchmarks/bench_finetune.py --n 1000 --batch 128
-Same structures, same MEGNet (Table 2 by default, --small for Table 3), batch, Adam, MSE
+    .venv/bin/python benchmarks/bench_finetune.py --n 1000 --batch 128 [--backbone m3gnet]
+Same structures, same network (the backbone's large size by default, --small for the
+small one; MEGNet: Tables 2 and 3), batch, Adam, MSE
 on standardised targets; both trained by a Lightning Trainer for the same epochs with
 validation and checkpointing off, so the ratio is the data path and the step itself.
 """
@@ -11,14 +12,14 @@ from __future__ import annotations
 import tempfile
 import time
 
-from _common import TABLE2, TABLE3, device, environment, matgl_loader, parser, report, table
+from _common import backbone_sizes, device, environment, matgl_loader, parser, report, table
 
 
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--small", action="store_true", help="Table 3 sizes (the SL baseline)")
+    p.add_argument("--small", action="store_true", help="the small sizes (the SL baseline; MEGNet: Table 3)")
     args = p.parse_args()
     import lightning as L
     import torch
@@ -27,12 +28,12 @@ def main() -> None:
 
     from cdssl.finetune import PropertyModule
     from cdssl.graphs import GraphCache, build_cache
-    from cdssl.models import build_megnet
+    from cdssl.models import build_network
 
     torch.set_num_threads(args.threads)
     dev = device(args.device)
     environment(args, dev)
-    sizes = TABLE3 if args.small else TABLE2
+    sizes = backbone_sizes(args.backbone, "sl" if args.small else "sl_large")
     t = table(args.n, args.max_sites)
     y = torch.tensor(t["target"].to_numpy(), dtype=torch.float32)
     mean, std = float(y.mean()), float(y.std())
@@ -57,7 +58,7 @@ def main() -> None:
         plain_loader = matgl_loader(t, args.batch, tmp)
         plain = fit(
             ModelLightningModule(
-                model=build_megnet(sizes, 5.0), data_mean=mean, data_std=std, lr=1e-3, loss="mse_loss"
+                model=build_network(sizes, 5.0), data_mean=mean, data_std=std, lr=1e-3, loss="mse_loss"
             ),
             plain_loader,
         )
@@ -65,7 +66,7 @@ def main() -> None:
     torch.manual_seed(0)
     cache = GraphCache(build_cache(t, 5.0, 1)[0])
     loader = DataLoader(list(range(len(cache))), batch_size=args.batch, shuffle=True, collate_fn=cache.collate)
-    ours = fit(PropertyModule(build_megnet(sizes, 5.0), mean, std, 1e-3), loader)
+    ours = fit(PropertyModule(build_network(sizes, 5.0), mean, std, 1e-3), loader)
     report(
         [("MatGL ModelLightningModule", plain), ("cdssl PropertyModule", ours)],
         "MatGL ModelLightningModule",

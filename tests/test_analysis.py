@@ -259,11 +259,11 @@ def test_a_random_encoders_probe_is_stable_under_a_tiny_perturbation(small_cache
 
     from cdssl import probes
     from cdssl.graphs import GraphCache
-    from cdssl.models import build_megnet
+    from cdssl.models import build_network
 
     cache = GraphCache.load(small_cache_path)
     torch.manual_seed(0)
-    encoder = build_megnet(test_config["models"]["large"], 5.0)
+    encoder = build_network(test_config["models"]["large"], 5.0)
     idx = np.arange(len(cache))
     z = probes.embeddings(encoder, cache, idx).astype(np.float64)
     y = np.log(cache.data["volume"].numpy()[idx] / (cache.node_ptr[1:] - cache.node_ptr[:-1]).numpy())

@@ -105,7 +105,8 @@ def test_config_readme_documents_every_schema_key_and_no_other(root):
     schema = load_schema(root / "workflow/schemas/config.schema.yaml")
     keys = _schema_keys(schema, schema, "")
     # the two model sizes share one set of keys
-    keys = {k.replace("models.large.", "models.<size>.").replace("models.small.", "models.<size>.") for k in keys}
+    keys = {re.sub(r"^models\.(m3gnet\.|tensornet\.)?(large|small)\.", r"models.\g<1><size>.", k) for k in keys}
+    keys = {re.sub(r"^models\.(m3gnet|tensornet)\.(large|small)$", r"models.\1.<size>", k) for k in keys}
     text = (root / "config" / "README.md").read_text()
     documented = set(re.findall(r"^\| `([^`]+)` \|", text, re.M))
     documented -= {p.name for p in (root / "config").glob("*.yaml")}  # the table of shipped files

@@ -1,5 +1,7 @@
 """The split-weight MEGNet forward must equal MatGL's own MEGNet.forward, values and gradients."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -21,3 +23,111 @@ def test_forward_and_gradients_equal_matgl(small_cache_path, test_config, mode, 
     g_ours = torch.autograd.grad((predict(model, batch) ** 2).sum(), params)
     for a, b in zip(g_ref, g_ours, strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def _backbone(test_config, backbone: str) -> dict:
+    import copy
+
+    config = copy.deepcopy(test_config)
+    config["models"]["backbone"] = backbone
+    return config
+
+
+@pytest.mark.parametrize("backbone", ["m3gnet", "tensornet"])
+@pytest.mark.parametrize("mode", ["ssl", "sl"])
+def test_backbone_encoders_equal_matgl_s_forward_values_and_gradients(small_cache_path, test_config, backbone, mode):
+    """encode_m3gnet / encode_tensornet at the clean positions are MatGL's own forward up to
+    the readout (its feature_dict / forward_features), values and gradients."""
+    from cdssl.models import encode_m3gnet, encode_tensornet
+
+    torch.manual_seed(0)
+    model = build_model(_backbone(test_config, backbone), mode)
+    batch = GraphCache.load(small_cache_path, 5.0).collate(list(range(24)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if backbone == "m3gnet":
+        model(batch)
+        last = model.feature_dict[f"gc_{model.n_blocks}"]
+        ref = torch.cat([last["node_feat"], last["edge_feat"]])
+        ours = torch.cat(encode_m3gnet(model, batch))
+    else:
+        ref = model.forward_features(batch)["readout"]
+        ours = encode_tensornet(model, batch)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    g_ref = torch.autograd.grad((ref**2).sum(), params, allow_unused=True)
+    g_ours = torch.autograd.grad((ours**2).sum(), params, allow_unused=True)
+    for a, b in zip(g_ref, g_ours, strict=True):
+        assert (a is None) == (b is None)
+        assert a is None or torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["megnet", "m3gnet", "tensornet"])
+def test_a_crystal_from_the_graph_cache_gets_the_prediction_matgl_gives_its_structure(
+    small_table, small_cache_path, test_config, backbone
+):
+    """The cache holds what MatGL's own converter makes of a crystal (edges in MatGL's
+    order, which M3GNet's triplets rely on): predict() on a cached batch equals MatGL's
+    predict_structure on each pymatgen structure."""
+    from pymatgen.core import Structure
+
+    torch.manual_seed(0)
+    model = build_model(_backbone(test_config, backbone), "ssl").eval()
+    cache = GraphCache.load(small_cache_path, 5.0)
+    with torch.no_grad():
+        ours = predict(model, cache.collate(list(range(6))))
+    for i in range(6):
+        structure = Structure.from_dict(small_table["structure"].iloc[i])
+        ref = model.predict_structure(structure)
+        assert torch.allclose(ours[i], ref.reshape(()), atol=1e-5), (backbone, i)
+
+
+def test_m3gnet_pretext_features_take_shaken_lengths_and_angles_on_the_clean_triplets(
+    small_cache_path, test_config, monkeypatch
+):
+    """The pretext task keeps the original edges, and for M3GNet the original triplets:
+    the line graph is built from the clean distances, while the features read the shaken
+    geometry (at a shake too small to move any bond across the three-body cutoff they are
+    MatGL's own forward at the shaken positions)."""
+    from cdssl import models
+    from cdssl.models import edge_features
+    from cdssl.pretext import perturb
+
+    torch.manual_seed(0)
+    model = build_model(_backbone(test_config, "m3gnet"), "ssl")
+    batch = GraphCache.load(small_cache_path, 5.0).collate(list(range(24)))
+    clean = (batch.pos[batch.edge_index[1]] + batch.pbc_offshift - batch.pos[batch.edge_index[0]]).norm(dim=1)
+    seen = []
+    build = models.create_line_graph
+    monkeypatch.setattr(models, "create_line_graph", lambda ei, dist, *a: seen.append(dist) or build(ei, dist, *a))
+    shaken = perturb(batch.pos, 0.5, torch.Generator().manual_seed(1))
+    features = edge_features(model, batch, shaken)
+    assert torch.allclose(seen[-1], clean, atol=1e-5)
+    assert not torch.allclose(features, edge_features(model, batch, batch.pos), atol=1e-3)
+    nudged = perturb(batch.pos, 1e-4, torch.Generator().manual_seed(1))
+    model(dataclasses.replace(batch, pos=nudged))
+    assert torch.allclose(edge_features(model, batch, nudged), model.feature_dict["gc_3"]["edge_feat"], atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["megnet", "m3gnet", "tensornet"])
+def test_pretraining_trains_exactly_the_parameters_the_edge_loss_reaches(small_cache_path, test_config, backbone):
+    """pretext_unused freezes what the edge loss never reaches and nothing else: with every
+    parameter unfrozen, the ones without a gradient are exactly the frozen ones (a frozen
+    list too short hangs DDP waiting for a gradient; too long, it stops learning)."""
+    from cdssl.config import model_kwargs
+    from cdssl.models import build_network
+    from cdssl.pretext import perturb
+    from cdssl.pretrain import DenoisingModule
+
+    torch.manual_seed(0)
+    sizes = model_kwargs(_backbone(test_config, backbone), "ssl")
+    module = DenoisingModule(sizes, 5.0, 0.5, 1e-3)
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    # what pretraining froze: trainable in MatGL's own model (its fixed Gaussian centres are not)
+    learnable = {f"model.{n}" for n, p in build_network(sizes, 5.0).named_parameters() if p.requires_grad}
+    frozen = learnable - trainable
+    assert frozen, "nothing frozen: the readout at least is out of the edge loss's reach"
+    for name, param in module.named_parameters():
+        param.requires_grad_(name in trainable | frozen)
+    batch = GraphCache.load(small_cache_path, 5.0).collate(list(range(24)))
+    module(batch, perturb(batch.pos, 0.5, torch.Generator().manual_seed(0))).pow(2).sum().backward()
+    reached = {n for n, p in module.named_parameters() if p.grad is not None}
+    assert reached == trainable

@@ -149,14 +149,25 @@ def load_config(path: str | Path) -> dict:
     return validate_config(config, str(path))
 
 
-def megnet_sizes(sizes: Mapping[str, Any]) -> dict[str, Any]:
-    """MEGNet keyword arguments from a config's model entry (lists become tuples)."""
+def network_sizes(sizes: Mapping[str, Any]) -> dict[str, Any]:
+    """A network's keyword arguments from a sizes dict (lists become tuples)."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()}
 
 
+def sizes(config: dict, size: str) -> dict[str, Any]:
+    """The ``large`` or ``small`` network of the config's backbone, as jobs declare it: the
+    MEGNet entry as it always was, another backbone's entry with ``backbone`` added (the
+    name is part of what a job's results depend on)."""
+    models = config["models"]
+    backbone = models.get("backbone", "megnet")
+    if backbone == "megnet":
+        return dict(models[size])
+    return {"backbone": backbone, **models[backbone][size]}
+
+
 def model_kwargs(config: dict, mode: str) -> dict[str, Any]:
-    """MEGNet sizes for a mode: ``ssl`` and ``sl_large`` use Table 2, ``sl`` Table 3."""
-    return megnet_sizes(config["models"]["small" if mode == "sl" else "large"])
+    """Network sizes for a mode: ``ssl`` and ``sl_large`` the large, ``sl`` the small."""
+    return network_sizes(sizes(config, "small" if mode == "sl" else "large"))
 
 
 # The job interfaces. Each function returns exactly the settings one job's results depend
@@ -314,7 +325,7 @@ def pretrain_settings(config: dict, sigma: float | None = None, seed: int | None
     if seed is None:
         (seed,) = pretrain_seeds(config)
     values = {
-        "sizes": dict(config["models"]["large"]),
+        "sizes": sizes(config, "large"),
         "cutoff": float(config["graph"]["cutoff"]),
         "sigma": float(sigma),
         "seed": int(seed),
@@ -353,7 +364,7 @@ def pretrain_resources(config: dict) -> dict[str, Any]:
 def probe_settings(config: dict) -> dict[str, Any]:
     ac = config["analysis"]
     return {
-        "sizes": dict(config["models"]["large"]),
+        "sizes": sizes(config, "large"),
         "cutoff": float(config["graph"]["cutoff"]),
         "max_structures": ac["probe_max_structures"],
         "repeats": ac["probe_repeats"],
@@ -365,7 +376,7 @@ def finetune_settings(config: dict, dataset: str, mode: str) -> dict[str, Any]:
     Every other field is the ``finetune`` section's key of that name."""
     entry = config["datasets"][dataset]
     values = {
-        "sizes": None if mode == "ssl" else dict(config["models"]["small" if mode == "sl" else "large"]),
+        "sizes": None if mode == "ssl" else sizes(config, "small" if mode == "sl" else "large"),
         "cutoff": float(config["graph"]["cutoff"]),
         "units": entry.get("units", ""),
         "target": entry.get("target") or "",

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from .baselines import composition_mae, mean_predictor_mae
 from .config import FinetuneSettings
 from .graphs import GraphBatch, GraphCache
-from .models import ENCODER_PREFIXES, build_megnet, predict, reset_readout
+from .models import build_network, is_encoder, output_layer, predict, reset_readout
 from .splits import finetune_split
 from .training import (
     BEST,
@@ -63,7 +63,7 @@ class PropertyModule(HistoryModule):
         self.weight_decay, self.encoder_lr_factor = weight_decay, encoder_lr_factor
         if freeze_encoder:
             for name, param in model.named_parameters():
-                if name.startswith(ENCODER_PREFIXES):
+                if is_encoder(model, name):
                     param.requires_grad_(False)
         # per graph: the loss on standardised targets, the MAE in the target's units
         self.train_loss, self.train_mae, self.val_mae = epoch_mean(), epoch_mean(), epoch_mean()
@@ -95,8 +95,8 @@ class PropertyModule(HistoryModule):
         trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         params: list = [p for _, p in trainable]
         if self.encoder_lr_factor != 1.0:
-            encoder = [p for n, p in trainable if n.startswith(ENCODER_PREFIXES)]
-            readout = [p for n, p in trainable if not n.startswith(ENCODER_PREFIXES)]
+            encoder = [p for n, p in trainable if is_encoder(self.model, n)]
+            readout = [p for n, p in trainable if not is_encoder(self.model, n)]
             params = [{"params": readout, "lr": self.lr}, {"params": encoder, "lr": self.lr * self.encoder_lr_factor}]
         if self.weight_decay > 0:
             optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
@@ -145,7 +145,7 @@ def recipe_of(job: FinetuneSettings, mode: str) -> dict[str, Any]:
 
 
 def initial_model(mode: str, sizes: dict | None, cutoff: float, encoder_dir: str | Path | None):
-    """``ssl``: the exported pretrained MEGNet with a fresh readout; ``sl``/``sl_large``: from scratch."""
+    """``ssl``: the exported pretrained encoder with a fresh readout; ``sl``/``sl_large``: from scratch."""
     if mode == "ssl":
         import matgl
 
@@ -158,7 +158,7 @@ def initial_model(mode: str, sizes: dict | None, cutoff: float, encoder_dir: str
         return model
     if sizes is None:
         raise ValueError(f"mode {mode!r} needs model sizes")
-    return build_megnet(sizes, cutoff)
+    return build_network(sizes, cutoff)
 
 
 @torch.no_grad()
@@ -169,14 +169,15 @@ def export_model(module: PropertyModule, path: str | Path, info: dict[str, Any])
     into model.json's metadata under ``cdssl`` (the target, its transform and the site cap
     that :mod:`cdssl.inference` applies to new crystals)."""
     model = copy.deepcopy(module.model).cpu().float()
-    last = [m for m in model.output_proj.modules() if isinstance(m, nn.Linear)][-1]
+    last = output_layer(model)
     std, mean = float(module.std), float(module.mean)
     last.weight.mul_(std)
     last.bias.mul_(std).add_(mean)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save(tmp, metadata={"description": f"CDSSL fine-tuned MEGNet: {info['target']}", "cdssl": info})
+    description = f"CDSSL fine-tuned {type(model).__name__}: {info['target']}"
+    model.save(tmp, metadata={"description": description, "cdssl": info})
     # whole or absent: a kill mid-export leaves only the hidden partial folder
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)

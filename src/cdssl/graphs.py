@@ -196,7 +196,7 @@ def run_graphs(
 
 @dataclass
 class GraphBatch:
-    """What MEGNet's forward reads from a PyG batch, built straight from the packed cache."""
+    """What the MatGL networks' forward passes read from a PyG batch, built straight from the packed cache."""
 
     node_type: torch.Tensor
     pos: torch.Tensor

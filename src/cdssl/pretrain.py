@@ -1,5 +1,5 @@
-"""Denoising pretraining: the MEGNet encoder with an edge head on the pretext task
-(cdssl.pretext), and the resumable run that trains it."""
+"""Denoising pretraining: a MatGL encoder (MEGNet, the paper's, or another backbone) with
+a linear edge head on the pretext task (cdssl.pretext), and the resumable run that trains it."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .config import PretrainSettings, megnet_sizes
+from .config import PretrainSettings, network_sizes
 from .graphs import GraphBatch, GraphCache
-from .models import build_megnet, encode
+from .models import build_network, edge_feature_dim, edge_features, pretext_unused
 from .pretext import (
     denoising_target,
     edge_lengths,
@@ -42,7 +42,7 @@ from .utils import LOG, atomic_path, write_json
 
 
 class DenoisingModule(HistoryModule):
-    """MEGNet encoder + a linear head on the last block's edge features."""
+    """A MatGL encoder + a linear head on each edge's features (cdssl.models.edge_features)."""
 
     history_columns = ("train_loss", "train_mae", "val_loss", "val_mae", "val_output_share_lookup", "grad_norm")
 
@@ -60,20 +60,10 @@ class DenoisingModule(HistoryModule):
     ):
         super().__init__(history_csv)
         self.save_hyperparameters(ignore=["history_csv"])
-        self.model = build_megnet(sizes, cutoff)
-        # The edge loss never reaches the readout, nor the last block's node and state
-        # updates (a MEGNet block updates edges first). Frozen, they get no gradient that
-        # DDP would wait for; fine-tuning trains all parameters again.
-        last = self.model.blocks[-1].conv
-        for module in (
-            self.model.node_s2s,
-            self.model.edge_s2s,
-            self.model.output_proj,
-            last.node_func,
-            last.state_func,
-        ):
+        self.model = build_network(sizes, cutoff)
+        for module in pretext_unused(self.model):
             module.requires_grad_(False)
-        self.head = nn.Linear(sizes["hidden_layer_sizes_conv"][-1], 1)
+        self.head = nn.Linear(edge_feature_dim(self.model), 1)
         self.train_loss, self.train_mae = epoch_mean(), epoch_mean()
         self.val_loss, self.val_mae = epoch_mean(), epoch_mean()
         self.val_output_share_lookup = LookupShare()
@@ -85,8 +75,7 @@ class DenoisingModule(HistoryModule):
         self.max_epochs = max_epochs
 
     def forward(self, batch: GraphBatch, pos: torch.Tensor) -> torch.Tensor:
-        _, edge, _ = encode(self.model, batch, pos)
-        return self.head(edge).squeeze(-1)
+        return self.head(edge_features(self.model, batch, pos)).squeeze(-1)
 
     def _step(self, batch: GraphBatch, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         target = denoising_target(batch)
@@ -181,7 +170,7 @@ def run_pretraining(
     else:
         resume = resume_checkpoint(ckpt_dir, identity)
     module = DenoisingModule(
-        megnet_sizes(job.sizes),
+        network_sizes(job.sizes),
         job.cutoff,
         job.sigma,
         job.lr,

@@ -32,21 +32,18 @@ MIN_RELATIVE_SPREAD = 1e-3
 
 
 def embeddings(model, cache: GraphCache, indices: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """z = concat(mean over nodes, mean over edges, state) of the last MEGNet block."""
+    """One vector per crystal from the encoder's last features (cdssl.models.graph_embedding;
+    MEGNet: the means over atoms and over edges, and the state)."""
     import torch
-    from torch_geometric.utils import scatter
 
-    from .models import encode
+    from .models import graph_embedding
 
     model.eval()
     out = []
     with torch.no_grad():
         for start in range(0, len(indices), batch_size):
             batch = cache.collate(indices[start : start + batch_size].tolist())
-            node, edge, state = encode(model, batch)
-            n = scatter(node, batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean")
-            e = scatter(edge, batch.edge_batch, dim=0, dim_size=batch.num_graphs, reduce="mean")
-            out.append(torch.cat([n, e, state.reshape(batch.num_graphs, -1)], dim=1).numpy())
+            out.append(graph_embedding(model, batch).numpy())
     return np.concatenate(out)
 
 
@@ -181,7 +178,7 @@ def run_probes(
     import lightning as L
     import matgl
 
-    from .models import build_megnet
+    from .models import build_network
 
     sources = probe_structures(pretrain_graphs, split_csv, other_graphs, cutoff, max_structures)
     parts = [(c, idx) for c, idx, _ in sources]
@@ -204,7 +201,7 @@ def run_probes(
     budgets = list(budgets) if budgets is not None else [None] * len(dirs)
     names = encoder_names(sigmas, budgets)
     encoders = {name: matgl.load_model(Path(d)) for name, d in zip(names, dirs, strict=True)}
-    encoders["random_init"] = build_megnet(sizes, cutoff)
+    encoders["random_init"] = build_network(sizes, cutoff)
     fractions = stack(lambda c, idx: element_fractions(c, idx, n_types))
     features = {name: stack(lambda c, idx, m=model: embeddings(m, c, idx)) for name, model in encoders.items()}
     features["element_fractions"] = fractions

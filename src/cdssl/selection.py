@@ -51,7 +51,8 @@ def select_checkpoint(
     if encoder_dir.exists():
         shutil.rmtree(encoder_dir)
     what = "" if budget is None else f" (budget {budget} epochs)"
-    module.model.save(encoder_dir, metadata={"description": f"CDSSL pretrained MEGNet encoder, epoch {epoch}{what}"})
+    name = type(module.model).__name__
+    module.model.save(encoder_dir, metadata={"description": f"CDSSL pretrained {name} encoder, epoch {epoch}{what}"})
     stop = str(history["stop"].fillna("").iloc[-1]) if "stop" in history else ""
     record = {
         "epoch": epoch,
