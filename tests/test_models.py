@@ -131,3 +131,27 @@ def test_pretraining_trains_exactly_the_parameters_the_edge_loss_reaches(small_c
     module(batch, perturb(batch.pos, 0.5, torch.Generator().manual_seed(0))).pow(2).sum().backward()
     reached = {n for n, p in module.named_parameters() if p.grad is not None}
     assert reached == trainable
+
+
+@pytest.mark.parametrize("backbone", ["megnet", "m3gnet", "tensornet"])
+def test_batches_carry_32_bit_edge_indices_with_the_64_bit_results_bit_for_bit(small_cache_path, test_config, backbone):
+    """The cache's batches index edges in int32, as MatGL's collate does (faster gathers
+    and scatters: docs/benchmarks.md). On one thread, as the pipeline trains on a CPU,
+    outputs and gradients are exactly those of int64 indices: the dtype changes no number.
+    (On several threads the CPU's scatter sums are not deterministic for either dtype.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = build_model(_backbone(test_config, backbone), "ssl")
+        batch = GraphCache.load(small_cache_path, 5.0).collate(list(range(24)))
+        assert batch.edge_index.dtype == torch.int32
+        results = []
+        for b in (batch, dataclasses.replace(batch, edge_index=batch.edge_index.long())):
+            model.zero_grad()
+            out = predict(model, b)
+            out.pow(2).sum().backward()
+            results.append([out.detach(), *(p.grad.clone() for p in model.parameters() if p.grad is not None)])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
