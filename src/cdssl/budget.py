@@ -16,10 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .statistics import _learned, cell_statistics, ssl_models, ssl_parts
+from .statistics import ALL, format_diff, reference_rows, ssl_models, ssl_parts
 from .utils import LOG, atomic_path
-
-ALL = "all"  # the fraction column of the rows over every fraction
 
 
 def _budget_models(cells: pd.DataFrame) -> dict[int, str]:
@@ -43,60 +41,19 @@ def _pretext(selected: list[str | Path]) -> dict[int, dict[str, float]]:
     return {int(k): row.to_dict() for k, row in means.iterrows()}
 
 
-def _compare(sub: pd.DataFrame, ssl: str, other: str, jobs: pd.DataFrame) -> dict[str, float]:
-    both = sub[_learned(sub, ssl) & _learned(sub, other)]
-    if both.empty:
-        return {"mean": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n": 0}
-    c = cell_statistics(both, other, ssl, jobs)
-    return {k: c[k] for k in ("mean", "ci_low", "ci_high", "n")}
-
-
 def budget_table(jobs: pd.DataFrame, cells: pd.DataFrame, summary: dict, selected: list[str | Path]) -> pd.DataFrame:
     """One row per (dataset, fraction, budget), and per (dataset, budget) with fraction
-    ``all``: SSL's mean test MAE, SL large's, the strongest baseline's (the verdict's
-    strongest answer without pretraining, and of all, a foundation model's features
-    included), SSL minus each with its 95% interval (one cell: resampling seeds; all:
-    pretraining seeds, cells, fine-tuning seeds), and the pretext validation loss."""
-    models = _budget_models(cells)
+    ``all``: :func:`cdssl.statistics.reference_rows` of the budget's ssl model, with the
+    selected pretraining epoch and its pretext validation loss."""
     pretext = _pretext(selected)
     rows = []
-    for budget, ssl in models.items():
-        verdicts = summary["verdict"].get(ssl, {}).get("per_dataset", {})
-        for dataset, sub in cells.groupby("dataset"):
-            v = verdicts.get(dataset)
-            if v is None:
-                continue
-            refs = {
-                "sl_large": "sl_large",
-                "strongest": v["strongest_without_pretraining"],
-                "strongest_any": v["strongest_baseline"]["name"],
-            }
-            groups = [(f"{f:g}", sub[sub["fraction"] == f]) for f in sorted(sub["fraction"])] + [(ALL, sub)]
-            for fraction, part in groups:
-                row = {
-                    "dataset": dataset,
-                    "fraction": fraction,
-                    "budget": budget,
-                    "model": ssl,
-                    "units": sub["units"].iloc[0] if "units" in sub else "",
-                    "pretrain_epoch": pretext.get(budget, {}).get("epoch", np.nan),
-                    "pretrain_val_loss": pretext.get(budget, {}).get("val_loss", np.nan),
-                    "ssl_mean": float(part[f"mean_{ssl}"].mean()),
-                    "ssl_sem": float(part[f"sem_{ssl}"].mean()) if len(part) == 1 else np.nan,
-                }
-                for key, name in refs.items():
-                    if f"mean_{name}" not in part:
-                        continue
-                    row[f"{key}_name"] = name
-                    row[f"{key}_mean"] = float(part[f"mean_{name}"].mean())
-                    row[f"{key}_sem"] = float(part[f"sem_{name}"].mean()) if len(part) == 1 else np.nan
-                    c = _compare(part, ssl, name, jobs)
-                    row[f"diff_{key}"], row[f"diff_{key}_low"], row[f"diff_{key}_high"] = (
-                        c["mean"],
-                        c["ci_low"],
-                        c["ci_high"],
-                    )
-                rows.append(row)
+    for budget, ssl in _budget_models(cells).items():
+        for row in reference_rows(jobs, cells, summary, ssl):
+            head = {"dataset": row.pop("dataset"), "fraction": row.pop("fraction"), "budget": budget}
+            head |= {"model": row.pop("model"), "units": row.pop("units")}
+            head["pretrain_epoch"] = pretext.get(budget, {}).get("epoch", np.nan)
+            head["pretrain_val_loss"] = pretext.get(budget, {}).get("val_loss", np.nan)
+            rows.append(head | row)
     return pd.DataFrame(rows)
 
 
@@ -131,19 +88,12 @@ def budget_lines(table: pd.DataFrame) -> list[str]:
             ):
                 continue
             name = sub[f"{key}_name"].iloc[0]
-            steps = ", ".join(f"{b}: {_diff(r, key)}" for b, (_, r) in zip(budgets, sub.iterrows(), strict=True))
+            steps = ", ".join(f"{b}: {format_diff(r, key)}" for b, (_, r) in zip(budgets, sub.iterrows(), strict=True))
             trend = _trend(
                 budgets, list(sub[f"diff_{key}"]), list(sub[f"diff_{key}_low"]), list(sub[f"diff_{key}_high"])
             )
             lines.append(f"budget {dataset}, SSL minus {name} by pretraining epochs: {steps}; {trend}")
     return lines
-
-
-def _diff(row: pd.Series, key: str) -> str:
-    mean = row.get(f"diff_{key}", np.nan)
-    if not np.isfinite(mean):
-        return "not counted"
-    return f"{mean:+.4f} [{row[f'diff_{key}_low']:+.4f}, {row[f'diff_{key}_high']:+.4f}]"
 
 
 def budget_markdown(table: pd.DataFrame) -> str:
@@ -165,7 +115,7 @@ def budget_markdown(table: pd.DataFrame) -> str:
                 f"| {int(r['budget'])} | {r['pretrain_epoch']:.0f} | {r['pretrain_val_loss']:.4f} "
                 f"| {r['ssl_mean']:.4f} "
                 f"| {r.get('sl_large_mean', np.nan):.4f} | {r['strongest_mean']:.4f} "
-                f"| {_diff(r, 'sl_large')} | {_diff(r, 'strongest')} |"
+                f"| {format_diff(r, 'sl_large')} | {format_diff(r, 'strongest')} |"
             )
         out.append("")
     out += [f"- {line}" for line in budget_lines(table)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -292,6 +293,69 @@ def _against(sub: pd.DataFrame, candidates: list[str], ssl: str, jobs: pd.DataFr
         if jobs is None
         else (run_array(jobs, sub[counted], ssl), run_array(jobs, sub[counted], strongest)),
     }
+
+
+ALL = "all"  # the fraction column of rows over every fraction
+
+
+def _compare(sub: pd.DataFrame, ssl: str, other: str, jobs: pd.DataFrame) -> dict[str, float]:
+    both = sub[_learned(sub, ssl) & _learned(sub, other)]
+    if both.empty:
+        return {"mean": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n": 0}
+    c = cell_statistics(both, other, ssl, jobs)
+    return {k: c[k] for k in ("mean", "ci_low", "ci_high", "n")}
+
+
+def reference_rows(jobs: pd.DataFrame, cells: pd.DataFrame, summary: dict, ssl: str) -> list[dict]:
+    """One row per (dataset, fraction) and per dataset over all fractions (fraction
+    :data:`ALL`): the ssl model's mean test MAE beside SL large's and the strongest
+    baselines' (the verdict's strongest answer without pretraining, and of all, a
+    foundation model's features included), and SSL minus each with its 95% interval (one
+    cell: resampling seeds; all: pretraining seeds, cells, fine-tuning seeds). Cells where
+    either model did not learn are left out of a difference."""
+    rows = []
+    verdicts = summary["verdict"].get(ssl, {}).get("per_dataset", {})
+    for dataset, sub in cells.groupby("dataset"):
+        v = verdicts.get(dataset)
+        if v is None:
+            continue
+        refs = {
+            "sl_large": "sl_large",
+            "strongest": v["strongest_without_pretraining"],
+            "strongest_any": v["strongest_baseline"]["name"],
+        }
+        groups = [(f"{f:g}", sub[sub["fraction"] == f]) for f in sorted(sub["fraction"])] + [(ALL, sub)]
+        for fraction, part in groups:
+            row = {
+                "dataset": dataset,
+                "fraction": fraction,
+                "model": ssl,
+                "units": sub["units"].iloc[0] if "units" in sub else "",
+                "ssl_mean": float(part[f"mean_{ssl}"].mean()),
+                "ssl_sem": float(part[f"sem_{ssl}"].mean()) if len(part) == 1 else np.nan,
+            }
+            for key, name in refs.items():
+                if f"mean_{name}" not in part:
+                    continue
+                row[f"{key}_name"] = name
+                row[f"{key}_mean"] = float(part[f"mean_{name}"].mean())
+                row[f"{key}_sem"] = float(part[f"sem_{name}"].mean()) if len(part) == 1 else np.nan
+                c = _compare(part, ssl, name, jobs)
+                row[f"diff_{key}"], row[f"diff_{key}_low"], row[f"diff_{key}_high"] = (
+                    c["mean"],
+                    c["ci_low"],
+                    c["ci_high"],
+                )
+            rows.append(row)
+    return rows
+
+
+def format_diff(row: Mapping, key: str) -> str:
+    """``+0.0123 [-0.0010, +0.0250]`` for a reference row's SSL minus ``key``, or "not counted"."""
+    mean = row.get(f"diff_{key}", np.nan)
+    if not np.isfinite(mean):
+        return "not counted"
+    return f"{mean:+.4f} [{row[f'diff_{key}_low']:+.4f}, {row[f'diff_{key}_high']:+.4f}]"
 
 
 def _pooled_interval(diffs: list, runs: list) -> dict:
