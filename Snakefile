@@ -1,4 +1,4 @@
-# CDSSL: crystal denoising self-supervised learning on MatGL MEGNet.
+# CDSSL: crystal denoising self-supervised learning on MatGL networks (MEGNet, the paper's).
 # Run: snakemake --cores all --configfile config/demo.yaml
 # Without --configfile the paper's config/config.yaml is used (see workflow/rules/common.smk).
 from snakemake.utils import min_version
@@ -33,4 +33,4 @@ rule all:
 
 rule figures:
     input:
-        analysis_targets(),
+        every_backbone(analysis_targets()) + comparison_targets(),

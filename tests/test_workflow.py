@@ -281,6 +281,20 @@ def test_the_committed_demo_tables_have_the_format_a_fresh_run_writes(tiny_run):
     assert "### DATASET (test MAE" in fresh and "table: fraction" in fresh and "bullet: verdict" in fresh
 
 
+def test_naming_the_default_backbone_reruns_nothing_of_a_finished_run(tiny_run):
+    """models.backbone: megnet, written out, is the run of before: same paths, same
+    declared settings, so a finished run retrains and reanalyses nothing; only the results
+    document is written again, as its metadata line names the config files read (here
+    one more, the overlay)."""
+    work, args = tiny_run
+    overlay = work / "megnet.yaml"
+    overlay.write_text("models:\n  backbone: megnet\n")
+    configfiles = ["--configfile", str(ROOT / "config/test.yaml"), str(overlay)]
+    named = job_counts(snakemake("-n", *configfiles, *args[2:], workdir=work).stdout)
+    plain = job_counts(snakemake("-n", *args, workdir=work).stdout)
+    assert {**plain, "results": 1, "all": 1} == {**named, "all": 1} and "pretrain" not in named
+
+
 def test_changed_metrics_rerun_only_aggregation_and_figures(tiny_run):
     work, args = tiny_run
     assert job_counts(snakemake("-n", *args, workdir=work).stdout) == {}
@@ -383,3 +397,70 @@ def test_budgets_added_or_a_raised_cap_after_a_finished_run_retrain_nothing_done
         k: v for k, v in before.items() if k != "wall_seconds"
     }
     assert pd.read_csv(r / "analysis/budget.csv")["budget"].unique().tolist() == [1, 2, 3]
+
+
+def _backbone_config(tmp_path: Path, backbone: str) -> Path:
+    """config/test.yaml with one sigma and ``models.backbone`` set to ``backbone`` (YAML)."""
+    text = (ROOT / "config/test.yaml").read_text().replace("sigma: [0.3, 0.5]", "sigma: 0.5")
+    path = tmp_path / f"backbone-{backbone.strip('[]').replace(', ', '-')}.yaml"
+    path.write_text(f"{text}\nmodels:\n  backbone: {backbone}\n")
+    return path
+
+
+def test_a_backbone_list_gives_each_backbone_its_networks_and_analysis_on_shared_data(tmp_path):
+    out = snakemake("-n", "--configfile", str(_backbone_config(tmp_path, "[megnet, m3gnet]")), workdir=tmp_path).stdout
+    counts = job_counts(out)
+    # per backbone: its pretraining, 2 fractions x (sl, sl_large | ssl), its analysis;
+    # data, graphs, features and the feature baselines once
+    assert counts["pretrain"] == 2 and counts["select_checkpoint"] == 2
+    assert counts["finetune"] == 2 * 2 * 2 and counts["finetune_ssl"] == 2 * 2
+    assert counts["aggregate"] == counts["probe"] == counts["figure3"] == counts["results"] == 2
+    assert counts["data"] == counts["graphs"] == 2 and counts["baselines"] == 2 and counts["backbone_table"] == 1
+    for backbone in ("megnet", "m3gnet"):
+        assert f"results/test/{backbone}/pretrain/sigma_0.5/history.csv" in out
+        assert f"results/test/{backbone}/finetune/dielectric/0.3/0/sl_large/metrics.json" in out
+        assert f"results/test/{backbone}/analysis/summary.json" in out
+    assert "results/test/baselines/dielectric/0.3/0/metrics.json" in out
+    assert "results/test/analysis/backbones.md" in out
+    # one backbone, named or not: the paths and jobs of before (nothing of a run reruns)
+    single = snakemake("-n", "--configfile", str(_backbone_config(tmp_path, "megnet")), workdir=tmp_path).stdout
+    unset = tmp_path / "unset.yaml"
+    unset.write_text((ROOT / "config/test.yaml").read_text().replace("sigma: [0.3, 0.5]", "sigma: 0.5"))
+    plain = snakemake("-n", "--configfile", str(unset), workdir=tmp_path).stdout
+    outputs = lambda text: sorted(re.findall(r"output: (.*)", text))  # noqa: E731
+    assert outputs(single) == outputs(plain) and "megnet" not in "".join(outputs(plain))
+    assert job_counts(single) == job_counts(plain) and "backbone_table" not in plain
+    # an unknown backbone stops before any job, naming the key
+    proc = snakemake("-n", "--configfile", str(_backbone_config(tmp_path, "schnet")), workdir=tmp_path, check=False)
+    assert proc.returncode != 0 and "models.backbone" in proc.stderr + proc.stdout
+
+
+def test_a_tiny_run_with_two_backbones_writes_each_one_s_cells_probe_and_the_comparison(tmp_path):
+    args = ["--cores", "2", "--config", "results_dir=results", f"data_dir={ROOT / 'data/matminer'}"]
+    snakemake(*args, "--configfile", str(_backbone_config(tmp_path, "[tensornet, m3gnet]")), workdir=tmp_path)
+    r = tmp_path / "results"
+    for backbone, cls in (("tensornet", "TensorNet"), ("m3gnet", "M3GNet")):
+        net = r / backbone
+        encoder = json.loads((net / "pretrain/sigma_0.5/encoder/model.json").read_text())
+        assert encoder["@class"] == cls
+        for fraction in ("0.3", "0.7"):
+            for cell in ("ssl/sigma_0.5", "sl", "sl_large"):
+                metrics = json.loads((net / "finetune/dielectric" / fraction / "0" / cell / "metrics.json").read_text())
+                assert metrics["test_mae"] > 0
+        probe = pd.read_csv(net / "analysis/probe.csv")
+        assert {"pretrained", "random_init", "element_fractions"} <= set(probe["features"])
+        reference = json.loads((net / "pretrain/sigma_0.5/reference.json").read_text())
+        assert reference["val_loss_lookup_element_pair"] > 0
+    table = pd.read_csv(r / "analysis/backbones.csv", dtype={"fraction": str})
+    assert sorted(table["backbone"].unique()) == ["m3gnet", "tensornet"]
+    assert set(table["fraction"]) == {"0.3", "0.7", "all"}
+    # each backbone against its own SL large, and the shared strongest baseline
+    for backbone, sub in table.groupby("backbone"):
+        cells = pd.read_csv(r / backbone / "analysis/cells.csv")
+        assert sub[sub["fraction"] == "0.3"]["sl_large_mean"].iloc[0] == pytest.approx(
+            cells[cells["fraction"] == 0.3]["mean_sl_large"].iloc[0]
+        )
+    shared = table[~table["strongest_name"].isin(["sl", "sl_large"])]
+    assert shared.groupby(["fraction", "strongest_name"])["strongest_mean"].nunique().max() == 1
+    markdown = (r / "analysis/backbones.md").read_text()
+    assert markdown.startswith("Machine: ") and "| tensornet |" in markdown and "| m3gnet |" in markdown

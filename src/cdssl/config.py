@@ -154,20 +154,29 @@ def network_sizes(sizes: Mapping[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()}
 
 
-def sizes(config: dict, size: str) -> dict[str, Any]:
-    """The ``large`` or ``small`` network of the config's backbone, as jobs declare it: the
-    MEGNet entry as it always was, another backbone's entry with ``backbone`` added (the
-    name is part of what a job's results depend on)."""
+def backbones(config: dict) -> list[str]:
+    """``models.backbone`` as a list: one pretraining, grid and analysis per value."""
+    backbone = config["models"].get("backbone", "megnet")
+    return list(backbone) if isinstance(backbone, list) else [backbone]
+
+
+def sizes(config: dict, size: str, backbone: str | None = None) -> dict[str, Any]:
+    """The ``large`` or ``small`` network of ``backbone`` (default: the config's only one),
+    as jobs declare it: the MEGNet entry as it always was, another backbone's entry with
+    ``backbone`` added (the name is part of what a job's results depend on)."""
     models = config["models"]
-    backbone = models.get("backbone", "megnet")
+    if backbone is None:
+        if len(backbones(config)) > 1:
+            raise ConfigError(f"'models.backbone' lists {backbones(config)}: name the backbone of this job")
+        (backbone,) = backbones(config)
     if backbone == "megnet":
         return dict(models[size])
     return {"backbone": backbone, **models[backbone][size]}
 
 
-def model_kwargs(config: dict, mode: str) -> dict[str, Any]:
+def model_kwargs(config: dict, mode: str, backbone: str | None = None) -> dict[str, Any]:
     """Network sizes for a mode: ``ssl`` and ``sl_large`` the large, ``sl`` the small."""
-    return network_sizes(sizes(config, "small" if mode == "sl" else "large"))
+    return network_sizes(sizes(config, "small" if mode == "sl" else "large", backbone))
 
 
 # The job interfaces. Each function returns exactly the settings one job's results depend
@@ -316,16 +325,18 @@ class FinetuneSettings:
 FINETUNE_FIELDS = {f.name: f for f in fields(FinetuneSettings)}
 
 
-def pretrain_settings(config: dict, sigma: float | None = None, seed: int | None = None) -> dict[str, Any]:
-    """One pretraining's settings; ``sigma`` and ``seed`` pick one value of a
-    ``pretrain.sigma`` or ``pretrain.seed`` list (default: the only one). Every other
-    field is the ``pretrain`` section's key of that name."""
+def pretrain_settings(
+    config: dict, sigma: float | None = None, seed: int | None = None, backbone: str | None = None
+) -> dict[str, Any]:
+    """One pretraining's settings; ``sigma``, ``seed`` and ``backbone`` pick one value of a
+    ``pretrain.sigma``, ``pretrain.seed`` or ``models.backbone`` list (default: the only
+    one). Every other field is the ``pretrain`` section's key of that name."""
     if sigma is None:
         (sigma,) = sigmas(config)
     if seed is None:
         (seed,) = pretrain_seeds(config)
     values = {
-        "sizes": sizes(config, "large"),
+        "sizes": sizes(config, "large", backbone),
         "cutoff": float(config["graph"]["cutoff"]),
         "sigma": float(sigma),
         "seed": int(seed),
@@ -361,22 +372,23 @@ def pretrain_resources(config: dict) -> dict[str, Any]:
     return res
 
 
-def probe_settings(config: dict) -> dict[str, Any]:
+def probe_settings(config: dict, backbone: str | None = None) -> dict[str, Any]:
     ac = config["analysis"]
     return {
-        "sizes": sizes(config, "large"),
+        "sizes": sizes(config, "large", backbone),
         "cutoff": float(config["graph"]["cutoff"]),
         "max_structures": ac["probe_max_structures"],
         "repeats": ac["probe_repeats"],
     }
 
 
-def finetune_settings(config: dict, dataset: str, mode: str) -> dict[str, Any]:
+def finetune_settings(config: dict, dataset: str, mode: str, backbone: str | None = None) -> dict[str, Any]:
     """One fine-tuning job's settings; ``ssl`` takes its sizes from the encoder it loads.
-    Every other field is the ``finetune`` section's key of that name."""
+    ``backbone`` picks one of a ``models.backbone`` list (default: the only one). Every
+    other field is the ``finetune`` section's key of that name."""
     entry = config["datasets"][dataset]
     values = {
-        "sizes": None if mode == "ssl" else sizes(config, "small" if mode == "sl" else "large"),
+        "sizes": None if mode == "ssl" else sizes(config, "small" if mode == "sl" else "large", backbone),
         "cutoff": float(config["graph"]["cutoff"]),
         "units": entry.get("units", ""),
         "target": entry.get("target") or "",

@@ -34,8 +34,11 @@ PROBE_LABELS = {
 PROBE_TARGETS = ["log_density", "log_volume", "log_volume_per_atom"]
 
 
-def metadata(workflow_dir: str | Path, configfiles: list[str], benchmarks_dir: str | Path | None) -> str:
-    """Machine, versions, commit, config and the jobs' summed time, as one line."""
+def metadata(
+    workflow_dir: str | Path, configfiles: list[str], benchmarks_dir: str | Path | list[str | Path] | None
+) -> str:
+    """Machine, versions, commit, config and the jobs' summed time (the benchmark files
+    under ``benchmarks_dir``, one folder or several), as one line."""
     import matgl
     import torch
 
@@ -49,12 +52,12 @@ def metadata(workflow_dir: str | Path, configfiles: list[str], benchmarks_dir: s
         pass
     commit = _commit(workflow_dir)
     seconds = 0.0
-    if benchmarks_dir and Path(benchmarks_dir).is_dir():
-        for tsv in Path(benchmarks_dir).rglob("*.tsv"):
-            try:
-                seconds += float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
-            except (ValueError, KeyError, IndexError, pd.errors.ParserError):
-                continue
+    folders = [benchmarks_dir] if isinstance(benchmarks_dir, str | Path) else list(benchmarks_dir or [])
+    for tsv in (t for folder in folders if Path(folder).is_dir() for t in Path(folder).rglob("*.tsv")):
+        try:
+            seconds += float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
+        except (ValueError, KeyError, IndexError, pd.errors.ParserError):
+            continue
     return (
         f"Machine: {os.cpu_count()} CPUs ({cpu}); Python {platform.python_version()}, torch {torch.__version__}, "
         f"matgl {matgl.__version__}; commit {commit}; config {', '.join(configfiles) or '(default)'}; "

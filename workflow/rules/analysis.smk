@@ -4,26 +4,26 @@ rule aggregate:
         baselines=baseline_metrics(),
     output:
         jobs=report(
-            f"{R}/analysis/jobs.csv",
+            f"{NET}/analysis/jobs.csv",
             caption="../report/jobs.rst",
             category="Tables",
         ),
         cells=report(
-            f"{R}/analysis/cells.csv",
+            f"{NET}/analysis/cells.csv",
             caption="../report/cells.rst",
             category="Tables",
         ),
         summary=report(
-            f"{R}/analysis/summary.json",
+            f"{NET}/analysis/summary.json",
             caption="../report/summary.rst",
             category="Tables",
         ),
     params:
         min_prediction_spread=config["analysis"]["min_prediction_spread"],
     log:
-        f"{R}/logs/analysis/aggregate.log",
+        f"{NET}/logs/analysis/aggregate.log",
     benchmark:
-        f"{R}/benchmarks/analysis/aggregate.tsv"
+        f"{NET}/benchmarks/analysis/aggregate.tsv"
     conda:
         "../../envs/cdssl.yaml"
     script:
@@ -34,26 +34,26 @@ rule aggregate:
 # commit, config): what docs/results.md quotes (tools/results_doc.py)
 rule results:
     input:
-        cells=f"{R}/analysis/cells.csv",
-        summary=f"{R}/analysis/summary.json",
+        cells=f"{NET}/analysis/cells.csv",
+        summary=f"{NET}/analysis/summary.json",
         selected=pretrain_runs(f"{PT}/selected.json"),
         reference=pretrain_runs(f"{PT}/reference.json"),
-        probe=f"{R}/analysis/probe.csv",
+        probe=f"{NET}/analysis/probe.csv",
         # with pretrain.export_epochs: the budget table
-        budget=[f"{R}/analysis/budget.csv"] if BUDGETED else [],
+        budget=[f"{NET}/analysis/budget.csv"] if BUDGETED else [],
     output:
         results=report(
-            f"{R}/analysis/results.md",
+            f"{NET}/analysis/results.md",
             caption="../report/results.rst",
             category="Tables",
         ),
     params:
         configfiles=CONFIGFILES,
-        benchmarks=f"{R}/benchmarks",
+        benchmarks=f"{NET}/benchmarks",
     log:
-        f"{R}/logs/analysis/results.log",
+        f"{NET}/logs/analysis/results.log",
     benchmark:
-        f"{R}/benchmarks/analysis/results.tsv"
+        f"{NET}/benchmarks/analysis/results.tsv"
     conda:
         "../../envs/cdssl.yaml"
     script:
@@ -69,16 +69,16 @@ rule figure3:
         reference=pretrain_runs(f"{PT}/reference.json", first_seed=True),
     output:
         png=report(
-            f"{R}/analysis/fig3_pretraining.png",
+            f"{NET}/analysis/fig3_pretraining.png",
             caption="../report/fig3.rst",
             category="Figures",
         ),
     params:
         sigmas=SIGMAS,
     log:
-        f"{R}/logs/analysis/figure3.log",
+        f"{NET}/logs/analysis/figure3.log",
     benchmark:
-        f"{R}/benchmarks/analysis/figure3.tsv"
+        f"{NET}/benchmarks/analysis/figure3.tsv"
     conda:
         "../../envs/cdssl.yaml"
     script:
@@ -87,16 +87,16 @@ rule figure3:
 
 rule figure4:
     input:
-        jobs=f"{R}/analysis/jobs.csv",
-        cells=f"{R}/analysis/cells.csv",
+        jobs=f"{NET}/analysis/jobs.csv",
+        cells=f"{NET}/analysis/cells.csv",
     output:
         png=report(
-            f"{R}/analysis/fig4_finetune.png",
+            f"{NET}/analysis/fig4_finetune.png",
             caption="../report/fig4.rst",
             category="Figures",
         ),
         per_dataset=report(
-            directory(f"{R}/analysis/fig4"),
+            directory(f"{NET}/analysis/fig4"),
             patterns=["{name}.png"],
             caption="../report/fig4.rst",
             category="Figures",
@@ -104,9 +104,9 @@ rule figure4:
     params:
         modes=FT["modes"],
     log:
-        f"{R}/logs/analysis/figure4.log",
+        f"{NET}/logs/analysis/figure4.log",
     benchmark:
-        f"{R}/benchmarks/analysis/figure4.tsv"
+        f"{NET}/benchmarks/analysis/figure4.tsv"
     conda:
         "../../envs/cdssl.yaml"
     script:
@@ -137,21 +137,21 @@ rule probe:
         ],
     output:
         probe=report(
-            f"{R}/analysis/probe.csv",
+            f"{NET}/analysis/probe.csv",
             caption="../report/probe.rst",
             category="Tables",
         ),
-        embeddings=f"{R}/analysis/embeddings.npz",
+        embeddings=f"{NET}/analysis/embeddings.npz",
     params:
-        settings=probe_settings(config),
+        settings=lambda wc: probe_settings(config, wc.get("backbone")),
         sigmas=probe_encoders()[1],
         budgets=probe_encoders()[2],
         featurizers=config["analysis"]["featurizers"],
     threads: config["threads"]
     log:
-        f"{R}/logs/analysis/probe.log",
+        f"{NET}/logs/analysis/probe.log",
     benchmark:
-        f"{R}/benchmarks/analysis/probe.tsv"
+        f"{NET}/benchmarks/analysis/probe.tsv"
     conda:
         "../../envs/cdssl.yaml"
     script:
@@ -160,17 +160,17 @@ rule probe:
 
 rule figure5:
     input:
-        embeddings=f"{R}/analysis/embeddings.npz",
+        embeddings=f"{NET}/analysis/embeddings.npz",
     output:
         png=report(
-            f"{R}/analysis/fig5_umap.png",
+            f"{NET}/analysis/fig5_umap.png",
             caption="../report/fig5.rst",
             category="Figures",
         ),
     log:
-        f"{R}/logs/analysis/figure5.log",
+        f"{NET}/logs/analysis/figure5.log",
     benchmark:
-        f"{R}/benchmarks/analysis/figure5.tsv"
+        f"{NET}/benchmarks/analysis/figure5.tsv"
     conda:
         "../../envs/cdssl.yaml"
     script:
@@ -181,20 +181,20 @@ rule figure5:
 # baseline, per fraction and over all fractions
 rule budget_table:
     input:
-        jobs=f"{R}/analysis/jobs.csv",
-        cells=f"{R}/analysis/cells.csv",
-        summary=f"{R}/analysis/summary.json",
+        jobs=f"{NET}/analysis/jobs.csv",
+        cells=f"{NET}/analysis/cells.csv",
+        summary=f"{NET}/analysis/summary.json",
         selected=pretrain_runs(f"{SEL}/selected.json"),
     output:
         budget=report(
-            f"{R}/analysis/budget.csv",
+            f"{NET}/analysis/budget.csv",
             caption="../report/budget.rst",
             category="Tables",
         ),
     log:
-        f"{R}/logs/analysis/budget_table.log",
+        f"{NET}/logs/analysis/budget_table.log",
     benchmark:
-        f"{R}/benchmarks/analysis/budget_table.tsv"
+        f"{NET}/benchmarks/analysis/budget_table.tsv"
     conda:
         "../../envs/cdssl.yaml"
     script:
@@ -203,21 +203,64 @@ rule budget_table:
 
 rule figure_budget:
     input:
-        budget=f"{R}/analysis/budget.csv",
+        budget=f"{NET}/analysis/budget.csv",
         # the first pretraining run's curve and references
         history=pretrain_runs(f"{PT}/history.csv", first_seed=True)[0],
         reference=pretrain_runs(f"{PT}/reference.json", first_seed=True)[0],
     output:
         png=report(
-            f"{R}/analysis/fig_budget.png",
+            f"{NET}/analysis/fig_budget.png",
             caption="../report/fig_budget.rst",
             category="Figures",
         ),
     log:
-        f"{R}/logs/analysis/figure_budget.log",
+        f"{NET}/logs/analysis/figure_budget.log",
     benchmark:
-        f"{R}/benchmarks/analysis/figure_budget.tsv"
+        f"{NET}/benchmarks/analysis/figure_budget.tsv"
     conda:
         "../../envs/cdssl.yaml"
     script:
         "../scripts/figure_budget.py"
+
+
+# models.backbone as a list: the backbones side by side, each with its own SL large and
+# the strongest baseline (the shared feature baselines, or a backbone's own SL)
+rule backbone_table:
+    input:
+        jobs=expand(f"{NET}/analysis/jobs.csv", backbone=BACKBONES),
+        cells=expand(f"{NET}/analysis/cells.csv", backbone=BACKBONES),
+        summary=expand(f"{NET}/analysis/summary.json", backbone=BACKBONES),
+        selected=[
+            expand(run, backbone=b)[0]
+            for b in BACKBONES
+            for run in pretrain_runs(f"{PT}/selected.json")
+        ],
+        reference=[
+            expand(run, backbone=b)[0]
+            for b in BACKBONES
+            for run in pretrain_runs(f"{PT}/reference.json")
+        ],
+    output:
+        table=report(
+            f"{R}/analysis/backbones.csv",
+            caption="../report/backbones.rst",
+            category="Tables",
+        ),
+        markdown=report(
+            f"{R}/analysis/backbones.md",
+            caption="../report/backbones.rst",
+            category="Tables",
+        ),
+    params:
+        backbones=BACKBONES,
+        configfiles=CONFIGFILES,
+        # the shared stages' jobs and every backbone's: the comparison's summed time
+        benchmarks=[f"{R}/benchmarks"] + expand(f"{NET}/benchmarks", backbone=BACKBONES),
+    log:
+        f"{R}/logs/analysis/backbone_table.log",
+    benchmark:
+        f"{R}/benchmarks/analysis/backbone_table.tsv"
+    conda:
+        "../../envs/cdssl.yaml"
+    script:
+        "../scripts/backbone_table.py"

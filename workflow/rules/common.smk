@@ -7,6 +7,7 @@ from cdssl.data import DataError, check_columns
 from cdssl.features import FEATURIZERS
 from cdssl.config import (
     ConfigError,
+    backbones,
     budgets,
     data_settings,
     excluded_datasets,
@@ -57,11 +58,25 @@ wildcard_constraints:
     sigma="[0-9.]+",
     pretrain_seed="[0-9]+",
     budget="[0-9]+",
+    backbone="megnet|m3gnet|tensornet",
 
 
 R = config["results_dir"]
 FT = config["finetune"]
 PRE = config["pretrain"]["dataset"]
+# models.backbone: with several, each backbone's networks and analysis live under their
+# own folder, NET; the data, graphs, features and feature baselines stay under R, shared.
+# With one, NET is R and no path names a backbone (as before the option existed).
+BACKBONES = backbones(config)
+MULTI = len(BACKBONES) > 1
+NET = f"{R}/{{backbone}}" if MULTI else R
+
+
+def net(wildcards):
+    """NET of a job (its backbone filled in)."""
+    return NET.format(backbone=wildcards.get("backbone"))
+
+
 # one pretraining per noise scale; a single sigma is a sweep of one
 SIGMAS = [fmt_sigma(s) for s in sigmas(config)]
 # several pretraining seeds: one run per (sigma, seed), each in a seed folder below its
@@ -69,14 +84,14 @@ SIGMAS = [fmt_sigma(s) for s in sigmas(config)]
 PSEEDS = [str(s) for s in pretrain_seeds(config)]
 SEEDED = len(PSEEDS) > 1
 RUN = "sigma_{sigma}/seed_{pretrain_seed}" if SEEDED else "sigma_{sigma}"
-PT = f"{R}/pretrain/{RUN}"
+PT = f"{NET}/pretrain/{RUN}"
 # pretraining budgets (pretrain.export_epochs): the best encoder of the first {budget}
 # epochs of each run, in a folder below the run's; without them an ssl cell loads the
 # run's own best encoder and no path has a budget
 BUDGETS = [str(k) for k in budgets(config)]
 BUDGETED = bool(BUDGETS)
 ENC_RUN = f"{RUN}/budget_{{budget}}" if BUDGETED else RUN
-SEL = f"{R}/pretrain/{ENC_RUN}"
+SEL = f"{NET}/pretrain/{ENC_RUN}"
 
 
 def pretrain_runs(pattern, first_seed=False):
@@ -98,7 +113,13 @@ def probe_encoders():
     budget) with each one's sigma and budget, as parallel lists."""
     runs = [(s, b) for s in SIGMAS for b in BUDGETS or [None]]
     paths = [
-        expand(f"{SEL}/encoder", sigma=s, pretrain_seed=PSEEDS[0], budget=b or "")[0]
+        expand(
+            f"{SEL}/encoder",
+            sigma=s,
+            pretrain_seed=PSEEDS[0],
+            budget=b or "",
+            allow_missing=True,
+        )[0]
         for s, b in runs
     ]
     return paths, [s for s, _ in runs], [b and int(b) for _, b in runs]
@@ -119,7 +140,7 @@ def fmt_fraction(fraction):
 
 # A fine-tuning cell's folder: {mode} for sl and sl_large, ssl/<run> for the pretrained
 # model of each pretraining run (RUN).
-CELL = f"{R}/finetune/{{dataset}}/{{fraction}}/{{seed}}"
+CELL = f"{NET}/finetune/{{dataset}}/{{fraction}}/{{seed}}"
 SSL_CELL = f"{CELL}/ssl/{ENC_RUN}"
 # the baselines of a cell's split, beside the networks' folders, not among them
 BASELINE_CELL = f"{R}/baselines/{{dataset}}/{{fraction}}/{{seed}}"
@@ -132,12 +153,14 @@ def finetune_metrics():
         seed=FT["seeds"],
     )
     scratch = [m for m in FT["modes"] if m != "ssl"]
-    files = expand(f"{CELL}/{{mode}}/metrics.json", mode=scratch, **grid)
+    files = expand(
+        f"{CELL}/{{mode}}/metrics.json", mode=scratch, **grid, allow_missing=True
+    )
     if "ssl" in FT["modes"]:
         files += [
             f
             for run in pretrain_runs(f"{SSL_CELL}/metrics.json")
-            for f in expand(run, **grid)
+            for f in expand(run, **grid, allow_missing=True)
         ]
     return files
 
@@ -177,19 +200,31 @@ def data_input(wildcards):
 
 
 def analysis_targets():
+    """The analysis of one backbone (its NET)."""
     return (
         [
-            f"{R}/analysis/jobs.csv",
-            f"{R}/analysis/cells.csv",
-            f"{R}/analysis/summary.json",
-            f"{R}/analysis/results.md",
-            f"{R}/analysis/fig3_pretraining.png",
-            f"{R}/analysis/fig4_finetune.png",
-            f"{R}/analysis/fig4",
-            f"{R}/analysis/probe.csv",
+            f"{NET}/analysis/jobs.csv",
+            f"{NET}/analysis/cells.csv",
+            f"{NET}/analysis/summary.json",
+            f"{NET}/analysis/results.md",
+            f"{NET}/analysis/fig3_pretraining.png",
+            f"{NET}/analysis/fig4_finetune.png",
+            f"{NET}/analysis/fig4",
+            f"{NET}/analysis/probe.csv",
         ]
-        + ([f"{R}/analysis/fig5_umap.png"] if config["analysis"]["umap"] else [])
-        + ([f"{R}/analysis/fig_budget.png"] if BUDGETED else [])
+        + ([f"{NET}/analysis/fig5_umap.png"] if config["analysis"]["umap"] else [])
+        + ([f"{NET}/analysis/fig_budget.png"] if BUDGETED else [])
+    )
+
+
+def every_backbone(paths):
+    """``paths`` for every backbone (unchanged where they name none), in order, once each."""
+    return list(dict.fromkeys(f for p in paths for f in expand(p, backbone=BACKBONES)))
+
+
+def comparison_targets():
+    return (
+        [f"{R}/analysis/backbones.csv", f"{R}/analysis/backbones.md"] if MULTI else []
     )
 
 
@@ -197,8 +232,11 @@ def all_targets():
     datasets = sorted(set(FT["datasets"]) | {PRE})
     return (
         expand(f"{R}/graphs/{{dataset}}/graphs.pt", dataset=datasets)
-        + pretrain_runs(f"{PT}/selected.json")
-        + (pretrain_runs(f"{SEL}/selected.json") if BUDGETED else [])
-        + finetune_metrics()
-        + analysis_targets()
+        + every_backbone(
+            pretrain_runs(f"{PT}/selected.json")
+            + (pretrain_runs(f"{SEL}/selected.json") if BUDGETED else [])
+            + finetune_metrics()
+            + analysis_targets()
+        )
+        + comparison_targets()
     )

@@ -21,19 +21,21 @@ rule finetune:
         seeds=FT["seeds"],
         # outside the declared outputs: Snakemake must not delete them before a rerun
         ckpt_dirs=lambda wc: [
-            f"{R}/checkpoints/finetune/{wc.dataset}/{wc.fraction}/{seed}/{wc.mode}"
+            f"{net(wc)}/checkpoints/finetune/{wc.dataset}/{wc.fraction}/{seed}/{wc.mode}"
             for seed in FT["seeds"]
         ],
-        settings=lambda wc: finetune_settings(config, wc.dataset, wc.mode),
+        settings=lambda wc: finetune_settings(
+            config, wc.dataset, wc.mode, wc.get("backbone")
+        ),
         accelerator=config["accelerator"],
     threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=240 * len(FT["seeds"]),
     log:
-        f"{R}/logs/finetune/{{dataset}}/{{fraction}}/{{mode}}.log",
+        f"{NET}/logs/finetune/{{dataset}}/{{fraction}}/{{mode}}.log",
     benchmark:
-        f"{R}/benchmarks/finetune/{{dataset}}/{{fraction}}/{{mode}}.tsv"
+        f"{NET}/benchmarks/finetune/{{dataset}}/{{fraction}}/{{mode}}.tsv"
     conda:
         "../../envs/cdssl.yaml"
     script:
@@ -58,12 +60,14 @@ use rule finetune as finetune_ssl with:
     params:
         seeds=FT["seeds"],
         ckpt_dirs=lambda wc: [
-            f"{R}/checkpoints/finetune/{wc.dataset}/{wc.fraction}/{seed}/ssl/{run_folder(wc)}"
+            f"{net(wc)}/checkpoints/finetune/{wc.dataset}/{wc.fraction}/{seed}/ssl/{run_folder(wc)}"
             for seed in FT["seeds"]
         ],
-        settings=lambda wc: finetune_settings(config, wc.dataset, "ssl"),
+        settings=lambda wc: finetune_settings(
+            config, wc.dataset, "ssl", wc.get("backbone")
+        ),
         accelerator=config["accelerator"],
     log:
-        f"{R}/logs/finetune/{{dataset}}/{{fraction}}/ssl/{ENC_RUN}.log",
+        f"{NET}/logs/finetune/{{dataset}}/{{fraction}}/ssl/{ENC_RUN}.log",
     benchmark:
-        f"{R}/benchmarks/finetune/{{dataset}}/{{fraction}}/ssl/{ENC_RUN}.tsv"
+        f"{NET}/benchmarks/finetune/{{dataset}}/{{fraction}}/ssl/{ENC_RUN}.tsv"

@@ -8,9 +8,9 @@ rule pretrain:
     params:
         # Outside the declared outputs: Snakemake must not delete them before a rerun,
         # or a killed pretraining could not resume.
-        ckpt_dir=f"{R}/checkpoints/pretrain/{RUN}",
+        ckpt_dir=f"{NET}/checkpoints/pretrain/{RUN}",
         settings=lambda wc: pretrain_settings(
-            config, float(wc.sigma), wc.get("pretrain_seed")
+            config, float(wc.sigma), wc.get("pretrain_seed"), wc.get("backbone")
         ),
         accelerator=config["accelerator"],
         nodes=config["pretrain"]["nodes"],
@@ -26,9 +26,9 @@ rule pretrain:
         mem_mb=16000,
         runtime=2880,
     log:
-        f"{R}/logs/pretrain/{RUN}.log",
+        f"{NET}/logs/pretrain/{RUN}.log",
     benchmark:
-        f"{R}/benchmarks/pretrain/{RUN}.tsv"
+        f"{NET}/benchmarks/pretrain/{RUN}.tsv"
     conda:
         "../../envs/cdssl.yaml"
     script:
@@ -42,12 +42,12 @@ rule select_checkpoint:
         selected=f"{PT}/selected.json",
         encoder=directory(f"{PT}/encoder"),
     params:
-        ckpt_dir=f"{R}/checkpoints/pretrain/{RUN}",
+        ckpt_dir=f"{NET}/checkpoints/pretrain/{RUN}",
     priority: 50
     log:
-        f"{R}/logs/select_checkpoint/{RUN}.log",
+        f"{NET}/logs/select_checkpoint/{RUN}.log",
     benchmark:
-        f"{R}/benchmarks/select_checkpoint/{RUN}.tsv"
+        f"{NET}/benchmarks/select_checkpoint/{RUN}.tsv"
     conda:
         "../../envs/cdssl.yaml"
     script:
@@ -61,9 +61,9 @@ use rule select_checkpoint as select_budget with:
         selected=f"{PT}/budget_{{budget}}/selected.json",
         encoder=directory(f"{PT}/budget_{{budget}}/encoder"),
     params:
-        ckpt_dir=f"{R}/checkpoints/pretrain/{RUN}",
+        ckpt_dir=f"{NET}/checkpoints/pretrain/{RUN}",
         budget=lambda wc: int(wc.budget),
     log:
-        f"{R}/logs/select_checkpoint/{RUN}/budget_{{budget}}.log",
+        f"{NET}/logs/select_checkpoint/{RUN}/budget_{{budget}}.log",
     benchmark:
-        f"{R}/benchmarks/select_checkpoint/{RUN}/budget_{{budget}}.tsv"
+        f"{NET}/benchmarks/select_checkpoint/{RUN}/budget_{{budget}}.tsv"

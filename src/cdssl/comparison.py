@@ -1,0 +1,143 @@
+"""The backbones side by side (``models.backbone`` as a list).
+
+Each backbone ran the whole protocol on its own: its pretraining, its SSL, SL and SL large
+networks, its analysis (``<results_dir>/<backbone>/analysis/``); the feature baselines
+are shared. This module reads those analyses and puts, per backbone, SSL beside that
+backbone's own SL large and the strongest baseline, with the pretext validation loss
+against the lookup references that need no learning: does a stronger encoder change the
+verdict?
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .document import metadata
+from .statistics import ALL, format_diff, reference_rows, ssl_models
+from .utils import LOG, atomic_path
+
+LOOKUP = "val_loss_lookup_element_pair"  # the strongest reference without learning
+
+
+def _pretext(selected: list[str | Path], reference: list[str | Path]) -> dict[str, float]:
+    """The selected validation loss and the element-pair lookup's, averaged over runs."""
+    losses = [json.loads(Path(p).read_text())["val_loss"] for p in selected]
+    lookups = [json.loads(Path(p).read_text())[LOOKUP] for p in reference]
+    return {"pretrain_val_loss": float(np.mean(losses)), "lookup_val_loss": float(np.mean(lookups))}
+
+
+def backbone_table(runs: dict[str, dict]) -> pd.DataFrame:
+    """One row per (backbone, ssl model, dataset, fraction), and over all fractions
+    (fraction ``all``): :func:`cdssl.statistics.reference_rows` of each backbone's ssl
+    models against its own SL large and the strongest baselines, and its pretext loss.
+
+    ``runs`` maps a backbone to its ``jobs``, ``cells``, ``summary`` (file paths) and its
+    pretraining runs' ``selected`` and ``reference`` files (lists).
+    """
+    rows = []
+    for backbone, files in runs.items():
+        jobs, cells = pd.read_csv(files["jobs"]), pd.read_csv(files["cells"])
+        summary = json.loads(Path(files["summary"]).read_text())
+        pretext = _pretext(files["selected"], files["reference"])
+        for ssl in ssl_models(c.removeprefix("mean_") for c in cells if c.startswith("mean_ssl")):
+            for row in reference_rows(jobs, cells, summary, ssl):
+                rows.append({"backbone": backbone, **row, **pretext})
+    return pd.DataFrame(rows)
+
+
+def backbone_lines(table: pd.DataFrame) -> list[str]:
+    """Per dataset and backbone, over all fractions: SSL minus SL large and minus the
+    strongest baseline, in words."""
+    lines = []
+    for (dataset, backbone, model), r in table[table["fraction"] == ALL].groupby(
+        ["dataset", "backbone", "model"], sort=False
+    ):
+        r = r.iloc[0]
+        lines.append(
+            f"backbones {dataset}, {backbone} {model}: SSL {r['ssl_mean']:.4f}; minus SL large "
+            f"{format_diff(r, 'sl_large')}; minus {r['strongest_name']} {format_diff(r, 'strongest')}"
+        )
+    return lines
+
+
+def backbone_markdown(table: pd.DataFrame) -> str:
+    """Over all fractions, then fraction by fraction, one table per dataset."""
+    if table.empty:
+        return ""
+    out = ["### Backbones (mean over fractions; 95% intervals)", ""]
+    overall = table[table["fraction"] == ALL]
+    for dataset, sub in overall.groupby("dataset"):
+        out += [
+            f"{dataset} ({sub['units'].iloc[0]}):",
+            "",
+            "| backbone | model | pretext val loss | lookup (element pair) | SSL | SL large | strongest "
+            "| SSL - SL large | SSL - strongest |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for _, r in sub.iterrows():
+            out.append(
+                f"| {r['backbone']} | {r['model']} | {r['pretrain_val_loss']:.4f} | {r['lookup_val_loss']:.4f} "
+                f"| {r['ssl_mean']:.4f} | {r.get('sl_large_mean', np.nan):.4f} "
+                f"| {r['strongest_name']} {r['strongest_mean']:.4f} "
+                f"| {format_diff(r, 'sl_large')} | {format_diff(r, 'strongest')} |"
+            )
+        out.append("")
+        fractions = table[(table["dataset"] == dataset) & (table["fraction"] != ALL)]
+        out += [
+            "| fraction | backbone | model | SSL | SL large | strongest | SSL - SL large | SSL - strongest |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for _, r in fractions.sort_values(["fraction", "backbone"], kind="stable").iterrows():
+            out.append(
+                f"| {r['fraction']} | {r['backbone']} | {r['model']} | {r['ssl_mean']:.4f} "
+                f"| {r.get('sl_large_mean', np.nan):.4f} | {r['strongest_name']} {r['strongest_mean']:.4f} "
+                f"| {format_diff(r, 'sl_large')} | {format_diff(r, 'strongest')} |"
+            )
+        out.append("")
+    out += [f"- {line}" for line in backbone_lines(table)]
+    return "\n".join(out) + "\n"
+
+
+def write_backbone_table(
+    backbones: list[str],
+    jobs: list[str],
+    cells: list[str],
+    summaries: list[str],
+    selected: list[str],
+    reference: list[str],
+    *,
+    table_csv: str | Path,
+    markdown: str | Path,
+    workflow_dir: str | Path = ".",
+    configfiles: list[str] = (),
+    benchmarks_dir: list[str | Path] = (),
+) -> pd.DataFrame:
+    """:func:`backbone_table` from the files of every backbone, in the order of
+    ``backbones``: one analysis each, and its pretraining runs' selected.json and
+    reference.json files, the same number per backbone. The Markdown starts with the
+    run's metadata line (:func:`cdssl.document.metadata`; the jobs' time summed over the
+    ``benchmarks_dir`` folders: the shared stages' and every backbone's)."""
+    per = len(selected) // len(backbones)
+    runs = {
+        backbone: {
+            "jobs": jobs[i],
+            "cells": cells[i],
+            "summary": summaries[i],
+            "selected": selected[i * per : (i + 1) * per],
+            "reference": reference[i * per : (i + 1) * per],
+        }
+        for i, backbone in enumerate(backbones)
+    }
+    table = backbone_table(runs)
+    with atomic_path(table_csv) as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(markdown) as tmp:
+        line = metadata(workflow_dir, list(configfiles), benchmarks_dir)
+        Path(tmp).write_text(f"{line}\n\n{backbone_markdown(table)}")
+    for line in backbone_lines(table):
+        LOG.info("%s", line)
+    return table
