@@ -38,7 +38,8 @@ def build_network(sizes: Mapping[str, Any], cutoff: float) -> nn.Module:
         # MatGL's own readout for intensive properties (weighted atom sum, then an MLP)
         return M3GNet(**kwargs, cutoff=cutoff, element_types=element_types(), is_intensive=True)
     if backbone == "tensornet":
-        # the plain PyG layers: the optional warp kernels are GPU-only and change the sums' order
+        # MatGL's plain PyG layers on every machine: with auto-detection, whether the optional
+        # warp kernels (nvalchemi-toolkit-ops) are installed would decide which code trains
         return TensorNet(**kwargs, cutoff=cutoff, element_types=element_types(), is_intensive=True, use_warp=False)
     raise ValueError(f"unknown backbone {backbone!r}; one of {', '.join(BACKBONES)}")
 
