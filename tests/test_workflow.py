@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -464,3 +465,20 @@ def test_a_tiny_run_with_two_backbones_writes_each_one_s_cells_probe_and_the_com
     assert shared.groupby(["fraction", "strongest_name"])["strongest_mean"].nunique().max() == 1
     markdown = (r / "analysis/backbones.md").read_text()
     assert markdown.startswith("Machine: ") and "| tensornet |" in markdown and "| m3gnet |" in markdown
+    # cdssl-predict with a backbone's fine-tuned models: each model gives its run's own
+    # test predictions again (back in the units of n)
+    from pymatgen.core import Structure
+
+    import cdssl
+    from cdssl.data import read_table
+
+    cell = r / "tensornet/finetune/dielectric/0.7"
+    own = pd.read_csv(cell / "0/sl_large/predictions.csv").set_index("id")
+    table = read_table(r / "data/dielectric.json.gz").set_index("id").loc[own.index]
+    crystals = tmp_path / "crystals.csv"
+    cifs = [Structure.from_dict(s).to(fmt="cif") for s in table["structure"]]
+    pd.DataFrame({"id": own.index, "cif": cifs}).to_csv(crystals, index=False)
+    predictions, skipped = cdssl.predict([cell], [crystals], structure_column="cif", id_column="id")
+    assert skipped.empty and (predictions["n_models"] == 3).all()
+    column = predictions.set_index("id").loc[own.index, "0/sl_large"]
+    np.testing.assert_allclose(np.log10(column), own["prediction"], rtol=1e-5, atol=1e-6)
