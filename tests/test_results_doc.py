@@ -42,6 +42,17 @@ def test_collect_copies_a_run_and_build_includes_it_below_the_templates_headings
         results_doc.build(template, tmp_path / "runs")
 
 
+def test_a_backbone_list_run_is_collected_by_its_comparison_document(tmp_path):
+    # a list of backbones writes no results.md at the top, only the comparison
+    run = tmp_path / "results"
+    (run / "analysis").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="results.md .a backbone list: backbones.md. is missing"):
+        results_doc.collect("bb", run, runs=tmp_path / "runs", images=tmp_path / "img")
+    (run / "analysis" / "backbones.md").write_text("Machine: x.\n\n### Backbones\n")
+    written = results_doc.collect("bb", run, runs=tmp_path / "runs", images=tmp_path / "img")
+    assert [p.name for p in written] == ["bb.md"] and written[0].read_text().endswith("### Backbones\n")
+
+
 def test_check_fails_on_a_stale_document_with_the_command_that_fixes_it(tmp_path, monkeypatch):
     stale = tmp_path / "results.md"
     stale.write_text("typed by hand\n")
