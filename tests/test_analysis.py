@@ -633,3 +633,57 @@ def test_budgets_become_their_own_ssl_models_and_the_budget_table_says_where_ssl
     assert "| 100 | 99 | 0.2500 | 2.0100 |" in budget_markdown(table)
     # one table per fraction too, three budgets each
     assert (table[table["fraction"] == "0.2"]["budget"].tolist()) == [10, 30, 100]
+
+
+def test_a_backbone_whose_pretraining_stays_above_a_lookup_is_marked_did_not_learn(tmp_path):
+    """A pretext loss not below the lower lookup's (every pretraining run's own) means the
+    encoder learned nothing a table holds: the results document and the backbone
+    comparison say so beside the number."""
+    from cdssl.comparison import backbone_lines, backbone_markdown, pretext_row
+    from cdssl.document import pretraining_markdown
+
+    reference = {"val_loss_lookup_noisy_length": 0.3583, "val_loss_lookup_element_pair": 0.3515}
+    files = {}
+    for name, loss in (("learned", 0.3107), ("flat", 0.3667), ("between", 0.3550), ("other_seed", 0.3000)):
+        run = tmp_path / name / "sigma_0.5"
+        run.mkdir(parents=True)
+        (run / "selected.json").write_text(
+            json.dumps({"epoch": 36, "epochs_trained": 40, "stop": None, "val_loss": loss, "first_val_loss": 0.7271})
+        )
+        (run / "reference.json").write_text(json.dumps({**reference, "val_loss_noisy_distances": 0.4361}))
+        files[name] = (run / "selected.json", run / "reference.json")
+    text = pretraining_markdown([files["learned"][0]], [files["learned"][1]])
+    assert "| 0.7271 | **0.3107** | 0.3583 |" in text
+    for name in ("flat", "between"):  # above both lookups; between them (above the element pairs')
+        text = pretraining_markdown([files[name][0]], [files[name][1]])
+        assert "(did not learn: not below a lookup)" in text and "**" not in text
+    rows = {}
+    for name, runs in {"megnet": ["learned"], "tensornet": ["flat"], "m3gnet": ["other_seed", "between"]}.items():
+        pretext = pretext_row([files[r][0] for r in runs], [files[r][1] for r in runs])
+        assert pretext["lookup_val_loss"] == pytest.approx(0.3515)
+        rows[name] = pretext
+    # one run of two that did not learn is enough to mark the backbone
+    assert [r["pretext_learned"] for r in rows.values()] == [True, False, False]
+    table = pd.DataFrame(
+        [
+            {
+                "backbone": name,
+                "model": "ssl",
+                "dataset": "dielectric",
+                "units": "log10(n)",
+                "fraction": "all",
+                "ssl_mean": 0.16,
+                "sl_large_mean": 0.17,
+                "strongest_name": "magpie_boosting",
+                "strongest_mean": 0.13,
+                **pretext,
+            }
+            for name, pretext in rows.items()
+        ]
+    )
+    markdown = backbone_markdown(table)
+    assert "| megnet | ssl | 0.3107 | 0.3515 |" in markdown
+    assert "| tensornet | ssl | 0.3667 (did not learn) | 0.3515 |" in markdown
+    lines = backbone_lines(table)
+    assert "did not learn" not in lines[0]
+    assert lines[1].endswith("pretraining did not learn (pretext loss 0.3667, not below the lookup's 0.3515)")

@@ -5,7 +5,8 @@ networks, its analysis (``<results_dir>/<backbone>/analysis/``); the feature bas
 are shared. This module reads those analyses and puts, per backbone, SSL beside that
 backbone's own SL large and the strongest baseline, with the pretext validation loss
 against the lookup references that need no learning: does a stronger encoder change the
-verdict?
+verdict? A backbone whose pretext loss is not below the lookups' is marked: its
+pretraining did not learn, whatever its SSL networks score.
 """
 
 from __future__ import annotations
@@ -17,17 +18,25 @@ import numpy as np
 import pandas as pd
 
 from .document import metadata
+from .references import best_lookup
 from .statistics import ALL, format_diff, reference_rows, ssl_models
 from .utils import LOG, atomic_path
 
-LOOKUP = "val_loss_lookup_element_pair"  # the strongest reference without learning
 
-
-def _pretext(selected: list[str | Path], reference: list[str | Path]) -> dict[str, float]:
-    """The selected validation loss and the element-pair lookup's, averaged over runs."""
+def pretext_row(selected: list[str | Path], reference: list[str | Path]) -> dict[str, float | bool]:
+    """The selected validation loss and the lower lookup's, averaged over runs, and
+    whether pretraining learned: every run below its lookups."""
     losses = [json.loads(Path(p).read_text())["val_loss"] for p in selected]
-    lookups = [json.loads(Path(p).read_text())[LOOKUP] for p in reference]
-    return {"pretrain_val_loss": float(np.mean(losses)), "lookup_val_loss": float(np.mean(lookups))}
+    lookups = [best_lookup(json.loads(Path(p).read_text())) for p in reference]
+    return {
+        "pretrain_val_loss": float(np.mean(losses)),
+        "lookup_val_loss": float(np.mean(lookups)),
+        "pretext_learned": all(loss < lookup for loss, lookup in zip(losses, lookups, strict=True)),
+    }
+
+
+def _pretext_cell(r: pd.Series) -> str:
+    return f"{r['pretrain_val_loss']:.4f}" + ("" if r["pretext_learned"] else " (did not learn)")
 
 
 def backbone_table(runs: dict[str, dict]) -> pd.DataFrame:
@@ -42,7 +51,7 @@ def backbone_table(runs: dict[str, dict]) -> pd.DataFrame:
     for backbone, files in runs.items():
         jobs, cells = pd.read_csv(files["jobs"]), pd.read_csv(files["cells"])
         summary = json.loads(Path(files["summary"]).read_text())
-        pretext = _pretext(files["selected"], files["reference"])
+        pretext = pretext_row(files["selected"], files["reference"])
         for ssl in ssl_models(c.removeprefix("mean_") for c in cells if c.startswith("mean_ssl")):
             for row in reference_rows(jobs, cells, summary, ssl):
                 rows.append({"backbone": backbone, **row, **pretext})
@@ -57,9 +66,15 @@ def backbone_lines(table: pd.DataFrame) -> list[str]:
         ["dataset", "backbone", "model"], sort=False
     ):
         r = r.iloc[0]
+        pretext = (
+            ""
+            if r["pretext_learned"]
+            else f"; pretraining did not learn (pretext loss {r['pretrain_val_loss']:.4f}, "
+            f"not below the lookup's {r['lookup_val_loss']:.4f})"
+        )
         lines.append(
             f"backbones {dataset}, {backbone} {model}: SSL {r['ssl_mean']:.4f}; minus SL large "
-            f"{format_diff(r, 'sl_large')}; minus {r['strongest_name']} {format_diff(r, 'strongest')}"
+            f"{format_diff(r, 'sl_large')}; minus {r['strongest_name']} {format_diff(r, 'strongest')}{pretext}"
         )
     return lines
 
@@ -74,13 +89,13 @@ def backbone_markdown(table: pd.DataFrame) -> str:
         out += [
             f"{dataset} ({sub['units'].iloc[0]}):",
             "",
-            "| backbone | model | pretext val loss | lookup (element pair) | SSL | SL large | strongest "
+            "| backbone | model | pretext val loss | best lookup | SSL | SL large | strongest "
             "| SSL - SL large | SSL - strongest |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for _, r in sub.iterrows():
             out.append(
-                f"| {r['backbone']} | {r['model']} | {r['pretrain_val_loss']:.4f} | {r['lookup_val_loss']:.4f} "
+                f"| {r['backbone']} | {r['model']} | {_pretext_cell(r)} | {r['lookup_val_loss']:.4f} "
                 f"| {r['ssl_mean']:.4f} | {r.get('sl_large_mean', np.nan):.4f} "
                 f"| {r['strongest_name']} {r['strongest_mean']:.4f} "
                 f"| {format_diff(r, 'sl_large')} | {format_diff(r, 'strongest')} |"

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .budget import budget_markdown
+from .references import best_lookup
 from .statistics import results_markdown
 from .utils import atomic_path
 
@@ -78,7 +79,8 @@ def _commit(workflow_dir: str | Path) -> str:
 
 def pretraining_markdown(selected: list[str | Path], references: list[str | Path]) -> str:
     """One row per pretraining run: where it ended, the selected epoch and its loss
-    beside the validation loss of the answers that need no learning."""
+    beside the validation loss of the answers that need no learning; a selected loss not
+    below the lookups' is marked: that pretraining did not learn."""
     lines = [
         "### Pretraining (validation loss, MSE of the per-graph standardised distance)",
         "",
@@ -92,10 +94,17 @@ def pretraining_markdown(selected: list[str | Path], references: list[str | Path
         name = "/".join(p for p in run.parts[-2:] if p.startswith(("sigma_", "seed_")))
         lines.append(
             f"| {name} | {sel['epochs_trained']} | {sel.get('stop') or '-'} | {sel['epoch']} "
-            f"| {sel['first_val_loss']:.4f} | **{sel['val_loss']:.4f}** | {ref['val_loss_lookup_noisy_length']:.4f} "
+            f"| {sel['first_val_loss']:.4f} | {_selected_loss(sel['val_loss'], ref)} "
+            f"| {ref['val_loss_lookup_noisy_length']:.4f} "
             f"| {ref['val_loss_lookup_element_pair']:.4f} | {ref['val_loss_noisy_distances']:.4f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _selected_loss(loss: float, reference: dict[str, float]) -> str:
+    if loss < best_lookup(reference):
+        return f"**{loss:.4f}**"
+    return f"{loss:.4f} (did not learn: not below a lookup)"
 
 
 def probe_label(features: str, sigma: float = float("nan"), budget: float = float("nan")) -> str:
