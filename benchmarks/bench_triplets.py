@@ -14,6 +14,7 @@ build's time minus the concatenation's, as a share of the step.
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 import warnings
@@ -34,7 +35,7 @@ def main() -> None:
     from cdssl.pretrain import DenoisingModule
 
     # training_step logs through Lightning, which has no trainer to log to here
-    warnings.filterwarnings("ignore", message="You are trying to `self.log()`")
+    warnings.filterwarnings("ignore", message=re.escape("You are trying to `self.log()`"))
     torch.set_num_threads(args.threads)
     args.backbone = "m3gnet"
     environment(args)
