@@ -99,15 +99,18 @@ def time_shares(results: Path) -> pd.DataFrame:
     epoch_seconds, wall time of the training and validation steps); the rest of a
     training job is start-up, data loading, the baselines and the test predictions."""
     rows = []
-    for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
-        rel = tsv.relative_to(results / "benchmarks")
-        rule = rel.parts[0] if len(rel.parts) > 1 else rel.stem
-        rows.append({"rule": rule, "wall_s": float(pd.read_csv(tsv, sep="\t")["s"].iloc[0]), "jobs": 1})
+    # the shared stages' benchmarks/, and with a backbone list each backbone's own
+    for folder in [results / "benchmarks", *sorted(results.glob("*/benchmarks"))]:
+        for tsv in sorted(folder.rglob("*.tsv")):
+            rel = tsv.relative_to(folder)
+            rule = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+            rows.append({"rule": rule, "wall_s": float(pd.read_csv(tsv, sep="\t")["s"].iloc[0]), "jobs": 1})
     jobs = pd.DataFrame(rows).groupby("rule").sum()
     jobs["epoch_s"] = 0.0
+    nets = [results, *sorted(p.parent for p in results.glob("*/analysis"))]
     histories = {
-        "pretrain": sorted((results / "pretrain").rglob("history.csv")),
-        "finetune": sorted((results / "finetune").rglob("history.csv")),
+        stage: sorted(f for net in nets for f in (net / stage).rglob("history.csv"))
+        for stage in ("pretrain", "finetune")
     }
     for rule, files in histories.items():
         if rule in jobs.index:
