@@ -64,9 +64,10 @@ def test_backbone_encoders_equal_matgl_s_forward_values_and_gradients(small_cach
 def test_a_crystal_from_the_graph_cache_gets_the_prediction_matgl_gives_its_structure(
     small_table, small_cache_path, test_config, backbone
 ):
-    """The cache holds what MatGL's own converter makes of a crystal (edges in MatGL's
-    order, which M3GNet's triplets rely on): predict() on a cached batch equals MatGL's
-    predict_structure on each pymatgen structure."""
+    """The cache holds what MatGL's own converter makes of a crystal (edges, periodic
+    offsets, atom types): predict() on a cached batch equals MatGL's predict_structure on
+    each pymatgen structure. (Fails with the offsets taken through the transposed
+    lattice; reversing every crystal's edge order changes no backbone's prediction.)"""
     from pymatgen.core import Structure
 
     torch.manual_seed(0)
