@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -294,6 +295,27 @@ def test_naming_the_default_backbone_reruns_nothing_of_a_finished_run(tiny_run):
     named = job_counts(snakemake("-n", *configfiles, *args[2:], workdir=work).stdout)
     plain = job_counts(snakemake("-n", *args, workdir=work).stdout)
     assert {**plain, "results": 1, "all": 1} == {**named, "all": 1} and "pretrain" not in named
+
+
+def test_a_finished_run_moved_under_its_backbone_joins_a_backbone_list_without_retraining(tiny_run, tmp_path):
+    """From one backbone to a list, a backbone's results live under <results_dir>/<backbone>/:
+    moving a finished MEGNet run's pretrain, finetune, checkpoints and analysis folders
+    there (README) keeps it, so the list runs only the new backbone and the comparison."""
+    work, args = tiny_run
+    moved = tmp_path / "work"
+    shutil.copytree(work, moved, symlinks=True)  # copy2: modification times kept
+    r = moved / "results"
+    (r / "megnet").mkdir()
+    for folder in ("pretrain", "finetune", "checkpoints", "analysis"):
+        (r / folder).rename(r / "megnet" / folder)
+    overlay = moved / "list.yaml"
+    overlay.write_text("models:\n  backbone: [megnet, tensornet]\n")
+    out = snakemake("-n", "--configfile", str(ROOT / "config/test.yaml"), str(overlay), *args[2:], workdir=moved).stdout
+    outputs = [line for line in out.splitlines() if line.strip().startswith("output:")]
+    assert any("results/tensornet/pretrain/" in line for line in outputs)
+    assert not [line for line in outputs if "results/megnet/" in line]
+    counts = job_counts(out)
+    assert counts["pretrain"] == 2 and counts["backbone_table"] == 1 and "data" not in counts
 
 
 def test_changed_metrics_rerun_only_aggregation_and_figures(tiny_run):
