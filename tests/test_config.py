@@ -232,3 +232,13 @@ def test_the_papers_fine_tuning_recipe_keeps_the_identity_results_had_before_the
     assert "freeze_encoder" not in finetune_settings(config, "dielectric_constant", "sl")
     ssl = finetune_settings(config, "dielectric_constant", "ssl")
     assert ssl["encoder_lr_factor"] == 0.1 and ssl["freeze_encoder"] is True
+
+
+def test_the_backbones_models_builds_are_the_ones_the_schema_allows():
+    # models.BACKBONES names the backbones in build_network's error; the schema decides
+    from cdssl.config import load_schema
+    from cdssl.models import BACKBONES
+
+    backbone = load_schema()["properties"]["models"]["properties"]["backbone"]
+    single, listed = backbone["oneOf"]
+    assert single["enum"] == listed["items"]["enum"] == list(BACKBONES)
