@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .statistics import ALL, format_diff, reference_rows, ssl_models, ssl_parts
+from .statistics import ALL, format_diff, reference_cells, reference_rows, ssl_models, ssl_parts
 from .utils import LOG, atomic_path
 
 
@@ -112,10 +112,7 @@ def budget_markdown(table: pd.DataFrame) -> str:
         ]
         for _, r in sub.sort_values("budget").iterrows():
             out.append(
-                f"| {int(r['budget'])} | {r['pretrain_epoch']:.0f} | {r['pretrain_val_loss']:.4f} "
-                f"| {r['ssl_mean']:.4f} "
-                f"| {r.get('sl_large_mean', np.nan):.4f} | {r['strongest_mean']:.4f} "
-                f"| {format_diff(r, 'sl_large')} | {format_diff(r, 'strongest')} |"
+                f"| {int(r['budget'])} | {r['pretrain_epoch']:.0f} | {r['pretrain_val_loss']:.4f} {reference_cells(r)}"
             )
         out.append("")
     out += [f"- {line}" for line in budget_lines(table)]

@@ -19,7 +19,7 @@ import pandas as pd
 
 from .document import metadata
 from .references import best_lookup
-from .statistics import ALL, format_diff, reference_rows, ssl_models
+from .statistics import ALL, format_diff, reference_cells, reference_rows, ssl_models
 from .utils import LOG, atomic_path
 
 
@@ -96,9 +96,7 @@ def backbone_markdown(table: pd.DataFrame) -> str:
         for _, r in sub.iterrows():
             out.append(
                 f"| {r['backbone']} | {r['model']} | {_pretext_cell(r)} | {r['lookup_val_loss']:.4f} "
-                f"| {r['ssl_mean']:.4f} | {r.get('sl_large_mean', np.nan):.4f} "
-                f"| {r['strongest_name']} {r['strongest_mean']:.4f} "
-                f"| {format_diff(r, 'sl_large')} | {format_diff(r, 'strongest')} |"
+                + reference_cells(r, named=True)
             )
         out.append("")
         fractions = table[(table["dataset"] == dataset) & (table["fraction"] != ALL)]
@@ -107,11 +105,7 @@ def backbone_markdown(table: pd.DataFrame) -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         for _, r in fractions.sort_values(["fraction", "backbone"], kind="stable").iterrows():
-            out.append(
-                f"| {r['fraction']} | {r['backbone']} | {r['model']} | {r['ssl_mean']:.4f} "
-                f"| {r.get('sl_large_mean', np.nan):.4f} | {r['strongest_name']} {r['strongest_mean']:.4f} "
-                f"| {format_diff(r, 'sl_large')} | {format_diff(r, 'strongest')} |"
-            )
+            out.append(f"| {r['fraction']} | {r['backbone']} | {r['model']} {reference_cells(r, named=True)}")
         out.append("")
     out += [f"- {line}" for line in backbone_lines(table)]
     return "\n".join(out) + "\n"

@@ -358,6 +358,17 @@ def format_diff(row: Mapping, key: str) -> str:
     return f"{mean:+.4f} [{row[f'diff_{key}_low']:+.4f}, {row[f'diff_{key}_high']:+.4f}]"
 
 
+def reference_cells(row: Mapping, *, named: bool = False) -> str:
+    """A reference row's SSL, SL large and strongest means and SSL minus the two as
+    Markdown cells, ``| SSL | SL large | strongest | SSL - SL large | SSL - strongest |``;
+    ``named`` writes the strongest baseline's name before its mean."""
+    strongest = f"{row['strongest_name']} " if named else ""
+    return (
+        f"| {row['ssl_mean']:.4f} | {row.get('sl_large_mean', np.nan):.4f} | {strongest}{row['strongest_mean']:.4f} "
+        f"| {format_diff(row, 'sl_large')} | {format_diff(row, 'strongest')} |"
+    )
+
+
 def _pooled_interval(diffs: list, runs: list) -> dict:
     """SSL minus each dataset's strongest, over every counted cell of every dataset: the
     hierarchical interval when the runs are known (cells side by side; a trivial answer
