@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .document import metadata
-from .references import best_lookup
+from .references import best_lookup, pretext_learned
 from .statistics import ALL, format_diff, reference_cells, reference_rows, ssl_models
 from .utils import LOG, atomic_path
 
@@ -27,11 +27,11 @@ def pretext_row(selected: list[str | Path], reference: list[str | Path]) -> dict
     """The selected validation loss and the lower lookup's, averaged over runs, and
     whether pretraining learned: every run below its lookups."""
     losses = [json.loads(Path(p).read_text())["val_loss"] for p in selected]
-    lookups = [best_lookup(json.loads(Path(p).read_text())) for p in reference]
+    references = [json.loads(Path(p).read_text()) for p in reference]
     return {
         "pretrain_val_loss": float(np.mean(losses)),
-        "lookup_val_loss": float(np.mean(lookups)),
-        "pretext_learned": all(loss < lookup for loss, lookup in zip(losses, lookups, strict=True)),
+        "lookup_val_loss": float(np.mean([best_lookup(r) for r in references])),
+        "pretext_learned": all(pretext_learned(x, r) for x, r in zip(losses, references, strict=True)),
     }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .budget import budget_markdown
-from .references import best_lookup
+from .references import pretext_learned
 from .statistics import results_markdown
 from .utils import atomic_path
 
@@ -102,7 +102,7 @@ def pretraining_markdown(selected: list[str | Path], references: list[str | Path
 
 
 def _selected_loss(loss: float, reference: dict[str, float]) -> str:
-    if loss < best_lookup(reference):
+    if pretext_learned(loss, reference):
         return f"**{loss:.4f}**"
     return f"{loss:.4f} (did not learn: not below a lookup)"
 

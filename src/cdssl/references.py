@@ -117,6 +117,11 @@ def best_lookup(reference: dict[str, float]) -> float:
     return min(reference[key] for key in LOOKUPS)
 
 
+def pretext_learned(val_loss: float, reference: dict[str, float]) -> bool:
+    """Whether a pretraining run's validation loss is below the lower lookup's."""
+    return val_loss < best_lookup(reference)
+
+
 def lookup_share(s: dict) -> float:
     """Share of the variance of the network's validation outputs that their mean per bin
     of the noisy length explains (between-bin / total sum of squares): near 1, the
