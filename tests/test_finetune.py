@@ -261,3 +261,32 @@ def test_learning_rate_schedules_follow_their_definition(encoder_dir):
         rates.append(optimizer.param_groups[0]["lr"])
     # halved after 3 epochs without a lower value (patience 2), never below lr x 0.2
     assert rates[2] == pytest.approx(1e-3) and rates[3] == pytest.approx(5e-4) and rates[-1] == pytest.approx(2e-4)
+
+
+def test_the_best_epoch_reloads_from_its_checkpoint_alone_and_from_one_written_before(
+    tmp_path, small_cache_path, config
+):
+    """The target's scale and the recipe are stored in every checkpoint: the best epoch
+    reloads from its file (no second list of the recipe); a checkpoint written before
+    they were stored (as by the pipeline's earlier versions) still reloads, with the
+    trained module's own, to the same predictions."""
+    from cdssl.finetune import PropertyModule, load_best
+
+    config["finetune"].update(epochs=2, batch_size=16)
+    metrics = _cell(tmp_path, small_cache_path, config, "cell")
+    best = tmp_path / "cell" / "ckpt" / "best.ckpt"
+    stored = torch.load(best, weights_only=True)
+    hparams = stored[PropertyModule.CHECKPOINT_HYPER_PARAMS_KEY]
+    assert {"mean", "std", "lr", "lr_schedule", "max_epochs"} <= set(hparams) and "model" not in hparams
+    model = initial_model("sl", finetune_settings(config, "dielectric", "sl")["sizes"], 5.0, None)
+    trained = PropertyModule(
+        model, 0.0, 1.0, 1.0, **{k: v for k, v in hparams.items() if k not in ("mean", "std", "lr")}
+    )
+    module = load_best(trained, best)
+    assert float(module.mean) == pytest.approx(hparams["mean"]) and module.lr == hparams["lr"]
+    state = {k: v for k, v in module.state_dict().items()}
+    older = tmp_path / "older.ckpt"
+    torch.save({k: v for k, v in stored.items() if k != PropertyModule.CHECKPOINT_HYPER_PARAMS_KEY}, older)
+    again = load_best(PropertyModule(model, hparams["mean"], hparams["std"], hparams["lr"]), older)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in state.items())
+    assert metrics["test_mae"] > 0

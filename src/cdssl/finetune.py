@@ -57,6 +57,10 @@ class PropertyModule(HistoryModule):
         freeze_encoder: bool = False,
     ):
         super().__init__(history_csv)
+        # the target's scale and the recipe ride in every checkpoint (plain floats and
+        # strings: a weights-only load reads them), so the best epoch reloads from its
+        # file alone (:func:`load_best`)
+        self.save_hyperparameters(ignore=["model", "history_csv"])
         self.model = model
         self.lr = lr
         self.lr_schedule, self.lr_min_factor, self.max_epochs = lr_schedule, lr_min_factor, max_epochs
@@ -292,12 +296,19 @@ def train(
     write_history(history, history_csv)
     # the best epoch's weights, through Lightning (the history rides along in the checkpoint)
     best_ckpt = Path(ckpt_dir) / BEST
-    module = PropertyModule.load_from_checkpoint(
-        best_ckpt, map_location=module.mean.device, weights_only=True, model=model, mean=mean, std=std, lr=job.lr,
-        **recipe,
-    )  # fmt: skip
+    module = load_best(module, best_ckpt)
     best = checked_best(history, module.history, "val_mae", best_ckpt)
     return module, best, history, str(trainer.strategy.root_device)
+
+
+def load_best(module: PropertyModule, best_ckpt: Path) -> PropertyModule:
+    """The module of the best epoch, through Lightning: its weights and hyperparameters
+    from ``best_ckpt`` (the network itself is ``module``'s, whose weights it overwrites)."""
+    load = {"map_location": module.mean.device, "weights_only": True, "model": module.model}
+    stored = torch.load(best_ckpt, map_location="cpu", weights_only=True)
+    # a checkpoint written before the hyperparameters were stored: the trained module's own
+    extra = {} if stored.get(PropertyModule.CHECKPOINT_HYPER_PARAMS_KEY) else dict(module.hparams)
+    return PropertyModule.load_from_checkpoint(best_ckpt, **load, **extra)
 
 
 def evaluate(
