@@ -234,11 +234,17 @@ def test_the_papers_fine_tuning_recipe_keeps_the_identity_results_had_before_the
     assert ssl["encoder_lr_factor"] == 0.1 and ssl["freeze_encoder"] is True
 
 
-def test_the_backbones_models_builds_are_the_ones_the_schema_allows():
-    # models.BACKBONES names the backbones in build_network's error; the schema decides
-    from cdssl.config import load_schema
-    from cdssl.models import BACKBONES
+def test_the_backbones_models_builds_are_the_ones_the_schema_allows(root):
+    # the schema names the backbones once: models.BACKBONES, the workflow's wildcard and
+    # the migration tool read them from it; build_network builds each one
+    from cdssl.config import load_schema, schema_backbones
+    from cdssl.models import BACKBONES, build_network
 
     backbone = load_schema()["properties"]["models"]["properties"]["backbone"]
     single, listed = backbone["oneOf"]
-    assert single["enum"] == listed["items"]["enum"] == list(BACKBONES)
+    assert single["enum"] == listed["items"]["enum"] == list(BACKBONES) == list(schema_backbones())
+    smk = (root / "workflow/rules/common.smk").read_text()
+    assert 'backbone="|".join(BACKBONE_NAMES)' in smk and "schema_backbones" in smk
+    for name in BACKBONES:
+        sizes = load_config(root / "config/test.yaml")["models"]
+        build_network({"backbone": name, **sizes[name]["small"]} if name != "megnet" else sizes["small"], 5.0)

@@ -39,6 +39,13 @@ def load_schema(path: Path | str = SCHEMA_PATH) -> dict:
         return yaml.safe_load(fh)
 
 
+def schema_backbones(schema: dict | None = None) -> tuple[str, ...]:
+    """The backbones the schema allows for ``models.backbone``: the one list of them
+    (the workflow's wildcard, build_network's error and the migration tool read it)."""
+    backbone = (schema or load_schema())["properties"]["models"]["properties"]["backbone"]
+    return tuple(backbone["oneOf"][0]["enum"])
+
+
 def validate_config(config: dict, source: str = "<config>", schema_path: Path | str = SCHEMA_PATH) -> dict:
     """Validate ``config`` in place (defaults filled) and return it.
 

@@ -20,11 +20,12 @@ from matgl.models._tensornet import decompose_tensor, tensor_norm
 from matgl.utils.cutoff import polynomial_cutoff
 from torch import nn
 
-from .config import model_kwargs, network_sizes
+from .config import model_kwargs, network_sizes, schema_backbones
 from .graphs import GraphBatch, element_types
 
 GAUSS_WIDTH = 0.5
-BACKBONES = ("megnet", "m3gnet", "tensornet")
+# the schema's list: what a config may name is what build_network can build
+BACKBONES = schema_backbones()
 
 
 def build_network(sizes: Mapping[str, Any], cutoff: float) -> nn.Module:
