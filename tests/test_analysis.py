@@ -9,17 +9,29 @@ import pytest
 import torch
 from scipy import stats
 
+from cdssl.aggregate import write_aggregates
 from cdssl.figures import figure3, figure4
+from cdssl.intervals import bootstrap_mean, paired_test
+from cdssl.markdown import results_markdown, summary_lines
 from cdssl.probes import repeated_probe, ridge_probe
-from cdssl.statistics import (
-    bootstrap_mean,
-    cell_table,
-    paired_test,
-    results_markdown,
-    summarise,
-    summary_lines,
-    write_aggregates,
-)
+from cdssl.runs import Model, read_table, runs_table
+from cdssl.statistics import cell_table, per_cell, summarise
+
+SSL, SL, SL_LARGE = Model("ssl"), Model("sl"), Model("sl_large")
+
+
+def _runs(jobs: pd.DataFrame) -> pd.DataFrame:
+    """The long runs table of metrics rows as runs write them."""
+    return runs_table(jobs.to_dict("records"))
+
+
+def _comparison(summary: dict, model: Model, other: Model) -> dict:
+    """The summary's comparison of ``model`` with ``other``, found by their keys."""
+    return next(c for c in summary["comparisons"] if Model(**c["model"]) == model and Model(**c["other"]) == other)
+
+
+def _verdict(summary: dict, model: Model = SSL) -> dict:
+    return next(v for v in summary["verdict"] if Model(**v["model"]) == model)
 
 
 def _jobs():
@@ -53,25 +65,29 @@ def _jobs():
 
 
 def test_cells_means_standard_errors_and_wins():
-    cells = cell_table(_jobs()).set_index(["dataset", "fraction"])
-    a = cells.loc[("A", 0.1)]
-    assert a["mean_ssl"] == pytest.approx(2.0) and a["mean_sl"] == pytest.approx(3.0)
-    assert a["sem_ssl"] == pytest.approx(1.0 / np.sqrt(3))  # std (ddof=1) of 1,2,3 is 1
-    assert a["diff_ssl_sl"] == pytest.approx(-1.0)
-    assert cells["ssl_wins_sl"].tolist() == [True, True, False, False]  # a tie is not a win
-    assert "ssl_wins_sl_large" not in cells
+    cells = cell_table(_runs(_jobs()))
+    # one row per cell and model, keyed by columns: the networks and the two baselines
+    assert len(cells) == 4 * 4 and set(cells["family"]) == {"ssl", "sl", "mean_predictor", "composition"}
+    means, sems = per_cell(cells, [SSL, SL]), per_cell(cells, [SSL, SL], "sem")
+    assert means.loc[("A", 0.1), SSL] == pytest.approx(2.0) and means.loc[("A", 0.1), SL] == pytest.approx(3.0)
+    assert sems.loc[("A", 0.1), SSL] == pytest.approx(1.0 / np.sqrt(3))  # std (ddof=1) of 1,2,3 is 1
+    summary = summarise(_runs(_jobs()), cells)
+    comp = _comparison(summary, SSL, SL)
+    assert comp["wins_per_dataset"] == {"A": 2, "B": 0}  # B 0.2: a tie is not a win
+    assert not [c for c in summary["comparisons"] if c["other"]["family"] == "sl_large"]
 
 
 def test_paired_wilcoxon_matches_scipy_and_summary_counts():
     jobs = _jobs()
-    result = paired_test(jobs, "sl")
+    runs = _runs(jobs)
+    result = paired_test(runs, SSL, SL)
     ssl = jobs[jobs["mode"] == "ssl"]["test_mae"].to_numpy()
     sl = jobs[jobs["mode"] == "sl"]["test_mae"].to_numpy()
     ref = stats.wilcoxon(ssl, sl)
     assert result["n_pairs"] == 12 and result["p_value"] == pytest.approx(ref.pvalue)
-    assert result["ssl_lower_pairs"] == int((ssl < sl).sum())
-    summary = summarise(jobs, cell_table(jobs))
-    comp = summary["comparisons"]["ssl_vs_sl"]
+    assert result["lower_pairs"] == int((ssl < sl).sum())
+    summary = summarise(runs, cell_table(runs))
+    comp = _comparison(summary, SSL, SL)
     assert comp["ssl_wins"] == 2 and comp["cells_counted"] == 4 and comp["cells_excluded"] == 0
     assert comp["wins_per_dataset"] == {"A": 2, "B": 0}
     # dataset A: SSL lower in all 6 pairs -> exact two-sided p = 2 / 2**6
@@ -80,8 +96,8 @@ def test_paired_wilcoxon_matches_scipy_and_summary_counts():
     cell = comp["cell_means"]
     assert cell["n"] == 4 and cell["mean"] == pytest.approx((-1 - 0.9 + 1.5 + 0) / 4)
     assert cell["p_value"] == pytest.approx(stats.wilcoxon([-1, -0.9, 1.5]).pvalue)
-    assert summary["comparisons"]["ssl_vs_mean_predictor"]["cell_means"]["mean"] < 0
-    assert any("ssl_vs_sl:" in line for line in summary_lines(summary))
+    assert _comparison(summary, SSL, Model("mean_predictor"))["cell_means"]["mean"] < 0
+    assert any(line.startswith("SSL (pretrained) vs SL (Table 3):") for line in summary_lines(summary))
 
 
 def test_a_cell_whose_model_predicts_a_constant_is_flagged_and_not_counted():
@@ -93,11 +109,15 @@ def test_a_cell_whose_model_predicts_a_constant_is_flagged_and_not_counted():
     # at (A, 0.2) SSL wins but SL equals the mean predictor: a "win" over a constant
     at = (jobs["dataset"] == "A") & (jobs["fraction"] == 0.2)
     jobs.loc[at, "test_mae_mean_predictor"] = 1.5
-    cells = cell_table(jobs).set_index(["dataset", "fraction"])
-    assert not cells.loc[("B", 0.1), "beats_mean_sl"] and not cells.loc[("B", 0.1), "beats_mean_ssl"]
-    assert cells.loc[("A", 0.2), "beats_mean_ssl"] and not cells.loc[("A", 0.2), "beats_mean_sl"]
-    assert cells.loc[("A", 0.2), "flagged"] == "sl not below the mean predictor"
-    comp = summarise(jobs, cells.reset_index())["comparisons"]["ssl_vs_sl"]
+    runs = _runs(jobs)
+    cells = cell_table(runs)
+    beats = per_cell(cells, [SSL, SL], "beats_mean")
+    assert not beats.loc[("B", 0.1), SL] and not beats.loc[("B", 0.1), SSL]
+    assert beats.loc[("A", 0.2), SSL] and not beats.loc[("A", 0.2), SL]
+    assert per_cell(cells, [SL], "flag").loc[("A", 0.2), SL] == "not below the mean predictor"
+    assert "| 0.2 |" in results_markdown(cells, summarise(runs, cells))
+    assert "SL (Table 3) not below the mean predictor |" in results_markdown(cells, summarise(runs, cells))
+    comp = _comparison(summarise(runs, cells), SSL, SL)
     assert comp["paper_count"] == {"ssl_wins": 2, "cells": 4}
     assert comp["ssl_wins"] == 1 and comp["cells_counted"] == 2 and comp["cells_excluded"] == 2
     assert sorted(comp["excluded"]) == ["A 0.2", "B 0.1"]
@@ -119,7 +139,7 @@ def test_the_bootstrap_interval_covers_a_known_difference():
 def test_identical_modes_give_no_p_value():
     jobs = _jobs()
     same = jobs[jobs["mode"] == "ssl"].assign(mode="sl")
-    result = paired_test(pd.concat([jobs[jobs["mode"] == "ssl"], same]), "sl")
+    result = paired_test(_runs(pd.concat([jobs[jobs["mode"] == "ssl"], same])), SSL, SL)
     assert np.isnan(result["p_value"]) and result["n_pairs"] == 12
 
 
@@ -280,19 +300,20 @@ def test_a_near_constant_predictor_is_flagged_and_not_counted():
     # the scenario of a small labelled set: every network predicts nearly one value
     # (spread 0.0067 against a target spread of 0.72), and SSL's constant happens to sit
     # nearer the test mean than SL's: not a win, not a learned model
-    jobs = _jobs().assign(target_std=0.72, prediction_std=0.0067)
-    cells = cell_table(jobs)
-    assert not cells["learned_ssl"].any() and not cells["learned_sl"].any()
-    assert cells["beats_mean_ssl"].all()  # the old rule would have counted them
-    assert cells["flagged"].str.contains("ssl predictions nearly constant").all()
-    summary = summarise(jobs, cells)
-    assert summary["comparisons"]["ssl_vs_sl"]["ssl_wins"] == 0
-    assert summary["comparisons"]["ssl_vs_sl"]["cells_counted"] == 0
-    assert summary["verdict"]["ssl"]["overall"]["cells_counted"] == 0
+    runs = _runs(_jobs().assign(target_std=0.72, prediction_std=0.0067))
+    cells = cell_table(runs)
+    learned = per_cell(cells, [SSL, SL], "learned")
+    assert not learned[SSL].any() and not learned[SL].any()
+    assert per_cell(cells, [SSL], "beats_mean")[SSL].all()  # the old rule would have counted them
+    assert per_cell(cells, [SSL], "flag")[SSL].str.startswith("predictions nearly constant").all()
+    summary = summarise(runs, cells)
+    assert _comparison(summary, SSL, SL)["ssl_wins"] == 0
+    assert _comparison(summary, SSL, SL)["cells_counted"] == 0
+    assert _verdict(summary)["overall"]["cells_counted"] == 0
     # predictions that vary count again
-    varied = _jobs().assign(target_std=0.72, prediction_std=0.5)
-    assert cell_table(varied)["learned_ssl"].all()
-    assert cell_table(varied, min_prediction_spread=0.8)["learned_ssl"].sum() == 0
+    varied = _runs(_jobs().assign(target_std=0.72, prediction_std=0.5))
+    assert per_cell(cell_table(varied), [SSL], "learned")[SSL].all()
+    assert per_cell(cell_table(varied, min_prediction_spread=0.8), [SSL], "learned")[SSL].sum() == 0
 
 
 def test_the_verdict_names_the_strongest_answer_without_pretraining_and_counts_against_it(tmp_path):
@@ -300,42 +321,44 @@ def test_the_verdict_names_the_strongest_answer_without_pretraining_and_counts_a
     # dataset A: Magpie boosting below every network; dataset B: SL is the strongest
     jobs["test_mae_magpie_boosting"] = np.where(jobs["dataset"] == "A", 0.2, 9.0)
     jobs["test_mae_magpie_ridge"] = 9.5
-    cells = cell_table(jobs)
-    summary = summarise(jobs, cells)
-    v = summary["verdict"]["ssl"]["per_dataset"]
+    runs = _runs(jobs)
+    cells = cell_table(runs)
+    summary = summarise(runs, cells)
+    v = _verdict(summary)["per_dataset"]
     assert v["A"]["strongest_without_pretraining"] == "magpie_boosting"
     assert v["A"]["ssl_wins"] == 0 and v["A"]["cells_counted"] == 2
     assert v["A"]["ssl_minus_strongest"]["mean"] > 0
     assert v["B"]["strongest_without_pretraining"] == "sl"
-    assert list(v["A"]["ranking"])[0] == "magpie_boosting"
-    assert summary["verdict"]["ssl"]["overall"]["cells_counted"] == 4
+    assert v["A"]["ranking"][0]["family"] == "magpie_boosting"
+    assert _verdict(summary)["overall"]["cells_counted"] == 4
     assert any(
         line.startswith("verdict A: the strongest answer without pretraining is magpie_boosting")
         for line in summary_lines(summary)
     )
     # the comparisons carry SSL minus each composition model too
-    assert summary["comparisons"]["ssl_vs_magpie_boosting"]["cell_means"]["n"] == 4
+    assert _comparison(summary, SSL, Model("magpie_boosting"))["cell_means"]["n"] == 4
     # the results document: a table per dataset, the lowest mean of a row in bold, the verdict
     text = results_markdown(cells, summary)
-    assert "### A (test MAE, eV)" in text and "| fraction | SSL | SL (Table 3) |" in text
+    assert "### A (test MAE, eV)" in text and "| fraction | SSL (pretrained) | SL (Table 3) |" in text
     row = "| 0.1 | 2.0000 ± 0.5774 | 3.0000 ± 0.5774 | 11.0000 ± 0.5774 | 8.0000 ± 0.0000 | 9.5000 ± 0.0000 |"
     assert row + " **0.2000 ± 0.0000** | - |" in text
     # as the results rule reads it: from cells.csv, where an empty flag comes back as NaN
     cells.to_csv(tmp_path / "cells.csv", index=False)
-    assert row + " **0.2000 ± 0.0000** | - |" in results_markdown(pd.read_csv(tmp_path / "cells.csv"), summary)
+    assert row + " **0.2000 ± 0.0000** | - |" in results_markdown(read_table(tmp_path / "cells.csv"), summary)
     assert "- verdict A: the strongest answer without pretraining is magpie_boosting" in text
     assert v["A"]["strongest_baseline"]["name"] == "magpie_boosting"
     # a foundation model's features, pretrained elsewhere: never the answer "without
     # pretraining", but the strongest baseline of all when lower, and said so
     jobs["test_mae_chgnet_boosting"] = np.where(jobs["dataset"] == "B", 0.1, 9.9)
-    cells = cell_table(jobs)
-    summary = summarise(jobs, cells)
-    v = summary["verdict"]["ssl"]["per_dataset"]
+    runs = _runs(jobs)
+    cells = cell_table(runs)
+    summary = summarise(runs, cells)
+    v = _verdict(summary)["per_dataset"]
     assert v["B"]["strongest_without_pretraining"] == "sl"
     assert v["B"]["strongest_baseline"]["name"] == "chgnet_boosting"
     assert v["B"]["strongest_baseline"]["ssl_wins"] == 0 and v["B"]["strongest_baseline"]["ssl_minus_it"]["mean"] > 0
     assert v["A"]["strongest_baseline"]["name"] == "magpie_boosting"
-    assert summary["verdict"]["ssl"]["overall_any"]["cells_counted"] == 4
+    assert _verdict(summary)["overall_any"]["cells_counted"] == 4
     assert any(
         line.startswith("verdict B, a foundation model's features included: the strongest baseline is chgnet_boosting")
         for line in summary_lines(summary)
@@ -510,7 +533,7 @@ def test_the_hierarchical_interval_covers_an_effect_that_varies_between_pretrain
     """Each pretraining run shifts every SSL cell alike (a_p), the largest variance; an
     interval over cells alone treats that shift as fixed and misses the true mean, the
     hierarchical one resamples it and covers it at about its level."""
-    from cdssl.statistics import hierarchical_bootstrap
+    from cdssl.intervals import hierarchical_bootstrap
 
     true, n_p, n_c, n_s = 0.01, 5, 7, 3
     covered = {"hierarchical": 0, "cells only": 0}
@@ -536,12 +559,13 @@ def test_the_summary_intervals_resample_pretraining_seeds():
     jobs = _jobs()
     ssl = jobs[jobs["mode"] == "ssl"]
     other_run = ssl.assign(pretrain_seed=1, test_mae=ssl["test_mae"] + 0.5)
-    jobs = pd.concat([jobs.assign(pretrain_seed=np.where(jobs["mode"] == "ssl", 0, np.nan)), other_run])
-    cells = cell_table(jobs)
-    summary = summarise(jobs, cells)
-    comp = summary["comparisons"]["ssl_vs_sl"]["cell_means"]
+    runs = _runs(pd.concat([jobs.assign(pretrain_seed=np.where(jobs["mode"] == "ssl", 0, np.nan)), other_run]))
+    cells = cell_table(runs)
+    summary = summarise(runs, cells)
+    comp = _comparison(summary, SSL, SL)["cell_means"]
     assert comp["pretrain_seeds"] == 2 and "pretraining seeds" in comp["unit"]
-    assert comp["mean"] == pytest.approx((cells["mean_ssl"] - cells["mean_sl"]).mean())
+    means = per_cell(cells, [SSL, SL])
+    assert comp["mean"] == pytest.approx((means[SSL] - means[SL]).mean())
     # the two pretraining runs differ by 0.5: the interval must be at least that wide
     assert comp["ci_high"] - comp["ci_low"] >= 0.4
 
@@ -586,13 +610,13 @@ def test_the_results_document_names_its_run_and_quotes_its_files(tmp_path, root)
     )
     text = probe_markdown(probe)
     assert "20 splits, 1,011 crystals" in text and "| features | log density | log volume per atom |" in text
-    assert "| pretrained encoder (sigma 0.5) | 0.700 ± 0.041 | 0.816 ± 0.063 |" in text
+    assert "| pretrained encoder (sigma 0.5 A) | 0.700 ± 0.041 | 0.816 ± 0.063 |" in text
     assert "| log(atom count) alone | 0.022 ± 0.036 | -0.009 ± 0.009 |" in text
     assert "| the paper (pretrained, its own data) | 0.703 |  |" in text
 
 
 def test_budgets_become_their_own_ssl_models_and_the_budget_table_says_where_ssl_crosses(tmp_path):
-    """pretrain.export_epochs: each budget's runs are model ssl_budget_<k>; the budget
+    """pretrain.export_epochs: each budget's runs are an ssl model keyed by its budget; the budget
     table sets each against SL large and the strongest baseline, and says from which
     budget SSL is lower with an interval below 0, or that it never is."""
     from cdssl.budget import budget_lines, budget_markdown, write_budget_table
@@ -611,7 +635,8 @@ def test_budgets_become_their_own_ssl_models_and_the_budget_table_says_where_ssl
         path.write_text(json.dumps(row))
     out = [tmp_path / n for n in ("jobs.csv", "cells.csv", "summary.json")]
     summary = write_aggregates(sorted(tmp_path.glob("m*.json")), *out)
-    assert {"ssl_budget_10", "ssl_budget_30", "ssl_budget_100"} <= set(summary["models"])
+    assert {Model("ssl", sigma=0.5, budget=b) for b in (10, 30, 100)} <= {Model(**m) for m in summary["models"]}
+    assert "SSL (pretrained; 100 epochs)" in results_markdown(read_table(out[1]), summary)
     selected = []
     for budget, loss in ((10, 0.35), (30, 0.3), (100, 0.25)):
         selected.append(tmp_path / f"sel{budget}.json")

@@ -71,3 +71,39 @@ def test_no_function_of_the_library_is_longer_than_a_screen():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.name}:{node.lineno} {node.name} ({lines} lines)")
     assert long == [], f"split these (at most {MAX_FUNCTION_LINES} lines each): {long}"
+
+
+# the analysis modules: what each one may import (the document and the tables judge a
+# pretraining from two floats; they never need the training stack)
+LIGHT = ("runs", "intervals", "statistics", "markdown", "reference_rows", "budget", "comparison", "document", "lookups")
+HEAVY = ("references", "pretrain", "finetune", "training", "models", "graphs", "probes")
+# a model named by a string and parsed back: what the results table replaced
+NAME_PARSING = ('f"mean_{', 'f"learned_{', 'f"counted_{', 'removeprefix("mean_', 'startswith("ssl_', "ssl_parts(")
+
+
+def reaches(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_the_analysis_modules_stay_small_and_never_import_the_training_stack():
+    graph = import_graph()
+    for name in LIGHT:
+        assert not reaches(graph, name) & set(HEAVY), (name, reaches(graph, name) & set(HEAVY))
+    # the checker sees such an import when there is one
+    assert reaches({**graph, "document": graph["document"] | {"references"}}, "document") & set(HEAVY)
+    assert len((SRC / "statistics.py").read_text().splitlines()) < 250
+
+
+def test_no_analysis_code_builds_a_model_name_to_parse_it_back():
+    found = [
+        f"{path.name}: {pattern}"
+        for path in sorted(SRC.glob("*.py"))
+        for pattern in NAME_PARSING
+        if pattern in path.read_text()
+    ]
+    assert found == [], found

@@ -1,7 +1,7 @@
 """Transfer against the pretraining budget: per budget, SSL against SL large and the strongest baseline.
 
 With ``pretrain.export_epochs`` every budget k (the best encoder of the first k epochs of
-one pretraining run) is its own ssl model, ``ssl_budget_<k>`` (cdssl.statistics). This
+one pretraining run) is its own ssl model, keyed by its ``budget`` (cdssl.runs). This
 module puts those models side by side: one row per (dataset, fraction, budget) and one
 per (dataset, budget) over all fractions, each with SSL minus SL large and SSL minus the
 strongest baseline and their 95% intervals, plus the pretext loss the budget reached;
@@ -16,18 +16,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .statistics import ALL, format_diff, reference_cells, reference_rows, ssl_models, ssl_parts
+from .markdown import format_diff, reference_cells, table
+from .reference_rows import ALL, reference_rows
+from .runs import Model, models_of, read_table
 from .utils import LOG, atomic_path
 
 
-def _budget_models(cells: pd.DataFrame) -> dict[int, str]:
+def _budget_models(cells: pd.DataFrame) -> dict[int, Model]:
     """The ssl model of each budget (the first sigma of a sweep: budgets compare within one)."""
-    models = ssl_models(c.removeprefix("mean_") for c in cells if c.startswith("mean_ssl_"))
-    out: dict[int, str] = {}
-    for model in models:
-        parts = ssl_parts(model)
-        if "budget" in parts:
-            out.setdefault(int(parts["budget"]), model)
+    out: dict[int, Model] = {}
+    for model in models_of(cells, "ssl"):
+        if model.budget is not None:
+            out.setdefault(model.budget, model)
     return dict(sorted(out.items()))
 
 
@@ -43,17 +43,15 @@ def _pretext(selected: list[str | Path]) -> dict[int, dict[str, float]]:
 
 def budget_table(jobs: pd.DataFrame, cells: pd.DataFrame, summary: dict, selected: list[str | Path]) -> pd.DataFrame:
     """One row per (dataset, fraction, budget), and per (dataset, budget) with fraction
-    ``all``: :func:`cdssl.statistics.reference_rows` of the budget's ssl model, with the
-    selected pretraining epoch and its pretext validation loss."""
+    ``all``: :func:`cdssl.reference_rows.reference_rows` of the budget's ssl model, with
+    the selected pretraining epoch and its pretext validation loss."""
     pretext = _pretext(selected)
     rows = []
     for budget, ssl in _budget_models(cells).items():
         for row in reference_rows(jobs, cells, summary, ssl):
-            head = {"dataset": row.pop("dataset"), "fraction": row.pop("fraction"), "budget": budget}
-            head |= {"model": row.pop("model"), "units": row.pop("units")}
-            head["pretrain_epoch"] = pretext.get(budget, {}).get("epoch", np.nan)
-            head["pretrain_val_loss"] = pretext.get(budget, {}).get("val_loss", np.nan)
-            rows.append(head | row)
+            row["pretrain_epoch"] = pretext.get(budget, {}).get("epoch", np.nan)
+            row["pretrain_val_loss"] = pretext.get(budget, {}).get("val_loss", np.nan)
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -96,36 +94,31 @@ def budget_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def budget_markdown(table: pd.DataFrame) -> str:
+def budget_markdown(frame: pd.DataFrame) -> str:
     """The rows over all fractions as a Markdown table, then :func:`budget_lines`."""
-    if table.empty:
+    if frame.empty:
         return ""
     out = ["### Pretraining budget (mean over fractions; 95% intervals)", ""]
-    for dataset, sub in table[table["fraction"] == ALL].groupby("dataset"):
+    for dataset, sub in frame[frame["fraction"] == ALL].groupby("dataset"):
         strongest = sub["strongest_name"].iloc[0]
-        out += [
-            f"{dataset}:",
-            "",
-            "| budget (epochs) | selected epoch | pretext val loss | SSL | SL large | "
-            f"{strongest} | SSL - SL large | SSL - {strongest} |",
-            "|---|---|---|---|---|---|---|---|",
+        header = ["budget (epochs)", "selected epoch", "pretext val loss", "SSL", "SL large", strongest]
+        header += ["SSL - SL large", f"SSL - {strongest}"]
+        rows = [
+            [int(r["budget"]), f"{r['pretrain_epoch']:.0f}", f"{r['pretrain_val_loss']:.4f}", *reference_cells(r)]
+            for _, r in sub.sort_values("budget").iterrows()
         ]
-        for _, r in sub.sort_values("budget").iterrows():
-            out.append(
-                f"| {int(r['budget'])} | {r['pretrain_epoch']:.0f} | {r['pretrain_val_loss']:.4f} {reference_cells(r)}"
-            )
-        out.append("")
-    out += [f"- {line}" for line in budget_lines(table)]
+        out += [f"{dataset}:", "", table(header, rows)]
+    out += [f"- {line}" for line in budget_lines(frame)]
     return "\n".join(out) + "\n"
 
 
 def write_budget_table(jobs_csv, cells_csv, summary_json, selected: list, budget_csv) -> pd.DataFrame:
-    jobs = pd.read_csv(jobs_csv)
-    cells = pd.read_csv(cells_csv)
+    jobs = read_table(jobs_csv)
+    cells = read_table(cells_csv)
     summary = json.loads(Path(summary_json).read_text())
-    table = budget_table(jobs, cells, summary, selected)
+    frame = budget_table(jobs, cells, summary, selected)
     with atomic_path(budget_csv) as tmp:
-        table.to_csv(tmp, index=False)
-    for line in budget_lines(table):
+        frame.to_csv(tmp, index=False)
+    for line in budget_lines(frame):
         LOG.info("%s", line)
-    return table
+    return frame

@@ -18,8 +18,10 @@ import numpy as np
 import pandas as pd
 
 from .document import metadata
-from .references import best_lookup, pretext_learned
-from .statistics import ALL, format_diff, reference_cells, reference_rows, ssl_models
+from .lookups import best_lookup, pretext_learned
+from .markdown import format_diff, reference_cells, table
+from .reference_rows import ALL, reference_rows
+from .runs import label, models_of, read_table, varying_axes
 from .utils import LOG, atomic_path
 
 
@@ -41,20 +43,23 @@ def _pretext_cell(r: pd.Series) -> str:
 
 def backbone_table(runs: dict[str, dict]) -> pd.DataFrame:
     """One row per (backbone, ssl model, dataset, fraction), and over all fractions
-    (fraction ``all``): :func:`cdssl.statistics.reference_rows` of each backbone's ssl
-    models against its own SL large and the strongest baselines, and its pretext loss.
+    (fraction ``all``): :func:`cdssl.reference_rows.reference_rows` of each backbone's
+    ssl models against its own SL large and the strongest baselines, its pretext loss and
+    the model's words (``model``).
 
     ``runs`` maps a backbone to its ``jobs``, ``cells``, ``summary`` (file paths) and its
     pretraining runs' ``selected`` and ``reference`` files (lists).
     """
     rows = []
     for backbone, files in runs.items():
-        jobs, cells = pd.read_csv(files["jobs"]), pd.read_csv(files["cells"])
+        jobs, cells = read_table(files["jobs"]), read_table(files["cells"])
         summary = json.loads(Path(files["summary"]).read_text())
         pretext = pretext_row(files["selected"], files["reference"])
-        for ssl in ssl_models(c.removeprefix("mean_") for c in cells if c.startswith("mean_ssl")):
+        ssl_models = models_of(cells, "ssl")
+        axes = varying_axes(ssl_models)
+        for ssl in ssl_models:
             for row in reference_rows(jobs, cells, summary, ssl):
-                rows.append({"backbone": backbone, **row, **pretext})
+                rows.append({**row, "backbone": backbone, "model": label(ssl, axes), **pretext})
     return pd.DataFrame(rows)
 
 
@@ -79,45 +84,41 @@ def backbone_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def backbone_markdown(table: pd.DataFrame) -> str:
+def backbone_markdown(frame: pd.DataFrame) -> str:
     """Over all fractions, then fraction by fraction, one table per dataset."""
-    if table.empty:
+    if frame.empty:
         return ""
     out = ["### Backbones (mean over fractions; 95% intervals)", ""]
-    overall = table[table["fraction"] == ALL]
+    overall = frame[frame["fraction"] == ALL]
     for dataset, sub in overall.groupby("dataset"):
+        references = ["SSL", "SL large", "strongest", "SSL - SL large", "SSL - strongest"]
+        rows = [
+            [
+                r["backbone"],
+                r["model"],
+                _pretext_cell(r),
+                f"{r['lookup_val_loss']:.4f}",
+                *reference_cells(r, named=True),
+            ]
+            for _, r in sub.iterrows()
+        ]
         out += [
             f"{dataset} ({sub['units'].iloc[0]}):",
             "",
-            "| backbone | model | pretext val loss | best lookup | SSL | SL large | strongest "
-            "| SSL - SL large | SSL - strongest |",
-            "|---|---|---|---|---|---|---|---|---|",
+            table(["backbone", "model", "pretext val loss", "best lookup", *references], rows),
         ]
-        for _, r in sub.iterrows():
-            out.append(
-                f"| {r['backbone']} | {r['model']} | {_pretext_cell(r)} | {r['lookup_val_loss']:.4f} "
-                + reference_cells(r, named=True)
-            )
-        out.append("")
-        fractions = table[(table["dataset"] == dataset) & (table["fraction"] != ALL)]
-        out += [
-            "| fraction | backbone | model | SSL | SL large | strongest | SSL - SL large | SSL - strongest |",
-            "|---|---|---|---|---|---|---|---|",
+        fractions = frame[(frame["dataset"] == dataset) & (frame["fraction"] != ALL)]
+        rows = [
+            [r["fraction"], r["backbone"], r["model"], *reference_cells(r, named=True)]
+            for _, r in fractions.sort_values(["fraction", "backbone"], kind="stable").iterrows()
         ]
-        for _, r in fractions.sort_values(["fraction", "backbone"], kind="stable").iterrows():
-            out.append(f"| {r['fraction']} | {r['backbone']} | {r['model']} {reference_cells(r, named=True)}")
-        out.append("")
-    out += [f"- {line}" for line in backbone_lines(table)]
+        out.append(table(["fraction", "backbone", "model", *references], rows))
+    out += [f"- {line}" for line in backbone_lines(frame)]
     return "\n".join(out) + "\n"
 
 
 def write_backbone_table(
-    backbones: list[str],
-    jobs: list[str],
-    cells: list[str],
-    summaries: list[str],
-    selected: list[str],
-    reference: list[str],
+    runs: dict[str, dict],
     *,
     table_csv: str | Path,
     markdown: str | Path,
@@ -125,28 +126,16 @@ def write_backbone_table(
     configfiles: list[str] = (),
     benchmarks_dir: list[str | Path] = (),
 ) -> pd.DataFrame:
-    """:func:`backbone_table` from the files of every backbone, in the order of
-    ``backbones``: one analysis each, and its pretraining runs' selected.json and
-    reference.json files, the same number per backbone. The Markdown starts with the
-    run's metadata line (:func:`cdssl.document.metadata`; the jobs' time summed over the
-    ``benchmarks_dir`` folders: the shared stages' and every backbone's)."""
-    per = len(selected) // len(backbones)
-    runs = {
-        backbone: {
-            "jobs": jobs[i],
-            "cells": cells[i],
-            "summary": summaries[i],
-            "selected": selected[i * per : (i + 1) * per],
-            "reference": reference[i * per : (i + 1) * per],
-        }
-        for i, backbone in enumerate(backbones)
-    }
-    table = backbone_table(runs)
+    """:func:`backbone_table` of ``runs`` (each backbone's analysis files and pretraining
+    runs, by name) as CSV and Markdown; the Markdown starts with the run's metadata line
+    (:func:`cdssl.metadata.metadata`; the jobs' time summed over the ``benchmarks_dir``
+    folders: the shared stages' and every backbone's)."""
+    frame = backbone_table(runs)
     with atomic_path(table_csv) as tmp:
-        table.to_csv(tmp, index=False)
+        frame.to_csv(tmp, index=False)
     with atomic_path(markdown) as tmp:
         line = metadata(workflow_dir, list(configfiles), benchmarks_dir)
-        Path(tmp).write_text(f"{line}\n\n{backbone_markdown(table)}")
-    for line in backbone_lines(table):
+        Path(tmp).write_text(f"{line}\n\n{backbone_markdown(frame)}")
+    for line in backbone_lines(frame):
         LOG.info("%s", line)
-    return table
+    return frame

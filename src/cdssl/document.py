@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from .budget import budget_markdown
-from .references import pretext_learned
-from .statistics import results_markdown
+from .lookups import pretext_learned
+from .markdown import results_markdown, table
+from .runs import Model, encoder_tags, read_table
 from .utils import atomic_path
 
 # the probe's feature rows as the document names them
@@ -81,24 +82,26 @@ def pretraining_markdown(selected: list[str | Path], references: list[str | Path
     """One row per pretraining run: where it ended, the selected epoch and its loss
     beside the validation loss of the answers that need no learning; a selected loss not
     below the lookups' is marked: that pretraining did not learn."""
-    lines = [
-        "### Pretraining (validation loss, MSE of the per-graph standardised distance)",
-        "",
-        "| run | epochs trained | why it ended | selected epoch | epoch 0 | selected | lookup of the noisy length "
-        "| lookup per element pair | noisy lengths |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["run", "epochs trained", "why it ended", "selected epoch", "epoch 0", "selected"]
+    header += ["lookup of the noisy length", "lookup per element pair", "noisy lengths"]
+    rows = []
     for sel_path, ref_path in zip(selected, references, strict=True):
         sel, ref = json.loads(Path(sel_path).read_text()), json.loads(Path(ref_path).read_text())
         run = Path(sel_path).parent
-        name = "/".join(p for p in run.parts[-2:] if p.startswith(("sigma_", "seed_")))
-        lines.append(
-            f"| {name} | {sel['epochs_trained']} | {sel.get('stop') or '-'} | {sel['epoch']} "
-            f"| {sel['first_val_loss']:.4f} | {_selected_loss(sel['val_loss'], ref)} "
-            f"| {ref['val_loss_lookup_noisy_length']:.4f} "
-            f"| {ref['val_loss_lookup_element_pair']:.4f} | {ref['val_loss_noisy_distances']:.4f} |"
+        rows.append(
+            [
+                "/".join(p for p in run.parts[-2:] if p.startswith(("sigma_", "seed_"))),
+                sel["epochs_trained"],
+                sel.get("stop") or "-",
+                sel["epoch"],
+                f"{sel['first_val_loss']:.4f}",
+                _selected_loss(sel["val_loss"], ref),
+                f"{ref['val_loss_lookup_noisy_length']:.4f}",
+                f"{ref['val_loss_lookup_element_pair']:.4f}",
+                f"{ref['val_loss_noisy_distances']:.4f}",
+            ]
         )
-    return "\n".join(lines) + "\n"
+    return "### Pretraining (validation loss, MSE of the per-graph standardised distance)\n\n" + table(header, rows)
 
 
 def _selected_loss(loss: float, reference: dict[str, float]) -> str:
@@ -107,13 +110,13 @@ def _selected_loss(loss: float, reference: dict[str, float]) -> str:
     return f"{loss:.4f} (did not learn: not below a lookup)"
 
 
-def probe_label(features: str, sigma: float = float("nan"), budget: float = float("nan")) -> str:
-    """A probe row's features in words; a pretrained encoder with its noise scale and,
-    with budgets, its pretraining epochs: ``pretrained encoder (sigma 0.5, 100 epochs)``."""
-    if not features.startswith("pretrained"):
-        return PROBE_LABELS.get(features, features)
-    tags = [f"sigma {sigma:g}"] if pd.notna(sigma) else []
-    tags += [f"{budget:g} epochs"] if pd.notna(budget) else []
+def probe_label(row: dict) -> str:
+    """A probe row's features in words; a pretrained encoder (a row with a sigma) with
+    its noise scale and, with budgets, its pretraining epochs (:func:`cdssl.runs.encoder_tags`):
+    ``pretrained encoder (sigma 0.5 A, 100 epochs)``."""
+    if pd.isna(row.get("sigma", np.nan)):
+        return PROBE_LABELS.get(row["features"], row["features"])
+    tags = encoder_tags(Model.of({**row, "family": "ssl"}), ("sigma", "budget"))
     return PROBE_LABELS["pretrained"] + (f" ({', '.join(tags)})" if tags else "")
 
 
@@ -123,30 +126,24 @@ def probe_markdown(probe: pd.DataFrame) -> str:
         return ""
     n, repeats = int(probe["n_structures"].iloc[0]), int(probe["repeats"].iloc[0])
     targets = [t for t in PROBE_TARGETS if t in set(probe["target"])]
-    lines = [
-        f"### Linear probes (R^2 on held-out 20%, mean ± sd over {repeats} splits, {n:,} crystals "
-        "pretraining never trained on)",
-        "",
-        "| features | " + " | ".join(t.replace("_", " ") for t in targets) + " |",
-        "|---" * (len(targets) + 1) + "|",
-    ]
-    for features, sub in probe.groupby("features", sort=False):
+    rows = []
+    for _, sub in probe.groupby("features", sort=False):
         by_target = sub.set_index("target")
-        first = sub.iloc[0]
-        label = probe_label(features, first.get("sigma", np.nan), first.get("budget", np.nan))
         cells = [
             f"{by_target.loc[t, 'r2_mean']:.3f} ± {by_target.loc[t, 'r2_sd']:.3f}" if t in by_target.index else "-"
             for t in targets
         ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        rows.append([probe_label(sub.iloc[0].to_dict()), *cells])
     paper = probe.dropna(subset=["paper_r2"]).drop_duplicates("target").set_index("target")["paper_r2"]
     if len(paper):
-        lines.append(
-            "| the paper (pretrained, its own data) | "
-            + " | ".join(f"{paper[t]:.3f}" if t in paper.index else "" for t in targets)
-            + " |"
+        rows.append(
+            ["the paper (pretrained, its own data)", *(f"{paper[t]:.3f}" if t in paper.index else "" for t in targets)]
         )
-    return "\n".join(lines) + "\n"
+    head = (
+        f"### Linear probes (R^2 on held-out 20%, mean ± sd over {repeats} splits, {n:,} crystals "
+        "pretraining never trained on)\n\n"
+    )
+    return head + table(["features", *(t.replace("_", " ") for t in targets)], rows)
 
 
 def write_results_document(
@@ -164,7 +161,7 @@ def write_results_document(
 ) -> str:
     """Write ``results_md``: the metadata line, pretraining, fine-tuning, probes and,
     with pretrain.export_epochs, the budget table."""
-    cells = pd.read_csv(cells_csv)
+    cells = read_table(cells_csv)
     summary = json.loads(Path(summary_json).read_text())
     parts = [
         metadata(workflow_dir, list(configfiles), benchmarks_dir),

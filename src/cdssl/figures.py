@@ -9,19 +9,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .statistics import BASELINES, RESULT_LABELS, ssl_models, ssl_parts
+from .runs import WORDS, Model, encoder_tags, label, models_of, read_table, varying_axes
+from .statistics import SCRATCH, learned, per_cell
 from .utils import atomic_path
 
-MODE_LABELS = {"ssl": "SSL (pretrained)", "sl": "SL (Table 3)", "sl_large": "SL large (Table 2)"}
-MODE_COLOURS = {"ssl": "#1b9e77", "sl": "#d95f02", "sl_large": "#7570b3"}
-TRIVIAL_LABELS = {
+COLOURS = {"sl": "#d95f02", "sl_large": "#7570b3"}
+SSL_COLOUR = "#1b9e77"
+LINE_WORDS = {
     "mean_predictor": "mean predictor",
     "composition": "element-fraction ridge",
     "strongest_composition": "best composition model (of the cell)",
     "strongest_chgnet": "best on frozen CHGNet features (of the cell)",
 }
-# per cell, the lowest mean test MAE of a family of baselines (cdssl.statistics.TRIVIAL)
-FAMILIES = {
+# per cell, the lowest mean test MAE of a group of baseline families (cdssl.runs.BASELINES)
+GROUPS = {
+    "mean_predictor": ("mean_predictor",),
+    "composition": ("composition",),
     "strongest_composition": ("composition", "magpie_ridge", "magpie_boosting"),
     "strongest_chgnet": ("chgnet_ridge", "chgnet_boosting"),
 }
@@ -29,35 +32,24 @@ FAMILIES = {
 
 def reference_line(cells: pd.DataFrame, name: str):
     """The values of a horizontal reference per cell: one baseline, or the best of a
-    family (None when the cells lack it, or a family has nothing beyond the ridge that is
+    group (None when the cells lack it, or a group has nothing beyond the ridge that is
     drawn on its own)."""
-    columns = [f"mean_{m}" for m in FAMILIES.get(name, (name,)) if f"mean_{m}" in cells]
-    if not columns or columns == ["mean_composition"] and name in FAMILIES:
+    models = models_of(cells, GROUPS[name])
+    if not models or (name.startswith("strongest") and [m.family for m in models] == ["composition"]):
         return None
-    return cells[columns].min(axis=1).to_numpy()
+    return per_cell(cells, models).min(axis=1).to_numpy()
 
 
-def ssl_tag(model: str) -> str:
-    """``sigma 0.5 A, 100 epochs``: what tells one ssl model from another."""
-    parts = ssl_parts(model)
-    words = [f"sigma {parts['sigma']:g} A"] if "sigma" in parts else []
-    words += [f"{parts['budget']:g} epochs"] if "budget" in parts else []
-    return ", ".join(words)
+def model_colour(model: Model, models: list[Model]) -> str | tuple | None:
+    """A scratch network its own colour; ssl models shades of green, one per encoder."""
+    ssl = [m for m in models if m.family == "ssl"]
+    if model.family != "ssl":
+        return COLOURS.get(model.family)
+    if len(ssl) == 1:
+        return SSL_COLOUR
+    import matplotlib
 
-
-def model_label(model: str) -> str:
-    if model.startswith("ssl_"):
-        return f"SSL (pretrained, {ssl_tag(model)})"
-    return MODE_LABELS.get(model, model)
-
-
-def model_colour(model: str, models: list[str]) -> str | None:
-    if model.startswith("ssl_"):
-        import matplotlib
-
-        ssl = [m for m in ssl_models(models) if m != "ssl"]
-        return matplotlib.colormaps["Greens"](0.45 + 0.5 * ssl.index(model) / max(1, len(ssl) - 1))
-    return MODE_COLOURS.get(model)
+    return matplotlib.colormaps["Greens"](0.45 + 0.5 * ssl.index(model) / max(1, len(ssl) - 1))
 
 
 def _plt():
@@ -101,14 +93,14 @@ def figure3(history_csvs, selected_jsons, reference_jsons, out_png, sigmas: list
             axes[0].plot(h["epoch"], h["val_loss"], label="validation")
             axes[1].plot(h["epoch"], h["train_mae"], label="train MAE")
             axes[1].plot(h["epoch"], h["val_mae"], label="validation MAE")
-        for key, label, style in REFERENCES:
+        for key, words, style in REFERENCES:
             if key in ref:
                 axes[0].axhline(
                     ref[key],
                     color=colour if sweep else "tab:red",
                     ls=style,
                     lw=1,
-                    label=f"{tag}{label} ({ref[key]:.3f})",
+                    label=f"{tag}{words} ({ref[key]:.3f})",
                 )
         if "val_output_share_lookup" in h and not sweep:
             twin = axes[1].twinx()
@@ -154,21 +146,23 @@ def figure3(history_csvs, selected_jsons, reference_jsons, out_png, sigmas: list
     plt.close(fig)
 
 
-def _bars(ax, jobs: pd.DataFrame, cells: pd.DataFrame, modes: list[str]) -> None:
+def _bars(ax, runs: pd.DataFrame, cells: pd.DataFrame, models: list[Model]) -> None:
     """Grouped bars (seaborn): per fraction and model the mean test MAE over seeds with
-    its standard error, from the per-seed rows; the trivial answers as lines across."""
+    its standard error, from the per-seed rows; the baselines as lines across."""
     import seaborn as sns
 
-    labels = {m: model_label(m) for m in modes}
-    data = jobs[jobs["model"].isin(modes)].assign(label=lambda d: d["model"].map(labels))
+    axes = varying_axes(models)
+    words = {m: label(m, axes) for m in models}
+    data = runs.assign(model=[Model.of(r) for r in runs.to_dict("records")])
+    data = data[data["model"].isin(models)].assign(label=lambda d: d["model"].map(words))
     sns.barplot(
         data=data,
         x="fraction",
         y="test_mae",
         hue="label",
-        hue_order=[labels[m] for m in modes],
-        order=sorted(cells["fraction"]),
-        palette={labels[m]: model_colour(m, modes) for m in modes},
+        hue_order=[words[m] for m in models],
+        order=sorted(cells["fraction"].unique()),
+        palette={words[m]: model_colour(m, models) for m in models},
         errorbar="se",
         capsize=0.15,
         err_kws={"linewidth": 1},
@@ -176,13 +170,12 @@ def _bars(ax, jobs: pd.DataFrame, cells: pd.DataFrame, modes: list[str]) -> None
     )
     # a model that did not learn in a cell (not below the mean predictor, or predictions
     # nearly constant: cdssl.statistics.cell_table) is drawn hollow: flagged, never a win
-    for mode, container in zip(modes, ax.containers, strict=True):
-        colour = model_colour(mode, modes)
-        learned = cells.get(f"learned_{mode}", cells.get(f"beats_mean_{mode}", [True] * len(cells)))
-        for bar, beats in zip(container, learned, strict=True):
+    ok = learned(cells, models)
+    for model, container in zip(models, ax.containers, strict=True):
+        for bar, beats in zip(container, ok[model], strict=True):
             if not beats:
                 bar.set_facecolor("none")
-                bar.set_edgecolor(colour or "k")
+                bar.set_edgecolor(model_colour(model, models) or "k")
                 bar.set_hatch("//")
     for name, style in (
         ("mean_predictor", "k--"),
@@ -193,65 +186,61 @@ def _bars(ax, jobs: pd.DataFrame, cells: pd.DataFrame, modes: list[str]) -> None
         values = reference_line(cells, name)
         if values is not None:
             for j, value in enumerate(values):
-                ax.plot(
-                    [j - 0.45, j + 0.45], [value, value], style, lw=1.2, label=TRIVIAL_LABELS[name] if j == 0 else None
-                )
-    ax.set_xticks(range(len(cells)), [f"{f:g}" for f in cells["fraction"]])
+                ax.plot([j - 0.45, j + 0.45], [value, value], style, lw=1.2, label=LINE_WORDS[name] if j == 0 else None)
+    fractions = per_cell(cells, models[:1]).index.get_level_values("fraction")
+    ax.set_xticks(range(len(fractions)), [f"{f:g}" for f in fractions])
     ax.set_xlabel("training fraction")
 
 
-def _wins(sub: pd.DataFrame, ssl: str, base: str) -> tuple[int, int]:
-    counted = sub[f"counted_{ssl}_{base}"]
-    return int((sub[f"{ssl}_wins_{base}"] & counted).sum()), int(counted.sum())
+def wins(cells: pd.DataFrame, ssl: Model, other: Model) -> tuple[int, int]:
+    """Cells where ``ssl`` has the lower mean and both learned, and cells where both learned."""
+    means, ok = per_cell(cells, [ssl, other]), learned(cells, [ssl, other])
+    counted = ok[ssl] & ok[other]
+    return int(((means[ssl] < means[other]) & counted).sum()), int(counted.sum())
 
 
-def _title(dataset: str, sub: pd.DataFrame, models: list[str]) -> str:
-    wins = []
-    for ssl in ssl_models(models):
-        for base in BASELINES:
-            if f"{ssl}_wins_{base}" in sub:
-                won, counted = _wins(sub, ssl, base)
-                who = "" if ssl == "ssl" else f"{ssl_tag(ssl)}: "
-                wins.append(f"{who}{won}/{counted} vs {MODE_LABELS[base].split(' (')[0]}")
-    text = f"{dataset}: SSL lower in " + ", ".join(wins) if wins else dataset
+def _title(dataset: str, cells: pd.DataFrame, models: list[Model]) -> str:
+    axes = varying_axes(models)
+    scratch = [m for m in models if m.family in SCRATCH]
+    parts = []
+    for ssl in (m for m in models if m.family == "ssl"):
+        tags = encoder_tags(ssl, axes)
+        who = f"{', '.join(tags)}: " if tags else ""
+        for other in scratch:
+            won, counted = wins(cells, ssl, other)
+            parts.append(f"{who}{won}/{counted} vs {WORDS[other.family].split(' (')[0]}")
+    text = f"{dataset}: SSL lower in " + ", ".join(parts) if parts else dataset
     return text + "\n(hollow bars: did not learn, cell not counted)"
 
 
-def _panel(ax, jobs: pd.DataFrame, sub: pd.DataFrame, dataset: str, modes: list[str]) -> None:
-    units = sub["units"].iloc[0] if isinstance(sub["units"].iloc[0], str) else ""
-    _bars(ax, jobs[jobs["dataset"] == dataset], sub, modes)
+def _panel(ax, runs: pd.DataFrame, cells: pd.DataFrame, dataset: str, models: list[Model]) -> None:
+    units = cells["units"].iloc[0] if isinstance(cells["units"].iloc[0], str) else ""
+    _bars(ax, runs[runs["dataset"] == dataset], cells, models)
     ax.set_ylabel(f"test MAE ({units})" if units else "test MAE")
-    ax.set_title(_title(dataset, sub, modes), fontsize=9)
+    ax.set_title(_title(dataset, cells, models), fontsize=9)
     # beside the panel, never over the bars
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
-def cell_models(cells: pd.DataFrame, modes: list[str]) -> list[str]:
-    """The models of ``cells`` in the order of ``modes``; ssl expands to a sweep's sigmas."""
-    out = []
-    for mode in modes:
-        if mode == "ssl":
-            out += ssl_models(c.removeprefix("mean_") for c in cells.columns if c.startswith("mean_ssl"))
-        elif f"mean_{mode}" in cells:
-            out.append(mode)
-    return out
+def network_models(cells: pd.DataFrame, modes: list[str]) -> list[Model]:
+    """The networks of ``cells`` in the order of ``modes``; ssl gives every ssl model."""
+    return [m for mode in modes for m in models_of(cells, mode)]
 
 
 def figure4(jobs_csv, cells_csv, modes: list[str], out_png, per_dataset_dir) -> list[Path]:
     """One multi-panel figure plus one file per dataset: bars and error bars from the
-    per-seed rows (``jobs_csv``), flags and trivial answers from the cells."""
+    per-seed rows (``jobs_csv``), flags and baselines from the cells."""
     plt = _plt()
-    jobs = pd.read_csv(jobs_csv)
-    cells = pd.read_csv(cells_csv)
-    modes = cell_models(cells, modes)
+    runs = read_table(jobs_csv)
+    cells = read_table(cells_csv)
+    models = network_models(cells, modes)
     datasets = list(dict.fromkeys(cells["dataset"]))
     per_dataset_dir = Path(per_dataset_dir)
     per_dataset_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for dataset in datasets:
-        sub = cells[cells["dataset"] == dataset].sort_values("fraction")
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        _panel(ax, jobs, sub, dataset, modes)
+        _panel(ax, runs, cells[cells["dataset"] == dataset], dataset, models)
         fig.tight_layout()
         path = per_dataset_dir / f"{dataset}.png"
         with atomic_path(path) as tmp:
@@ -262,20 +251,19 @@ def figure4(jobs_csv, cells_csv, modes: list[str], out_png, per_dataset_dir) -> 
     nrows = int(np.ceil(len(datasets) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(max(8, 5 * ncols), 3.8 * nrows + 0.6), squeeze=False)
     for ax, dataset in zip(axes.flat, datasets, strict=True):
-        _panel(ax, jobs, cells[cells["dataset"] == dataset].sort_values("fraction"), dataset, modes)
+        _panel(ax, runs, cells[cells["dataset"] == dataset], dataset, models)
     for ax in list(axes.flat)[len(datasets) :]:
         ax.set_visible(False)
     head = (
         "Figure 4: test MAE, mean and standard error over seeds\n"
         "dashed: mean predictor, dotted: element-fraction ridge, red: Magpie gradient boosting"
     )
-    for ssl in ssl_models(modes):
-        if f"{ssl}_wins_sl" in cells:
-            won, counted = _wins(cells, ssl, "sl")
-            head += (
-                f"\n{model_label(ssl)} lower than SL in {won} of {counted} counted cells "
-                f"({len(cells) - counted} excluded)"
-            )
+    axes_words = varying_axes(models)
+    sl = [m for m in models if m.family == "sl"]
+    for ssl in (m for m in models if m.family == "ssl" and sl):
+        won, counted = wins(cells, ssl, sl[0])
+        n = len(per_cell(cells, [ssl]))
+        head += f"\n{label(ssl, axes_words)} lower than SL in {won} of {counted} counted cells ({n - counted} excluded)"
     fig.suptitle(head, fontsize=10)
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
@@ -319,11 +307,11 @@ def _budget_panel(ax, sub: pd.DataFrame, fraction: str) -> None:
     seeds, SL large and the strongest baseline as bands of their own 95% intervals."""
     sub = sub.sort_values("budget")
     ax.errorbar(
-        sub["budget"], sub["ssl_mean"], yerr=1.96 * sub["ssl_sem"], color=MODE_COLOURS["ssl"], marker="o", ms=4,
+        sub["budget"], sub["ssl_mean"], yerr=1.96 * sub["ssl_sem"], color=SSL_COLOUR, marker="o", ms=4,
         capsize=2, label="SSL (pretrained)",
     )  # fmt: skip
     for key, colour in (
-        ("sl_large", MODE_COLOURS["sl_large"]),
+        ("sl_large", COLOURS["sl_large"]),
         ("strongest", "tab:red"),
         ("strongest_any", "tab:blue"),
     ):
@@ -335,7 +323,7 @@ def _budget_panel(ax, sub: pd.DataFrame, fraction: str) -> None:
             continue
         mean, sem = float(sub[f"{key}_mean"].iloc[0]), float(sub[f"{key}_sem"].iloc[0])
         name = sub[f"{key}_name"].iloc[0]
-        ax.axhline(mean, color=colour, lw=1.2, label=RESULT_LABELS.get(name, name.replace("_", " ")))
+        ax.axhline(mean, color=colour, lw=1.2, label=label(Model(name)))
         if np.isfinite(sem):
             ax.axhspan(mean - 1.96 * sem, mean + 1.96 * sem, color=colour, alpha=0.12, lw=0)
     _budget_axis(ax, sub["budget"])
@@ -359,7 +347,7 @@ def _budget_gap_panel(ax, sub: pd.DataFrame) -> None:
     ax.axhline(0, color="k", lw=0.8)
     shown = set()
     for key, colour in (
-        ("sl_large", MODE_COLOURS["sl_large"]),
+        ("sl_large", COLOURS["sl_large"]),
         ("strongest", "tab:red"),
         ("strongest_any", "tab:blue"),
     ):
@@ -369,8 +357,8 @@ def _budget_gap_panel(ax, sub: pd.DataFrame) -> None:
         y = sub[f"diff_{key}"]
         err = np.vstack([y - sub[f"diff_{key}_low"], sub[f"diff_{key}_high"] - y])
         name = sub[f"{key}_name"].iloc[0]
-        label = RESULT_LABELS.get(name, name.replace("_", " "))
-        ax.errorbar(sub["budget"], y, yerr=err, color=colour, marker="o", ms=4, capsize=2, label=f"SSL - {label}")
+        words = label(Model(name))
+        ax.errorbar(sub["budget"], y, yerr=err, color=colour, marker="o", ms=4, capsize=2, label=f"SSL - {words}")
     _budget_axis(ax, sub["budget"])
     ax.set_title("all fractions: SSL minus reference\n(below 0: SSL better)", fontsize=9)
 
@@ -391,10 +379,10 @@ def figure_budget(budget_csv, history_csv, reference_json, out_png) -> None:
     ax.plot(h["epoch"] + 1, h["val_loss"], color="grey", lw=1, label="validation loss")
     ax.plot(h["epoch"] + 1, h["val_loss"].cummin(), color="k", lw=1.2, label="lowest so far")
     first = table.drop_duplicates("budget").sort_values("budget")
-    ax.plot(first["budget"], first["pretrain_val_loss"], "o", color=MODE_COLOURS["ssl"], ms=5, label="budgets")
-    for key, label, style in REFERENCES:
+    ax.plot(first["budget"], first["pretrain_val_loss"], "o", color=SSL_COLOUR, ms=5, label="budgets")
+    for key, words, style in REFERENCES:
         if key in ref:
-            ax.axhline(ref[key], color="tab:red", ls=style, lw=1, label=f"{label} ({ref[key]:.3f})")
+            ax.axhline(ref[key], color="tab:red", ls=style, lw=1, label=f"{words} ({ref[key]:.3f})")
     _budget_axis(ax, first["budget"])
     ax.set_xlabel("pretraining epochs")
     ax.set_ylabel("pretext validation loss (MSE)")

@@ -107,21 +107,6 @@ def lookup_references(train_loader: DataLoader, val_loader: DataLoader, sigma: f
     return {"val_loss_lookup_noisy_length": se_bin / n, "val_loss_lookup_element_pair": se_pair / n}
 
 
-# the lookup tables' losses in reference.json: pretraining that is not below the lower of
-# them learned nothing a table of lengths (overall, or per element pair) does not hold
-LOOKUPS = ("val_loss_lookup_noisy_length", "val_loss_lookup_element_pair")
-
-
-def best_lookup(reference: dict[str, float]) -> float:
-    """The lower of the lookups' validation losses (:data:`LOOKUPS`)."""
-    return min(reference[key] for key in LOOKUPS)
-
-
-def pretext_learned(val_loss: float, reference: dict[str, float]) -> bool:
-    """Whether a pretraining run's validation loss is below the lower lookup's."""
-    return val_loss < best_lookup(reference)
-
-
 def lookup_share(s: dict) -> float:
     """Share of the variance of the network's validation outputs that their mean per bin
     of the noisy length explains (between-bin / total sum of squares): near 1, the

@@ -1,9 +1,10 @@
-"""Rule aggregate: fine-tuning and baseline metrics -> jobs.csv, cells.csv, summary.json (cdssl.statistics)."""
+"""Rule aggregate: fine-tuning and baseline metrics -> jobs.csv, cells.csv, summary.json (cdssl.aggregate)."""
 
 from _bootstrap import finish, start
 
 start(snakemake)
-from cdssl.statistics import write_aggregates
+from cdssl.aggregate import write_aggregates
+from cdssl.markdown import verdict_line
 
 summary = write_aggregates(
     snakemake.input.metrics,
@@ -12,12 +13,8 @@ summary = write_aggregates(
     snakemake.output.summary,
     baseline_files=snakemake.input.baselines,
     min_prediction_spread=snakemake.params.min_prediction_spread,
+    backbone=snakemake.params.backbone,
+    pool=snakemake.params.pool,
 )
 # the console line: per task, SSL against the strongest answer without pretraining
-verdicts = [
-    f"{dataset}: {ssl} minus {v['strongest_without_pretraining']} "
-    + (f"{mean:+.4g}" if (mean := v["ssl_minus_strongest"]["mean"]) == mean else "not counted (a model did not learn)")
-    for ssl, verdict in summary["verdict"].items()
-    for dataset, v in verdict["per_dataset"].items()
-]
-finish("; ".join(verdicts) or f"see {snakemake.output.summary}")
+finish(verdict_line(summary) or f"see {snakemake.output.summary}")
