@@ -24,7 +24,7 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --rerun-incomplete --quiet rules host reason
 	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report $(RESULTS)/report.html --quiet all
-	@echo "Results: $(RESULTS)/ (analysis/ for tables and figures, analysis/results.md, report.html)"
+	@echo "Results: $(RESULTS)/ (<backbone>/analysis/ for tables and figures and results.md, report.html)"
 
 # Test tiers (markers in pyproject.toml): lint first and the fast tier next, so a lint or
 # unit failure stops within minutes; then the slow tier (real workflows, kills and

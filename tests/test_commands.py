@@ -85,7 +85,7 @@ def test_cli_command_in_the_readme_parses():
 
     (command,) = [c for c in COMMANDS if c.startswith(".venv/bin/cdssl-finetune")]
     args = finetune_parser().parse_args(shlex.split(command)[1:])
-    assert args.encoder == "results/pretrain/sigma_0.5/encoder"
+    assert args.encoder == "results/megnet/pretrain/seed_0/sigma_0.5/encoder"
 
 
 def test_predict_command_in_the_readme_parses():
@@ -93,7 +93,7 @@ def test_predict_command_in_the_readme_parses():
 
     (command,) = [c for c in COMMANDS if c.startswith(".venv/bin/cdssl-predict")]
     args = predict_parser().parse_args(shlex.split(command)[1:])
-    assert args.run == ["results/finetune/dielectric_constant/0.7"] and args.structures == ["examples/*.cif"]
+    assert args.run == ["results/megnet/finetune/dielectric_constant/0.7"] and args.structures == ["examples/*.cif"]
 
 
 @pytest.mark.slow

@@ -47,7 +47,8 @@ def snakemake(workdir: Path, *args: str, ok: bool = True) -> str:
 
 
 TARGETS = [
-    f"results/finetune/labelled/0.5/0/{'ssl/sigma_0.5' if mode == 'ssl' else mode}/metrics.json" for mode in MODES
+    f"results/megnet/finetune/labelled/0.5/0/{'ssl/seed_0/sigma_0.5' if mode == 'ssl' else mode}/metrics.json"
+    for mode in MODES
 ]
 
 
@@ -211,8 +212,8 @@ def test_rerun_after_a_change_equals_a_clean_run(base, tmp_path, changes):
 PRETRAIN_FILES = ("history.csv", "split.csv", "reference.json")
 POOL = "results/graphs/dielectric_unlabelled/graphs.pt"
 TRAINING_LOGS = (
-    "results/logs/pretrain/sigma_0.5.log",
-    *(f"results/logs/finetune/labelled/0.5/{m}.log" for m in ("ssl/sigma_0.5", "sl", "sl_large")),
+    "results/megnet/logs/pretrain/seed_0/sigma_0.5.log",
+    *(f"results/megnet/logs/finetune/labelled/0.5/{m}.log" for m in ("ssl/seed_0/sigma_0.5", "sl", "sl_large")),
 )
 
 
@@ -235,7 +236,7 @@ def test_a_rebuilt_cache_with_equal_content_keeps_every_checkpoint(base, tmp_pat
         text = (work / log).read_text()
         assert "resuming from" in text and "same settings and input content" in text, log
         assert "discarding" not in text, log
-    history = "results/pretrain/sigma_0.5/history.csv"
+    history = "results/megnet/pretrain/seed_0/sigma_0.5/history.csv"
     assert (work / history).read_bytes() == (base[0] / history).read_bytes()
     _same_results(work, base[2])
 
@@ -248,12 +249,12 @@ def test_a_corrupt_cache_names_the_command_that_recovers_every_output(base, tmp_
     log = (work / TRAINING_LOGS[0]).read_text()
     assert f"graph cache {POOL} cannot be read" in log, out
     # the failed pretraining job's outputs are gone: the command the error names must bring them back
-    assert not any((work / "results/pretrain/sigma_0.5" / f).exists() for f in PRETRAIN_FILES)
+    assert not any((work / "results/megnet/pretrain/seed_0/sigma_0.5" / f).exists() for f in PRETRAIN_FILES)
     named = re.search(r"--forcerun (\S+)`", log).group(1)
     snakemake(work, "--cores", "2", "--forcerun", named, *TARGETS)
     for name in PRETRAIN_FILES:
-        assert (work / "results/pretrain/sigma_0.5" / name).read_bytes() == (
-            base[0] / "results/pretrain/sigma_0.5" / name
+        assert (work / "results/megnet/pretrain/seed_0/sigma_0.5" / name).read_bytes() == (
+            base[0] / "results/megnet/pretrain/seed_0/sigma_0.5" / name
         ).read_bytes(), name
     _same_results(work, base[2])
 

@@ -25,14 +25,17 @@ def test_the_committed_results_document_is_what_the_generator_writes():
 
 def test_collect_copies_a_run_and_build_includes_it_below_the_templates_headings(tmp_path):
     run = tmp_path / "results"
-    (run / "analysis").mkdir(parents=True)
-    (run / "analysis" / "results.md").write_text(
+    (run / "megnet/analysis").mkdir(parents=True)
+    (run / "megnet/analysis" / "results.md").write_text(
         "Machine: 2 CPUs; Python 3.11.7, torch 2.13.0, matgl 4.1; commit abc; config c.yaml; jobs' summed time 1 min.\n"
         "\n### task (test MAE, eV)\n\n| fraction | SSL |\n|---|---|\n| 0.1 | 0.5 |\n"
     )
-    (run / "analysis" / "fig4_finetune.png").write_bytes(b"png")
+    (run / "megnet/analysis" / "fig4_finetune.png").write_bytes(b"png")
     written = results_doc.collect("tiny", run, runs=tmp_path / "runs", images=tmp_path / "img")
     assert [p.name for p in written] == ["tiny.md", "tiny_fig4_finetune.png"]
+    # or from the backbone's own folder (one backbone of a list)
+    again = results_doc.collect("tiny", run / "megnet", runs=tmp_path / "again", images=tmp_path / "img2")
+    assert again[0].read_text() == written[0].read_text()
     template = tmp_path / "t.md"
     template.write_text("# Results\n\n## Tiny\n\n<!-- run: tiny -->\n\nRead it so.\n")
     text = results_doc.build(template, tmp_path / "runs")
@@ -46,7 +49,7 @@ def test_a_backbone_list_run_is_collected_by_its_comparison_document(tmp_path):
     # a list of backbones writes no results.md at the top, only the comparison
     run = tmp_path / "results"
     (run / "analysis").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="results.md .a backbone list: backbones.md. is missing"):
+    with pytest.raises(FileNotFoundError, match="results.md .a backbone list: analysis/backbones.md. is missing"):
         results_doc.collect("bb", run, runs=tmp_path / "runs", images=tmp_path / "img")
     (run / "analysis" / "backbones.md").write_text("Machine: x.\n\n### Backbones\n")
     written = results_doc.collect("bb", run, runs=tmp_path / "runs", images=tmp_path / "img")

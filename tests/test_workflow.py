@@ -78,7 +78,7 @@ def test_several_nodes_on_a_workstation_stop_the_pretraining_job_with_the_reason
     config["pretrain"].update(sigma=0.5, nodes=2, strategy="ddp")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     proc = snakemake(
-        "results/pretrain/sigma_0.5/history.csv",
+        "results/megnet/pretrain/seed_0/sigma_0.5/history.csv",
         "--cores",
         "1",
         "--configfile",
@@ -90,7 +90,7 @@ def test_several_nodes_on_a_workstation_stop_the_pretraining_job_with_the_reason
         check=False,
     )
     assert proc.returncode != 0
-    log = (tmp_path / "results/logs/pretrain/sigma_0.5.log").read_text()
+    log = (tmp_path / "results/megnet/logs/pretrain/seed_0/sigma_0.5.log").read_text()
     assert "pretrain.nodes=2 needs a SLURM allocation of 2 nodes" in log, log[-2000:]
 
 
@@ -128,12 +128,18 @@ def test_a_pretrain_seed_list_gives_each_seed_its_pretraining_and_ssl_cells(tmp_
     assert counts["finetune_ssl"] == 4 * 2 and counts["finetune"] == 2 * 2
     # Figure 3 and the probe: one job each, on the first seed's runs
     assert counts["probe"] == 1 and counts["figure3"] == 1
-    for run in ("sigma_0.3/seed_0", "sigma_0.3/seed_1", "sigma_0.5/seed_0", "sigma_0.5/seed_1"):
-        assert f"results/test/pretrain/{run}/history.csv" in out, run
-        assert f"results/test/finetune/dielectric/0.3/0/ssl/{run}/metrics.json" in out, run
-    # one seed: the folders of before (no seed level), so no result reruns
-    out = snakemake("-n", "--configfile", str(ROOT / "config/test.yaml"), workdir=tmp_path).stdout
-    assert "results/test/pretrain/sigma_0.5/history.csv" in out and "/seed_" not in out
+    for run in ("seed_0/sigma_0.3", "seed_1/sigma_0.3", "seed_0/sigma_0.5", "seed_1/sigma_0.5"):
+        assert f"results/test/megnet/pretrain/{run}/history.csv" in out, run
+        assert f"results/test/megnet/finetune/dielectric/0.3/0/ssl/{run}/metrics.json" in out, run
+    # one seed, bare or a list of one: the same paths, each naming the seed, so adding a
+    # seed to the list later moves no finished result
+    outputs = lambda text: sorted(re.findall(r"output: (.*)", text))  # noqa: E731
+    bare = snakemake("-n", "--configfile", str(ROOT / "config/test.yaml"), workdir=tmp_path).stdout
+    one = tmp_path / "one.yaml"
+    one.write_text((ROOT / "config/test.yaml").read_text().replace("  seed: 0\n", "  seed: [0]\n", 1))
+    assert outputs(snakemake("-n", "--configfile", str(one), workdir=tmp_path).stdout) == outputs(bare)
+    assert "results/test/megnet/pretrain/seed_0/sigma_0.5/history.csv" in bare
+    assert set(outputs(bare)) <= set(outputs(out)) - {o for o in outputs(out) if "seed_1" in o}
 
 
 def test_sl_jobs_never_wait_for_pretraining(tmp_path):
@@ -142,7 +148,7 @@ def test_sl_jobs_never_wait_for_pretraining(tmp_path):
     config = load_config(ROOT / "config/config.yaml")
     ft = config["finetune"]
     targets = [
-        f"results/finetune/{d}/{f:g}/{s}/sl/metrics.json"
+        f"results/megnet/finetune/{d}/{f:g}/{s}/sl/metrics.json"
         for d in ft["datasets"]
         for f in ft["fractions"]
         for s in ft["seeds"]
@@ -211,15 +217,16 @@ def tiny_run(tmp_path_factory):
 def test_tiny_end_to_end_run_writes_every_output(tiny_run):
     work, _ = tiny_run
     r = work / "results"
+    net = r / "megnet"
     for dataset in ("dielectric", "dielectric_unlabelled"):
         assert (r / "graphs" / dataset / "graphs.pt").stat().st_size > 0
         assert (r / "graphs" / dataset / "skipped.csv").exists()
     for sigma in ("0.3", "0.5"):
-        selected = json.loads((r / f"pretrain/sigma_{sigma}/selected.json").read_text())
-        assert (r / f"pretrain/sigma_{sigma}/encoder/model.pt").exists() and selected["epoch"] in (0, 1)
+        selected = json.loads((net / f"pretrain/seed_0/sigma_{sigma}/selected.json").read_text())
+        assert (net / f"pretrain/seed_0/sigma_{sigma}/encoder/model.pt").exists() and selected["epoch"] in (0, 1)
     for fraction in ("0.3", "0.7"):
-        for cell in ("ssl/sigma_0.3", "ssl/sigma_0.5", "sl", "sl_large"):
-            d = r / "finetune/dielectric" / fraction / "0" / cell
+        for cell in ("ssl/seed_0/sigma_0.3", "ssl/seed_0/sigma_0.5", "sl", "sl_large"):
+            d = net / "finetune/dielectric" / fraction / "0" / cell
             metrics = json.loads((d / "metrics.json").read_text())
             assert metrics["mode"] == cell.split("/")[0] and metrics["test_mae"] > 0
             assert metrics["sigma"] == (float(cell.split("_")[-1]) if cell.startswith("ssl") else None)
@@ -228,7 +235,7 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
             assert (split["train"], split["val"], split["test"]) == tuple(
                 metrics[f"n_{k}"] for k in ("train", "val", "test")
             )
-            assert (r / "logs/finetune/dielectric" / fraction / f"{cell}.log").exists()
+            assert (net / "logs/finetune/dielectric" / fraction / f"{cell}.log").exists()
     for name in (
         "jobs.csv",
         "cells.csv",
@@ -240,20 +247,25 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
         "fig5_umap.png",
         "fig4/dielectric.png",
     ):
-        assert (r / "analysis" / name).stat().st_size > 0, name
+        assert (net / "analysis" / name).stat().st_size > 0, name
         baselines = json.loads((r / "baselines/dielectric" / fraction / "0/metrics.json").read_text())
         for name in ("magpie_ridge", "magpie_boosting", "chgnet_ridge", "chgnet_boosting"):
             assert baselines[f"test_mae_{name}"] > 0, name
-    summary = json.loads((r / "analysis/summary.json").read_text())
-    assert {
-        "ssl_sigma_0.3_vs_sl",
-        "ssl_sigma_0.5_vs_sl_large",
-        "ssl_sigma_0.5_vs_mean_predictor",
-        "ssl_sigma_0.5_vs_magpie_boosting",
-        "ssl_sigma_0.5_vs_chgnet_boosting",
-    } <= set(summary["comparisons"])
-    assert summary["verdict"]["ssl_sigma_0.5"]["per_dataset"]["dielectric"]["strongest_without_pretraining"]
-    probe = pd.read_csv(r / "analysis/probe.csv")
+    summary = json.loads((net / "analysis/summary.json").read_text())
+    pairs = {(c["model"]["sigma"], c["other"]["family"]) for c in summary["comparisons"]}
+    assert {(0.3, "sl"), (0.5, "sl_large"), (0.5, "mean_predictor"), (0.5, "magpie_boosting")} <= pairs
+    assert (0.5, "chgnet_boosting") in pairs
+    verdict = next(v for v in summary["verdict"] if v["model"]["sigma"] == 0.5)
+    keys = {"family": "ssl", "backbone": "megnet", "sigma": 0.5, "budget": None, "pool": "dielectric_unlabelled"}
+    assert verdict["model"] == keys
+    assert verdict["per_dataset"]["dielectric"]["strongest_without_pretraining"]
+    # the runs table: one row per run with its keys, one per (split, baseline)
+    runs = pd.read_csv(net / "analysis/jobs.csv")
+    assert {"dataset", "fraction", "seed", "pretrain_seed", "family", "backbone", "sigma", "budget", "pool"} <= set(
+        runs
+    )
+    assert len(runs[runs["family"] == "magpie_boosting"]) == 2 and set(runs["backbone"].dropna()) == {"megnet"}
+    probe = pd.read_csv(net / "analysis/probe.csv")
     assert {"pretrained_sigma_0.3", "pretrained_sigma_0.5", "random_init", "element_fractions"} <= set(
         probe["features"]
     )
@@ -263,10 +275,11 @@ def test_the_console_has_one_line_per_job_and_the_logs_keep_the_rest(tiny_run):
     work, _ = tiny_run
     console = (work / "console.txt").read_text()
     assert "GPU available" not in console and "LeafSpec" not in console
-    line = r"^finetune \(dataset=dielectric, fraction=0\.3, mode=sl\) done in \d+ s: test MAE [0-9.]+ log10\(n\)"
+    job = r"^finetune \(backbone=megnet, dataset=dielectric, fraction=0\.3, mode=sl\)"
+    line = job + r" done in \d+ s: test MAE [0-9.]+ log10\(n\)"
     assert re.search(line, console, re.M)
-    assert "GPU available" in (work / "results/logs/finetune/dielectric/0.3/sl.log").read_text()
-    text = (work / "results/analysis/results.md").read_text()
+    assert "GPU available" in (work / "results/megnet/logs/finetune/dielectric/0.3/sl.log").read_text()
+    text = (work / "results/megnet/analysis/results.md").read_text()
     assert text.startswith("Machine: ") and "commit " in text
     assert "### Pretraining" in text and "### dielectric (test MAE, log10(n))" in text and "### Linear probes" in text
 
@@ -278,7 +291,7 @@ def test_the_committed_demo_tables_have_the_format_a_fresh_run_writes(tiny_run):
     from results_doc import RUNS, skeleton
 
     work, _ = tiny_run
-    fresh = skeleton((work / "results/analysis/results.md").read_text())
+    fresh = skeleton((work / "results/megnet/analysis/results.md").read_text())
     assert fresh == skeleton((RUNS / "demo.md").read_text())
     assert "### DATASET (test MAE" in fresh and "table: fraction" in fresh and "bullet: verdict" in fresh
 
@@ -297,31 +310,69 @@ def test_naming_the_default_backbone_reruns_nothing_of_a_finished_run(tiny_run):
     assert {**plain, "results": 1, "all": 1} == {**named, "all": 1} and "pretrain" not in named
 
 
-def test_a_finished_run_moved_under_its_backbone_joins_a_backbone_list_without_retraining(tiny_run, tmp_path):
-    """From one backbone to a list, a backbone's results live under <results_dir>/<backbone>/:
-    moving a finished MEGNet run's pretrain, finetune, checkpoints and analysis folders
-    there (README) keeps it, so the list runs only the new backbone and the comparison."""
+def test_a_backbone_added_to_a_finished_run_trains_only_the_new_one(tiny_run, tmp_path):
+    """Every path names its backbone, so a finished MEGNet run joins a backbone list as it
+    is: the list trains only the new backbone and adds the comparison."""
     work, args = tiny_run
-    moved = tmp_path / "work"
-    shutil.copytree(work, moved, symlinks=True)  # copy2: modification times kept
-    r = moved / "results"
-    (r / "megnet").mkdir()
-    for folder in ("pretrain", "finetune", "checkpoints", "analysis"):
-        (r / folder).rename(r / "megnet" / folder)
-    overlay = moved / "list.yaml"
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, symlinks=True)  # copy2: modification times kept
+    overlay = copy / "list.yaml"
     overlay.write_text("models:\n  backbone: [megnet, tensornet]\n")
-    out = snakemake("-n", "--configfile", str(ROOT / "config/test.yaml"), str(overlay), *args[2:], workdir=moved).stdout
+    out = snakemake("-n", "--configfile", str(ROOT / "config/test.yaml"), str(overlay), *args[2:], workdir=copy).stdout
     outputs = [line for line in out.splitlines() if line.strip().startswith("output:")]
     assert any("results/tensornet/pretrain/" in line for line in outputs)
-    assert not [line for line in outputs if "results/megnet/" in line]
+    # MEGNet's results document names the config files read: written again, nothing else
+    assert [line for line in outputs if "results/megnet/" in line] == ["    output: results/megnet/analysis/results.md"]
     counts = job_counts(out)
     assert counts["pretrain"] == 2 and counts["backbone_table"] == 1 and "data" not in counts
+
+
+def _to_old_layout(results: Path) -> None:
+    """The layout before every path named every axis, for a one-backbone, one-seed MEGNet
+    run: the backbone's folders directly in ``results``, no seed folder."""
+    for path in sorted(p for p in (results / "megnet").rglob("*") if p.is_file()):
+        old = results / str(path.relative_to(results / "megnet")).replace("seed_0/sigma_", "sigma_")
+        old.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(old)
+    shutil.rmtree(results / "megnet")
+
+
+def test_a_results_folder_of_the_old_layout_moves_and_reruns_only_the_documents(tiny_run, tmp_path):
+    """tools/migrate_results.py on a finished run of the old layout: every trained file is
+    kept (renamed, its time unchanged), and the dry run after it plans only the analysis
+    documents whose format changed; run, they equal the finished run's."""
+    work, args = tiny_run
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, symlinks=True)
+    r = copy / "results"
+    checkpoints = sorted(p.relative_to(r / "megnet") for p in (r / "megnet/checkpoints").rglob("*.ckpt"))
+    assert checkpoints
+    _to_old_layout(r)
+    assert (r / "pretrain/sigma_0.5/history.csv").exists() and (r / "logs/pretrain/sigma_0.5.log").exists()
+    # an old run has no provenance records for the new paths
+    shutil.rmtree(copy / ".snakemake/metadata", ignore_errors=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools/migrate_results.py"), str(r)], capture_output=True, text=True, check=True
+    )
+    assert "moved" in proc.stdout.splitlines()[-1]
+    assert all((r / "megnet" / c).exists() for c in checkpoints)
+    assert not (r / "pretrain").exists() and not (r / "finetune").exists()
+    counts = job_counts(snakemake("-n", *args, workdir=copy).stdout)
+    assert counts == {"aggregate": 1, "results": 1, "figure4": 1, "all": 1}
+    snakemake(*args, workdir=copy)
+    for name in ("summary.json", "cells.csv", "jobs.csv"):
+        assert (r / "megnet/analysis" / name).read_text() == (work / "results/megnet/analysis" / name).read_text()
+    # moving a folder of the new layout changes nothing
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "tools/migrate_results.py"), str(r)], capture_output=True, text=True, check=True
+    )
+    assert again.stdout.splitlines()[-1].startswith("moved 0 file(s)")
 
 
 def test_changed_metrics_rerun_only_aggregation_and_figures(tiny_run):
     work, args = tiny_run
     assert job_counts(snakemake("-n", *args, workdir=work).stdout) == {}
-    metrics = work / "results/finetune/dielectric/0.3/0/sl/metrics.json"
+    metrics = work / "results/megnet/finetune/dielectric/0.3/0/sl/metrics.json"
     data = json.loads(metrics.read_text())
     data["test_mae"] += 1.0
     metrics.write_text(json.dumps(data))
@@ -375,8 +426,8 @@ def test_a_budget_list_gives_one_pretraining_and_a_selection_and_ssl_cells_per_b
     assert counts["finetune_ssl"] == 2 * 2 and counts["finetune"] == 2 * 2
     assert counts["budget_table"] == counts["figure_budget"] == counts["probe"] == 1
     for budget in ("1", "2"):
-        assert f"results/test/pretrain/sigma_0.5/budget_{budget}/encoder" in out
-        assert f"results/test/finetune/dielectric/0.3/0/ssl/sigma_0.5/budget_{budget}/metrics.json" in out
+        assert f"results/test/megnet/pretrain/seed_0/sigma_0.5/budget_{budget}/encoder" in out
+        assert f"results/test/megnet/finetune/dielectric/0.3/0/ssl/seed_0/sigma_0.5/budget_{budget}/metrics.json" in out
     # without the list: no budget anywhere, the rules of before
     out = snakemake("-n", "--configfile", str(ROOT / "config/test.yaml"), workdir=tmp_path).stdout
     assert "/budget_" not in out and "select_budget" not in out and "figure_budget" not in out
@@ -390,11 +441,11 @@ def test_budgets_added_or_a_raised_cap_after_a_finished_run_retrain_nothing_done
     selection and cells only; the cap raised to 3 with budget 3 resumes pretraining from
     its last epoch and leaves every finished cell's numbers as they were."""
     args = ["--cores", "2", "--config", "results_dir=results", f"data_dir={ROOT / 'data/matminer'}"]
-    r = tmp_path / "results"
+    r = tmp_path / "results/megnet"
     snakemake(*args, "--configfile", str(_budget_config(tmp_path, "[2]")), workdir=tmp_path)
-    cell = r / "finetune/dielectric/0.3/0/ssl/sigma_0.5"
+    cell = r / "finetune/dielectric/0.3/0/ssl/seed_0/sigma_0.5"
     before = json.loads((cell / "budget_2/metrics.json").read_text())
-    history = pd.read_csv(r / "pretrain/sigma_0.5/history.csv")
+    history = pd.read_csv(r / "pretrain/seed_0/sigma_0.5/history.csv")
     budget = pd.read_csv(r / "analysis/budget.csv", dtype={"fraction": str})
     assert budget["budget"].unique().tolist() == [2] and (r / "analysis/fig_budget.png").stat().st_size > 0
     assert "### Pretraining budget" in (r / "analysis/results.md").read_text()
@@ -408,12 +459,12 @@ def test_budgets_added_or_a_raised_cap_after_a_finished_run_retrain_nothing_done
 
     raised = _budget_config(tmp_path, "[1, 2, 3]", epochs=3)
     snakemake(*args, "--configfile", str(raised), workdir=tmp_path)
-    longer = pd.read_csv(r / "pretrain/sigma_0.5/history.csv")
+    longer = pd.read_csv(r / "pretrain/seed_0/sigma_0.5/history.csv")
     assert longer["epoch"].tolist() == [0, 1, 2]
     # resumed: the first two rows are those the first run wrote, epoch times included
     cols = ["epoch", "train_loss", "val_loss", "epoch_seconds"]
     pd.testing.assert_frame_equal(longer[cols].iloc[:2], history[cols])
-    assert "resuming from" in (r / "logs/pretrain/sigma_0.5.log").read_text()
+    assert "resuming from" in (r / "logs/pretrain/seed_0/sigma_0.5.log").read_text()
     after = json.loads((cell / "budget_2/metrics.json").read_text())
     # the cell resumed from its final checkpoint: the same numbers (its wall time aside)
     assert {k: v for k, v in after.items() if k != "wall_seconds"} == {
@@ -440,19 +491,22 @@ def test_a_backbone_list_gives_each_backbone_its_networks_and_analysis_on_shared
     assert counts["aggregate"] == counts["probe"] == counts["figure3"] == counts["results"] == 2
     assert counts["data"] == counts["graphs"] == 2 and counts["baselines"] == 2 and counts["backbone_table"] == 1
     for backbone in ("megnet", "m3gnet"):
-        assert f"results/test/{backbone}/pretrain/sigma_0.5/history.csv" in out
+        assert f"results/test/{backbone}/pretrain/seed_0/sigma_0.5/history.csv" in out
         assert f"results/test/{backbone}/finetune/dielectric/0.3/0/sl_large/metrics.json" in out
         assert f"results/test/{backbone}/analysis/summary.json" in out
     assert "results/test/baselines/dielectric/0.3/0/metrics.json" in out
     assert "results/test/analysis/backbones.md" in out
-    # one backbone, named or not: the paths and jobs of before (nothing of a run reruns)
+    # one backbone, unset, named or a list of one: the same paths, each naming the
+    # backbone, so adding one to the list moves no finished result
     single = snakemake("-n", "--configfile", str(_backbone_config(tmp_path, "megnet")), workdir=tmp_path).stdout
+    listed = snakemake("-n", "--configfile", str(_backbone_config(tmp_path, "[megnet]")), workdir=tmp_path).stdout
     unset = tmp_path / "unset.yaml"
     unset.write_text((ROOT / "config/test.yaml").read_text().replace("sigma: [0.3, 0.5]", "sigma: 0.5"))
     plain = snakemake("-n", "--configfile", str(unset), workdir=tmp_path).stdout
     outputs = lambda text: sorted(re.findall(r"output: (.*)", text))  # noqa: E731
-    assert outputs(single) == outputs(plain) and "megnet" not in "".join(outputs(plain))
+    assert outputs(single) == outputs(plain) == outputs(listed) and "results/test/megnet/" in "".join(outputs(plain))
     assert job_counts(single) == job_counts(plain) and "backbone_table" not in plain
+    assert set(outputs(plain)) <= set(outputs(out))
     # an unknown backbone stops before any job, naming the key
     proc = snakemake("-n", "--configfile", str(_backbone_config(tmp_path, "schnet")), workdir=tmp_path, check=False)
     assert proc.returncode != 0 and "models.backbone" in proc.stderr + proc.stdout
@@ -464,15 +518,15 @@ def test_a_tiny_run_with_two_backbones_writes_each_one_s_cells_probe_and_the_com
     r = tmp_path / "results"
     for backbone, cls in (("tensornet", "TensorNet"), ("m3gnet", "M3GNet")):
         net = r / backbone
-        encoder = json.loads((net / "pretrain/sigma_0.5/encoder/model.json").read_text())
+        encoder = json.loads((net / "pretrain/seed_0/sigma_0.5/encoder/model.json").read_text())
         assert encoder["@class"] == cls
         for fraction in ("0.3", "0.7"):
-            for cell in ("ssl/sigma_0.5", "sl", "sl_large"):
+            for cell in ("ssl/seed_0/sigma_0.5", "sl", "sl_large"):
                 metrics = json.loads((net / "finetune/dielectric" / fraction / "0" / cell / "metrics.json").read_text())
                 assert metrics["test_mae"] > 0
         probe = pd.read_csv(net / "analysis/probe.csv")
         assert {"pretrained", "random_init", "element_fractions"} <= set(probe["features"])
-        reference = json.loads((net / "pretrain/sigma_0.5/reference.json").read_text())
+        reference = json.loads((net / "pretrain/seed_0/sigma_0.5/reference.json").read_text())
         assert reference["val_loss_lookup_element_pair"] > 0
     table = pd.read_csv(r / "analysis/backbones.csv", dtype={"fraction": str})
     assert sorted(table["backbone"].unique()) == ["m3gnet", "tensornet"]
@@ -480,9 +534,8 @@ def test_a_tiny_run_with_two_backbones_writes_each_one_s_cells_probe_and_the_com
     # each backbone against its own SL large, and the shared strongest baseline
     for backbone, sub in table.groupby("backbone"):
         cells = pd.read_csv(r / backbone / "analysis/cells.csv")
-        assert sub[sub["fraction"] == "0.3"]["sl_large_mean"].iloc[0] == pytest.approx(
-            cells[cells["fraction"] == 0.3]["mean_sl_large"].iloc[0]
-        )
+        at = (cells["fraction"] == 0.3) & (cells["family"] == "sl_large")
+        assert sub[sub["fraction"] == "0.3"]["sl_large_mean"].iloc[0] == pytest.approx(cells[at]["mean"].iloc[0])
     shared = table[~table["strongest_name"].isin(["sl", "sl_large"])]
     assert shared.groupby(["fraction", "strongest_name"])["strongest_mean"].nunique().max() == 1
     markdown = (r / "analysis/backbones.md").read_text()

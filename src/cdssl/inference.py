@@ -1,6 +1,6 @@
 """Prediction (`cdssl-predict`, `cdssl.predict`): fine-tuned models on new crystals, in the dataset's own units.
 
-    cdssl-predict --run results/finetune/dielectric_constant/0.7 --structures new.csv --out predictions.csv
+    cdssl-predict --run results/megnet/finetune/dielectric_constant/0.7 --structures new.csv --out predictions.csv
 
 A run is any folder holding fine-tuned models (``model/`` folders written by the
 workflow's fine-tuning jobs or by ``cdssl-finetune``), searched recursively: a cell's
@@ -43,7 +43,7 @@ def find_models(runs: list[str | Path]) -> list[Path]:
     if not found:
         raise FileNotFoundError(
             f"no fine-tuned model under {', '.join(map(str, runs))}: give a folder written by the "
-            "workflow's fine-tuning (results/finetune/<dataset>/<fraction>) or by cdssl-finetune --out"
+            "workflow's fine-tuning (results/<backbone>/finetune/<dataset>/<fraction>) or by cdssl-finetune --out"
         )
     return found
 

@@ -20,6 +20,9 @@ rule aggregate:
         ),
     params:
         min_prediction_spread=config["analysis"]["min_prediction_spread"],
+        # the keys of the runs that are not in their metrics (cdssl.runs)
+        backbone=lambda wc: wc.backbone,
+        pool=PRE,
     log:
         f"{NET}/logs/analysis/aggregate.log",
     benchmark:
@@ -115,11 +118,10 @@ rule figure4:
 
 rule probe:
     input:
-        # one pretrained encoder per noise scale, in the order of pretrain.sigma (the
-        # first pretraining seed's); the split depends on the seed and val_fraction
-        # only, so every sigma of that seed shares it
-        # (and with pretrain.export_epochs every budget's, sigma by sigma)
-        encoders=probe_encoders()[0],
+        # one pretrained encoder per noise scale (and with pretrain.export_epochs per
+        # budget), the first pretraining seed's; the split depends on the seed and
+        # val_fraction only, so every sigma of that seed shares it
+        encoders=lambda wc: [e["path"] for e in probe_encoders(wc)],
         graphs=f"{R}/graphs/{PRE}/graphs.pt",
         split=pretrain_runs(f"{PT}/split.csv", first_seed=True)[0],
         # crystals pretraining never saw, beside its validation split: the fine-tuning
@@ -143,10 +145,17 @@ rule probe:
         ),
         embeddings=f"{NET}/analysis/embeddings.npz",
     params:
-        settings=lambda wc: probe_settings(config, wc.get("backbone")),
-        sigmas=probe_encoders()[1],
-        budgets=probe_encoders()[2],
-        featurizers=config["analysis"]["featurizers"],
+        settings=lambda wc: probe_settings(config, wc.backbone),
+        # each encoder's path with its sigma and budget
+        encoders=probe_encoders,
+        # {dataset: {featurizer: file}}: the inputs' features, by name
+        features={
+            dataset: {
+                featurizer: f"{R}/features/{dataset}/{featurizer}.npz"
+                for featurizer in config["analysis"]["featurizers"]
+            }
+            for dataset in [PRE, *excluded_datasets(config, PRE)]
+        },
     threads: config["threads"]
     log:
         f"{NET}/logs/analysis/probe.log",
@@ -227,19 +236,15 @@ rule figure_budget:
 # the strongest baseline (the shared feature baselines, or a backbone's own SL)
 rule backbone_table:
     input:
-        jobs=expand(f"{NET}/analysis/jobs.csv", backbone=BACKBONES),
-        cells=expand(f"{NET}/analysis/cells.csv", backbone=BACKBONES),
-        summary=expand(f"{NET}/analysis/summary.json", backbone=BACKBONES),
-        selected=[
-            expand(run, backbone=b)[0]
-            for b in BACKBONES
-            for run in pretrain_runs(f"{PT}/selected.json")
-        ],
-        reference=[
-            expand(run, backbone=b)[0]
-            for b in BACKBONES
-            for run in pretrain_runs(f"{PT}/reference.json")
-        ],
+        every_backbone(
+            [
+                f"{NET}/analysis/jobs.csv",
+                f"{NET}/analysis/cells.csv",
+                f"{NET}/analysis/summary.json",
+            ]
+            + pretrain_runs(f"{PT}/selected.json")
+            + pretrain_runs(f"{PT}/reference.json")
+        ),
     output:
         table=report(
             f"{R}/analysis/backbones.csv",
@@ -252,7 +257,8 @@ rule backbone_table:
             category="Tables",
         ),
     params:
-        backbones=BACKBONES,
+        # the same files by backbone and by name
+        runs=backbone_runs(),
         configfiles=CONFIGFILES,
         # the shared stages' jobs and every backbone's: the comparison's summed time
         benchmarks=[f"{R}/benchmarks"] + expand(f"{NET}/benchmarks", backbone=BACKBONES),

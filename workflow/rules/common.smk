@@ -18,6 +18,7 @@ from cdssl.config import (
     pretrain_seeds,
     pretrain_settings,
     probe_settings,
+    schema_backbones,
     sigmas,
     validate_config,
 )
@@ -50,6 +51,10 @@ except (ConfigError, DataError) as exc:
     raise WorkflowError(str(exc))
 
 
+# every backbone the schema allows (the config's list is BACKBONES, below)
+BACKBONE_NAMES = schema_backbones()
+
+
 wildcard_constraints:
     dataset="[A-Za-z0-9_.-]+",
     fraction="[0-9.]+",
@@ -58,80 +63,69 @@ wildcard_constraints:
     sigma="[0-9.]+",
     pretrain_seed="[0-9]+",
     budget="[0-9]+",
-    backbone="megnet|m3gnet|tensornet",
+    backbone="|".join(BACKBONE_NAMES),
 
 
 R = config["results_dir"]
 FT = config["finetune"]
 PRE = config["pretrain"]["dataset"]
-# models.backbone: with several, each backbone's networks and analysis live under their
-# own folder, NET; the data, graphs, features and feature baselines stay under R, shared.
-# With one, NET is R and no path names a backbone (as before the option existed).
+# Every path names every axis, whatever the length of its list, so that adding a value
+# never moves a finished result: the data, graphs, features and feature baselines are
+# shared under R; each backbone's networks and analysis live under NET; a pretraining run
+# is one (pretraining seed, sigma) below it. tools/migrate_results.py moves a results
+# folder of the layout before this one.
 BACKBONES = backbones(config)
-MULTI = len(BACKBONES) > 1
-NET = f"{R}/{{backbone}}" if MULTI else R
-
-
-def net(wildcards):
-    """NET of a job (its backbone filled in)."""
-    return NET.format(backbone=wildcards.get("backbone"))
-
-
-# one pretraining per noise scale; a single sigma is a sweep of one
+NET = f"{R}/{{backbone}}"
 SIGMAS = [fmt_sigma(s) for s in sigmas(config)]
-# several pretraining seeds: one run per (sigma, seed), each in a seed folder below its
-# sigma's; with one seed a run is its sigma's folder, as before the option existed
 PSEEDS = [str(s) for s in pretrain_seeds(config)]
-SEEDED = len(PSEEDS) > 1
-RUN = "sigma_{sigma}/seed_{pretrain_seed}" if SEEDED else "sigma_{sigma}"
+RUN = "seed_{pretrain_seed}/sigma_{sigma}"
 PT = f"{NET}/pretrain/{RUN}"
 # pretraining budgets (pretrain.export_epochs): the best encoder of the first {budget}
-# epochs of each run, in a folder below the run's; without them an ssl cell loads the
-# run's own best encoder and no path has a budget
+# epochs of a run, in a folder below the run's; without them an ssl cell loads the run's
+# own best encoder (the best of every epoch, not a budget of one length)
 BUDGETS = [str(k) for k in budgets(config)]
 BUDGETED = bool(BUDGETS)
 ENC_RUN = f"{RUN}/budget_{{budget}}" if BUDGETED else RUN
 SEL = f"{NET}/pretrain/{ENC_RUN}"
 
 
-def pretrain_runs(pattern, first_seed=False):
-    """``pattern`` for every pretraining run, sigma by sigma (then seed by seed, then
+def net(wildcards):
+    """NET of a job (its backbone filled in)."""
+    return NET.format(backbone=wildcards.backbone)
+
+
+def pretrain_runs(pattern, first_seed=False, backbone=None):
+    """``pattern`` for every pretraining run, sigma by sigma, then seed by seed (then
     budget by budget where the pattern has one), or for the first seed's runs only
-    (Figure 3 and the probe)."""
-    seeds = PSEEDS[:1] if first_seed else PSEEDS
+    (Figure 3 and the probe); with ``backbone``, that backbone's."""
     return expand(
         pattern,
         sigma=SIGMAS,
-        **({"pretrain_seed": seeds} if SEEDED else {}),
+        pretrain_seed=PSEEDS[:1] if first_seed else PSEEDS,
         **({"budget": BUDGETS} if "{budget}" in pattern else {}),
+        **({"backbone": backbone} if backbone else {}),
         allow_missing=True,
     )
 
 
-def probe_encoders():
+def probe_encoders(wildcards):
     """The probe's encoders (the first pretraining seed's, sigma by sigma, then budget by
-    budget) with each one's sigma and budget, as parallel lists."""
-    runs = [(s, b) for s in SIGMAS for b in BUDGETS or [None]]
-    paths = [
-        expand(
-            f"{SEL}/encoder",
-            sigma=s,
-            pretrain_seed=PSEEDS[0],
-            budget=b or "",
-            allow_missing=True,
-        )[0]
-        for s, b in runs
+    budget), each as its path and the keys that name it."""
+    return [
+        {
+            "path": expand(
+                f"{SEL}/encoder",
+                backbone=wildcards.backbone,
+                sigma=s,
+                pretrain_seed=PSEEDS[0],
+                budget=b or "",
+            )[0],
+            "sigma": float(s),
+            "budget": b and int(b),
+        }
+        for s in SIGMAS
+        for b in BUDGETS or [None]
     ]
-    return paths, [s for s, _ in runs], [b and int(b) for _, b in runs]
-
-
-def run_folder(wildcards):
-    """The folder name of a job's pretraining encoder (ENC_RUN with its wildcards filled)."""
-    return ENC_RUN.format(
-        sigma=wildcards.sigma,
-        pretrain_seed=wildcards.get("pretrain_seed"),
-        budget=wildcards.get("budget"),
-    )
 
 
 def fmt_fraction(fraction):
@@ -146,11 +140,13 @@ SSL_CELL = f"{CELL}/ssl/{ENC_RUN}"
 BASELINE_CELL = f"{R}/baselines/{{dataset}}/{{fraction}}/{{seed}}"
 
 
-def finetune_metrics():
+def finetune_metrics(backbone="{backbone}"):
+    """Every fine-tuning run's metrics.json (of ``backbone``, or with the wildcard)."""
     grid = dict(
         dataset=FT["datasets"],
         fraction=[fmt_fraction(f) for f in FT["fractions"]],
         seed=FT["seeds"],
+        backbone=backbone,
     )
     scratch = [m for m in FT["modes"] if m != "ssl"]
     files = expand(
@@ -218,14 +214,30 @@ def analysis_targets():
 
 
 def every_backbone(paths):
-    """``paths`` for every backbone (unchanged where they name none), in order, once each."""
+    """``paths`` for every backbone, in order, once each."""
     return list(dict.fromkeys(f for p in paths for f in expand(p, backbone=BACKBONES)))
 
 
 def comparison_targets():
-    return (
-        [f"{R}/analysis/backbones.csv", f"{R}/analysis/backbones.md"] if MULTI else []
-    )
+    """With several backbones, their comparison (one backbone has nothing to compare)."""
+    if len(BACKBONES) < 2:
+        return []
+    return [f"{R}/analysis/backbones.csv", f"{R}/analysis/backbones.md"]
+
+
+def backbone_runs():
+    """Per backbone, the files of its analysis and of its pretraining runs: what the
+    comparison reads, by name (its inputs are the same files, flattened)."""
+    return {
+        backbone: {
+            "jobs": f"{R}/{backbone}/analysis/jobs.csv",
+            "cells": f"{R}/{backbone}/analysis/cells.csv",
+            "summary": f"{R}/{backbone}/analysis/summary.json",
+            "selected": pretrain_runs(f"{PT}/selected.json", backbone=backbone),
+            "reference": pretrain_runs(f"{PT}/reference.json", backbone=backbone),
+        }
+        for backbone in BACKBONES
+    }
 
 
 def all_targets():

@@ -24,9 +24,7 @@ rule finetune:
             f"{net(wc)}/checkpoints/finetune/{wc.dataset}/{wc.fraction}/{seed}/{wc.mode}"
             for seed in FT["seeds"]
         ],
-        settings=lambda wc: finetune_settings(
-            config, wc.dataset, wc.mode, wc.get("backbone")
-        ),
+        settings=lambda wc: finetune_settings(config, wc.dataset, wc.mode, wc.backbone),
         accelerator=config["accelerator"],
     threads: config["threads"]
     resources:
@@ -42,9 +40,8 @@ rule finetune:
         "../scripts/finetune.py"
 
 
-# ssl: the encoder of one pretraining run (noise scale sigma; pretraining seed when there
-# are several; its best of the first {budget} epochs with pretrain.export_epochs), with a
-# fresh readout
+# ssl: the encoder of one pretraining run (pretraining seed, noise scale sigma; its best
+# of the first {budget} epochs with pretrain.export_epochs), with a fresh readout
 use rule finetune as finetune_ssl with:
     input:
         graphs=f"{R}/graphs/{{dataset}}/graphs.pt",
@@ -60,12 +57,12 @@ use rule finetune as finetune_ssl with:
     params:
         seeds=FT["seeds"],
         ckpt_dirs=lambda wc: [
-            f"{net(wc)}/checkpoints/finetune/{wc.dataset}/{wc.fraction}/{seed}/ssl/{run_folder(wc)}"
+            f"{NET}/checkpoints/finetune/{{dataset}}/{{fraction}}/{seed}/ssl/{ENC_RUN}".format(
+                **dict(wc.items())
+            )
             for seed in FT["seeds"]
         ],
-        settings=lambda wc: finetune_settings(
-            config, wc.dataset, "ssl", wc.get("backbone")
-        ),
+        settings=lambda wc: finetune_settings(config, wc.dataset, "ssl", wc.backbone),
         accelerator=config["accelerator"],
     log:
         f"{NET}/logs/finetune/{{dataset}}/{{fraction}}/ssl/{ENC_RUN}.log",

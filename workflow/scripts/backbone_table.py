@@ -5,14 +5,8 @@ from _bootstrap import finish, start
 start(snakemake)
 from cdssl.comparison import write_backbone_table
 
-inp = snakemake.input
 table = write_backbone_table(
-    snakemake.params.backbones,
-    inp.jobs,
-    inp.cells,
-    inp.summary,
-    list(inp.selected),
-    list(inp.reference),
+    snakemake.params.runs,
     table_csv=snakemake.output.table,
     markdown=snakemake.output.markdown,
     workflow_dir=snakemake.scriptdir,

@@ -5,20 +5,17 @@ from _bootstrap import start
 start(snakemake)
 from cdssl.probes import run_probes
 
-featurizers = snakemake.params.featurizers
-files = list(snakemake.input.features)
-# one {featurizer: file} per dataset, in the rule's order: the pool, then the fine-tuning sets
-step = len(featurizers)
-per_dataset = [dict(zip(featurizers, files[i : i + step], strict=True)) for i in range(0, len(files), step or 1)]
+encoders = snakemake.params.encoders
 run_probes(
-    list(snakemake.input.encoders),
+    [e["path"] for e in encoders],
     snakemake.input.graphs,
     snakemake.input.split,
     list(snakemake.input.finetune_graphs),
-    feature_files=per_dataset if featurizers else [],
+    # one {featurizer: file} per dataset: the pool, then the fine-tuning sets
+    feature_files=[f for f in snakemake.params.features.values() if f],
     **snakemake.params.settings,
-    sigmas=[float(s) for s in snakemake.params.sigmas],
-    budgets=snakemake.params.budgets,
+    sigmas=[e["sigma"] for e in encoders],
+    budgets=[e["budget"] for e in encoders],
     probe_csv=snakemake.output.probe,
     embeddings_npz=snakemake.output.embeddings,
 )
