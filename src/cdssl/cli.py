@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 from pathlib import Path
 
-from .config import PAPER_CONFIG, finetune_settings, graph_settings, load_config, validate_config
-from .data import build_table
+from .config import PAPER_CONFIG, ConfigError, finetune_settings, graph_settings, load_config, validate_config
+from .data import DataError, build_table
 from .finetune import run_finetune
 from .graphs import run_graphs
+from .model_files import ModelFileError, read_model_folder
 from .utils import set_threads, setup_logging
 
 
@@ -42,14 +44,22 @@ def finetune_parser() -> argparse.ArgumentParser:
 
 
 def finetune_main(argv: list[str] | None = None) -> None:
-    """The console script: returns None, since a console script's return value becomes its
-    exit status (a dict would exit with status 1 after a good run)."""
-    finetune(argv)
+    """The console script: one line on stderr and status 1 for bad input (a config, a data
+    file or a model folder that cannot be used); returns None otherwise, since a console
+    script's return value becomes its exit status (a dict would exit with status 1 after a
+    good run)."""
+    try:
+        finetune(argv)
+    except (ConfigError, DataError, ModelFileError) as exc:
+        sys.exit(f"cdssl-finetune: error: {exc}")
 
 
 def finetune(argv: list[str] | None = None) -> dict:
     """Parse ``argv``, fine-tune, return the metrics (what finetune_main runs)."""
     args = finetune_parser().parse_args(argv)
+    if args.encoder:
+        # refused before any work when a file of it could choose what code runs
+        read_model_folder(args.encoder)
 
     out = Path(args.out)
     log = setup_logging(out / "finetune.log")

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from .baselines import composition_mae, mean_predictor_mae
 from .config import FinetuneSettings
 from .graphs import GraphBatch, GraphCache
+from .model_files import load_network
 from .models import build_network, is_encoder, output_layer, predict, reset_readout
 from .splits import finetune_split
 from .training import (
@@ -151,11 +152,10 @@ def recipe_of(job: FinetuneSettings, mode: str) -> dict[str, Any]:
 def initial_model(mode: str, sizes: dict | None, cutoff: float, encoder_dir: str | Path | None):
     """``ssl``: the exported pretrained encoder with a fresh readout; ``sl``/``sl_large``: from scratch."""
     if mode == "ssl":
-        import matgl
-
         if encoder_dir is None:
             raise ValueError("mode 'ssl' needs the selected pretrained encoder")
-        model = matgl.load_model(Path(encoder_dir))
+        # no file of the folder chooses what code runs (cdssl.model_files)
+        model = load_network(encoder_dir)
         if abs(model.cutoff - cutoff) > 1e-9:
             raise ValueError(f"encoder {encoder_dir} uses cutoff {model.cutoff}, the config {cutoff}")
         reset_readout(model)

@@ -25,6 +25,7 @@ import torch
 
 from .data import DataError, build_table
 from .graphs import GraphCache, build_cache, save_cache
+from .model_files import load_network
 from .models import predict as forward
 from .utils import LOG, atomic_path, set_threads, setup_logging
 
@@ -110,9 +111,8 @@ def predict(
         if len(values) > 1:
             raise ValueError(f"the models under {', '.join(map(str, runs))} differ in {key}: {sorted(values)}")
     info = infos[0]
-    import matgl
-
-    loaded = [matgl.load_model(m).eval() for m in models]
+    # no file of a model folder chooses what code runs (cdssl.model_files)
+    loaded = [load_network(m).eval() for m in models]
     cutoffs = {float(m.cutoff) for m in loaded}
     if len(cutoffs) > 1:
         raise ValueError(f"the models use different cutoffs: {sorted(cutoffs)}")

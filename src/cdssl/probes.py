@@ -22,6 +22,7 @@ import pandas as pd
 from .baselines import element_fractions
 from .features import read_features
 from .graphs import GraphCache
+from .model_files import read_model_folder
 from .utils import LOG, atomic_path
 
 PAPER_R2 = {"log_density": 0.703, "log_volume": 0.756}
@@ -176,10 +177,12 @@ def run_probes(
     per probe row. ``embeddings_npz`` holds the embeddings of the first sigma's encoder
     with the largest budget and of the random-init encoder (Figure 5)."""
     import lightning as L
-    import matgl
 
     from .models import build_network
 
+    # every encoder folder checked before any work: no file of one chooses what code runs
+    dirs = [encoder_dirs] if isinstance(encoder_dirs, (str, Path)) else list(encoder_dirs)
+    folders = [read_model_folder(d) for d in dirs]
     sources = probe_structures(pretrain_graphs, split_csv, other_graphs, cutoff, max_structures)
     parts = [(c, idx) for c, idx, _ in sources]
     n_types = max(int(c.data["node_type"].max()) for c, _ in parts) + 1
@@ -196,11 +199,10 @@ def run_probes(
         "log_volume_per_atom": np.log(volume / atoms),
     }
     L.seed_everything(0, verbose=False)
-    dirs = [encoder_dirs] if isinstance(encoder_dirs, (str, Path)) else list(encoder_dirs)
     sigmas = list(sigmas) if sigmas is not None else [None] * len(dirs)
     budgets = list(budgets) if budgets is not None else [None] * len(dirs)
     names = encoder_names(sigmas, budgets)
-    encoders = {name: matgl.load_model(Path(d)) for name, d in zip(names, dirs, strict=True)}
+    encoders = {name: folder.build() for name, folder in zip(names, folders, strict=True)}
     encoders["random_init"] = build_network(sizes, cutoff)
     fractions = stack(lambda c, idx: element_fractions(c, idx, n_types))
     features = {name: stack(lambda c, idx, m=model: embeddings(m, c, idx)) for name, model in encoders.items()}

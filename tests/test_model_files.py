@@ -1,0 +1,140 @@
+"""No model folder read by the pipeline or its commands can choose what code runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cdssl.model_files import ModelFileError, load_network, read_model_folder
+from cdssl.models import build_network
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+class Payload:
+    """A pickled object whose unpickling runs a shell command: what torch.load without
+    weights_only would execute."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def good_folder(tmp_path, config) -> Path:
+    """A real fine-tuned-model folder: a small MEGNet saved by MatGL, with cdssl's metadata."""
+    model = build_network(config["models"]["small"], 5.0)
+    info = {"dataset": "d", "target": "n", "transform": "log10", "units": "log10(n)", "max_sites": 8}
+    model.save(tmp_path / "run" / "0" / "sl" / "model", metadata={"cdssl": info})
+    return tmp_path / "run" / "0" / "sl" / "model"
+
+
+def crafted(folder: Path, marker: Path, how: str) -> Path:
+    """``folder`` made to run ``touch marker`` when read by MatGL's loader: a plain dict in
+    model.pt naming os.system, a pickle payload in model.pt, or model.json naming a module."""
+    if how == "dict":
+        args = torch.load(folder / "model.pt", weights_only=True)
+        args["bond_expansion"] = {"@module": "os", "@class": "system", "init_args": {"command": f"touch {marker}"}}
+        torch.save(args, folder / "model.pt")
+    elif how == "pickle":
+        torch.save({"element_types": Payload(marker)}, folder / "model.pt")
+    else:
+        meta = json.loads((folder / "model.json").read_text())
+        meta.update({"@module": "os", "@class": "system"})
+        (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_a_good_folder_loads_as_matgl_loads_it(good_folder):
+    import matgl
+
+    ours, theirs = load_network(good_folder), matgl.load_model(good_folder)
+    assert type(ours) is type(theirs)
+    assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in ours.state_dict().items())
+
+
+def test_the_crafted_dict_runs_code_through_matgl_s_own_loader(good_folder, tmp_path):
+    """The threat is real: MatGL's load_model calls what model.pt names (this is why
+    every loader of the pipeline reads folders through cdssl.model_files)."""
+    import matgl
+
+    marker = tmp_path / "ran"
+    try:
+        matgl.load_model(crafted(good_folder, marker, "dict"))
+    except Exception:  # noqa: BLE001  (whether the load goes on after the command ran does not matter here)
+        pass
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("how", ["dict", "pickle", "json"])
+def test_every_crafted_folder_is_refused_naming_its_file(good_folder, tmp_path, how):
+    marker = tmp_path / "ran"
+    folder = crafted(good_folder, marker, how)
+    with pytest.raises(ModelFileError) as err:
+        read_model_folder(folder)
+    name = "model.json" if how == "json" else "model.pt"
+    assert str(err.value).startswith(f"{folder / name}: ") and "\n" not in str(err.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("how", ["dict", "pickle"])
+def test_the_commands_refuse_a_crafted_folder_in_one_line_with_status_1(good_folder, tmp_path, how, root):
+    """cdssl-predict on a run folder holding it and cdssl-finetune with it as --encoder:
+    exit 1, one line on stderr naming the file, the command never run."""
+    marker = tmp_path / "ran"
+    folder = crafted(good_folder, marker, how)
+    structures = tmp_path / "s.csv"
+    structures.write_text("id,cif\n")
+    predict = [
+        BIN / "cdssl-predict",
+        "--run",
+        tmp_path / "run",
+        "--structures",
+        structures,
+        "--out",
+        tmp_path / "p.csv",
+    ]
+    finetune = [BIN / "cdssl-finetune", "--encoder", folder, "--data", root / "tests/data/none.csv", "--target", "n"]
+    finetune += ["--out", tmp_path / "ft", "--config", root / "config/test.yaml"]
+    for command in (predict, finetune):
+        proc = subprocess.run([str(c) for c in command], capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 1, (command[0].name, proc.stderr[-2000:])
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(folder / "model.pt") in lines[0], (command[0].name, proc.stderr[-2000:])
+        assert not marker.exists()
+
+
+def test_the_probe_refuses_a_crafted_encoder_before_any_work(good_folder, tmp_path, config):
+    from cdssl.config import probe_settings
+    from cdssl.probes import run_probes
+
+    marker = tmp_path / "ran"
+    folder = crafted(good_folder, marker, "dict")
+    with pytest.raises(ModelFileError, match="model.pt: argument"):
+        run_probes(
+            [folder], tmp_path / "absent.pt", tmp_path / "absent.csv", [], **probe_settings(config),
+            probe_csv=tmp_path / "probe.csv", embeddings_npz=tmp_path / "e.npz",
+        )  # fmt: skip
+    assert not marker.exists() and not (tmp_path / "probe.csv").exists()
+
+
+def test_a_folder_with_a_missing_file_or_foreign_weights_is_refused(good_folder, tmp_path, config):
+    partial = tmp_path / "partial"
+    shutil.copytree(good_folder, partial)
+    (partial / "state.pt").unlink()
+    with pytest.raises(ModelFileError, match="state.pt: missing"):
+        load_network(partial)
+    other = build_network(config["models"]["large"], 5.0)
+    torch.save(other.state_dict(), good_folder / "state.pt")
+    with pytest.raises(ModelFileError, match="do not fit MEGNet"):
+        load_network(good_folder)
