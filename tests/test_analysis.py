@@ -118,9 +118,15 @@ def test_a_cell_whose_model_predicts_a_constant_is_flagged_and_not_counted():
     assert "| 0.2 |" in results_markdown(cells, summarise(runs, cells))
     assert "SL (Table 3) not below the mean predictor |" in results_markdown(cells, summarise(runs, cells))
     comp = _comparison(summarise(runs, cells), SSL, SL)
-    assert comp["paper_count"] == {"ssl_wins": 2, "cells": 4}
+    assert comp["paper_count"] == {"ssl_wins": 2, "cells": 4, "includes_models_that_did_not_learn": True}
     assert comp["ssl_wins"] == 1 and comp["cells_counted"] == 2 and comp["cells_excluded"] == 2
-    assert sorted(comp["excluded"]) == ["A 0.2", "B 0.1"]
+    # each excluded cell says which model did not learn, and how
+    assert [(c["dataset"], c["fraction"], c["why"]) for c in comp["excluded"]] == [
+        ("A", 0.2, {"sl": "not below the mean predictor"}),
+        ("B", 0.1, {"ssl": "not below the mean predictor", "sl": "not below the mean predictor"}),
+    ]
+    # the paired test over the counted cells' seeds only
+    assert comp["pairs"]["n_pairs"] == 2 * 3
 
 
 def test_the_bootstrap_interval_covers_a_known_difference():
@@ -310,6 +316,12 @@ def test_a_near_constant_predictor_is_flagged_and_not_counted():
     assert _comparison(summary, SSL, SL)["ssl_wins"] == 0
     assert _comparison(summary, SSL, SL)["cells_counted"] == 0
     assert _verdict(summary)["overall"]["cells_counted"] == 0
+    # no test over models that did not learn: no pairs, no p-value; the reason in words
+    pairs = _comparison(summary, SSL, SL)["pairs"]
+    assert pairs["n_pairs"] == 0 and np.isnan(pairs["p_value"])
+    line = next(x for x in summary_lines(summary) if x.startswith("SSL (pretrained) vs SL (Table 3)"))
+    assert "4 excluded, a model did not learn: SSL (pretrained) predictions nearly constant in 4" in line
+    assert "not below the mean predictor" not in line and "models that did not learn included: 2 of 4" in line
     # predictions that vary count again
     varied = _runs(_jobs().assign(target_std=0.72, prediction_std=0.5))
     assert per_cell(cell_table(varied), [SSL], "learned")[SSL].all()

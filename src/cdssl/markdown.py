@@ -53,6 +53,19 @@ def _interval(c: Mapping) -> str:
     return f"{c['mean']:+.4g} (95% CI {c['ci_low']:+.4g} to {c['ci_high']:+.4g})"
 
 
+def excluded_text(excluded: list[dict]) -> str:
+    """``2 excluded: SL (Table 3) not below the mean predictor in 1, SSL (pretrained)
+    predictions nearly constant in 1``: how many cells left a count, and why."""
+    if not excluded:
+        return "0 excluded"
+    reasons: dict[str, int] = {}
+    for cell in excluded:
+        for family, flag in cell["why"].items():
+            why = f"{label(Model(family))} {flag.split(' (')[0]}"
+            reasons[why] = reasons.get(why, 0) + 1
+    return f"{len(excluded)} excluded, a model did not learn: " + ", ".join(f"{w} in {n}" for w, n in reasons.items())
+
+
 def summary_lines(summary: dict) -> list[str]:
     """The summary in words: what a log or a README quotes."""
     models = [Model(**m) for m in summary["models"]]
@@ -69,10 +82,12 @@ def summary_lines(summary: dict) -> list[str]:
             f"{name}: mean difference {_interval(c)} over {c['n']} cells, Wilcoxon on cell means p = {c['p_value']:.3g}"
         )
         if "ssl_wins" in comp:
+            p = comp["pairs"]
             line += (
                 f"; SSL lower in {comp['ssl_wins']} of {comp['cells_counted']} counted cells "
-                f"({comp['cells_excluded']} excluded: a model not below the mean predictor); paper-style "
-                f"count {comp['paper_count']['ssl_wins']} of {comp['paper_count']['cells']}"
+                f"({excluded_text(comp['excluded'])}); Wilcoxon over their {p['n_pairs']} seed pairs p = "
+                f"{p['p_value']:.3g}; paper-style count, models that did not learn included: "
+                f"{comp['paper_count']['ssl_wins']} of {comp['paper_count']['cells']}"
             )
         lines.append(line)
     for v in summary["verdict"]:

@@ -190,14 +190,29 @@ def comparison(cells: pd.DataFrame, runs: pd.DataFrame, ssl: Model, other: Model
     }
     if other.family in SCRATCH:
         wins = means[ssl] < means[other]
+        flags = per_cell(cells, [ssl, other], "flag").fillna("")
         out.update(
             ssl_wins=int((wins & both).sum()),
             cells_counted=int(both.sum()),
             cells_excluded=int((~both).sum()),
-            excluded=[f"{d} {f:g}" for d, f in means.index[~both]],
-            paper_count={"ssl_wins": int(wins.sum()), "cells": int(len(means))},
+            # each excluded cell with why: which model did not learn, and how
+            excluded=[
+                {
+                    "dataset": d,
+                    "fraction": f,
+                    "why": {m.family: flags.loc[(d, f), m] for m in (ssl, other) if flags.loc[(d, f), m]},
+                }
+                for d, f in means.index[~both]
+            ],
+            # the paper's count: every cell, models that did not learn included
+            paper_count={
+                "ssl_wins": int(wins.sum()),
+                "cells": int(len(means)),
+                "includes_models_that_did_not_learn": True,
+            },
             wins_per_dataset={d: int((wins & both).xs(d).sum()) for d in means.index.unique("dataset")},
-            pairs=paired_test(runs, ssl, other),
+            # over the counted cells only: a pair of models that did not learn is no evidence
+            pairs=paired_test(runs, ssl, other, index),
         )
     return out
 
