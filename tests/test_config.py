@@ -248,3 +248,23 @@ def test_the_backbones_models_builds_are_the_ones_the_schema_allows(root):
     for name in BACKBONES:
         sizes = load_config(root / "config/test.yaml")["models"]
         build_network({"backbone": name, **sizes[name]["small"]} if name != "megnet" else sizes["small"], 5.0)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("models", "backbone", ["megnet", "foo"], "'models.backbone.1': 'foo' is not one of megnet, m3gnet, tensornet"),
+        ("models", "backbone", "foo", "'models.backbone': 'foo' is not one of megnet, m3gnet, tensornet"),
+        ("pretrain", "sigma", 0, "'pretrain.sigma': 0 must be > 0"),
+        ("pretrain", "sigma", [0.5, -1], "'pretrain.sigma.1': -1 must be > 0"),
+        ("pretrain", "seed", [0, 0], "'pretrain.seed': [0, 0] has non-unique elements"),
+    ],
+)
+def test_a_key_of_several_forms_reports_the_error_of_the_form_given(root, section, key, value, message):
+    """A value or a list of them (oneOf): the error names the deepest key and says what
+    is wrong with it, not "is not valid under any of the given schemas"."""
+    config = load_config(root / "config" / "test.yaml")
+    config[section][key] = value
+    with pytest.raises(ConfigError) as err:
+        validate_config(config, "mine.yaml")
+    assert str(err.value) == f"invalid configuration in mine.yaml: {message}"

@@ -68,12 +68,35 @@ def validate_config(config: dict, source: str = "<config>", schema_path: Path | 
             msg = f"unknown key(s) {extra} under '{where}'" if extra else err.message
         elif err.validator == "oneOf" and isinstance(err.instance, Mapping):
             msg = f"'{where}' must give exactly one of 'matminer', 'file' or 'union'"
+        elif err.validator in ("oneOf", "anyOf") and err.context:
+            # a key of several forms (a value or a list of them): the error of the form the
+            # value has, at its deepest key ("'pretrain.sigma.1': -1 must be > 0")
+            sub = _specific(err)
+            msg = f"'{_path(sub.absolute_path)}': {_message(sub)}"
         else:
-            msg = f"'{where}': {err.message}"
+            msg = f"'{where}': {_message(err)}"
         raise ConfigError(f"invalid configuration in {source}: {msg}")
     validate(config, str(schema_path), set_default=True)
     _check_references(config, source)
     return config
+
+
+def _specific(err: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """Of a oneOf's branches, the error of the branch whose type the value has (a list
+    for the list form, a scalar for the other), deepest first."""
+    typed = [e for e in err.context if e.validator != "type"] or list(err.context)
+    return max(typed, key=lambda e: len(e.absolute_path))
+
+
+def _message(err: jsonschema.ValidationError) -> str:
+    """jsonschema's message, in the words of a bound where it has one."""
+    if err.validator == "exclusiveMinimum":
+        return f"{err.instance!r} must be > {err.validator_value}"
+    if err.validator == "minimum":
+        return f"{err.instance!r} must be >= {err.validator_value}"
+    if err.validator == "enum":
+        return f"{err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
+    return err.message
 
 
 def _check_references(config: dict, source: str) -> None:
