@@ -307,3 +307,22 @@ def test_outputs_respect_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_cif_without_coordinates_names_its_sites_and_the_whole_reason_is_kept(small_table):
+    """A CIF whose atom loop leaves coordinates unknown (as some ICSD-derived files do)
+    says which sites, and skipped.csv keeps the reason whole, however long."""
+    sites = "\n".join(f"Cl{i} Cl 0.{i} 0.1 ?" for i in range(1, 40))
+    cif = (
+        "data_AlCl3\n_cell_length_a 5.9\n_cell_length_b 10.2\n_cell_length_c 6.1\n_cell_angle_alpha 90\n"
+        "_cell_angle_beta 108\n_cell_angle_gamma 90\n_symmetry_space_group_name_H-M 'P 1'\nloop_\n"
+        "_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n"
+        f"Al1 Al 0.0 0.166 0.0\n{sites}\n"
+    )
+    table = pd.concat(
+        [small_table.head(2), pd.DataFrame([{"id": "alcl3", "structure": cif, "target": 0.1}])], ignore_index=True
+    )
+    _, skipped = build_cache(table, 5.0)
+    (reason,) = skipped["reason"]
+    assert reason.startswith("unparsable structure: ValueError: site(s) without fractional coordinates: Cl1 (z: ?)")
+    assert "Cl39 (z: ?)" in reason and len(reason) > 400

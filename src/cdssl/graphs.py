@@ -74,7 +74,8 @@ def structure_to_arrays(
     try:
         structure = parse_structure(payload)
     except Exception as exc:  # pymatgen raises many types for bad CIF
-        return None, f"unparsable structure: {exc.__class__.__name__}: {str(exc)[:400]}"
+        # the whole reason: skipped.csv is where a user learns what to fix
+        return None, f"unparsable structure: {exc.__class__.__name__}: {exc}"
     if len(structure) == 0:
         return None, "unparsable structure: no sites"
     if not structure.is_ordered:

@@ -65,10 +65,46 @@ def parse_structure(payload: Any):
                 lines = [line for w in caught for line in str(w.message).splitlines()]
                 lines = [line for line in lines if not line.startswith("Issues encountered while parsing CIF")]
                 causes = list(dict.fromkeys(reversed(lines)))  # pymatgen warns the most specific last
+                causes = missing_coordinates(payload) + causes
                 if not causes:
                     raise
                 raise ValueError(f"{'; '.join(causes)} ({exc})") from exc
     raise ValueError(f"structure of type {type(payload).__name__} is neither a pymatgen dict nor CIF or POSCAR text")
+
+
+COORDINATES = ("_atom_site_fract_x", "_atom_site_fract_y", "_atom_site_fract_z")
+
+
+def missing_coordinates(cif: str) -> list[str]:
+    """Sites of a CIF whose fractional coordinates are absent or unknown (``?``, ``.``),
+    by label, as one reason ("sites Cl1, Cl2 have no fractional coordinates (x, y, z: ?)"),
+    or [] when every site has its three (or the CIF cannot be read as blocks)."""
+    from pymatgen.io.cif import CifFile
+
+    try:
+        blocks = CifFile.from_str(cif).data.values()
+    except Exception:  # pymatgen raises many types for bad text; the parser's own reason stands
+        return []
+    reasons = []
+    for block in blocks:
+        data = block.data
+        labels = data.get("_atom_site_label") or data.get("_atom_site_type_symbol") or []
+        columns = [data.get(key) for key in COORDINATES]
+        if not labels or not isinstance(labels, list):
+            continue
+        missing = []
+        for i, label in enumerate(labels):
+            values = [c[i] if isinstance(c, list) and i < len(c) else None for c in columns]
+            bad = [
+                f"{axis}: {v if v is not None else 'absent'}"
+                for axis, v in zip("xyz", values, strict=True)
+                if v is None or v.strip() in ("?", ".")
+            ]
+            if bad:
+                missing.append(f"{label} ({', '.join(bad)})")
+        if missing:
+            reasons.append(f"site(s) without fractional coordinates: {', '.join(missing)}")
+    return reasons
 
 
 def n_sites(structure: Any) -> int | None:
