@@ -119,3 +119,50 @@ def test_several_run_folders_name_each_model_by_its_own_path(runs, small_table, 
     Structure.from_dict(small_table["structure"][0]).to(filename=str(path))
     predictions, _ = predict([runs / "0" / "sl", runs / "1" / "sl"], [path])
     assert list(predictions.columns[-2:]) == ["0/sl", "1/sl"]
+
+
+def test_any_mix_of_structure_files_and_folders_is_read_file_by_file(runs, small_table, tmp_path):
+    """CIF, POSCAR, CONTCAR and .vasp files and folders of them, each read on its own: an
+    undecodable file is skipped with its name and reason, the rest predicted as the same
+    crystals given as CIF."""
+    from pymatgen.core import Structure
+
+    from cdssl.data import DataError
+    from cdssl.inference import predict
+
+    crystals = [Structure.from_dict(s) for s in small_table["structure"][:4]]
+    folder = tmp_path / "folder"
+    (folder / "a").mkdir(parents=True)
+    (folder / "b").mkdir()
+    crystals[0].to(filename=str(folder / "a" / "POSCAR"), fmt="poscar")
+    crystals[1].to(filename=str(folder / "b" / "POSCAR"), fmt="poscar")
+    crystals[2].to(filename=str(folder / "x.vasp"), fmt="poscar")
+    (folder / "binary.cif").write_bytes(b"\xff\xfe\x00garbage")
+    contcar = tmp_path / "CONTCAR"
+    crystals[3].to(filename=str(contcar), fmt="poscar")
+    predictions, skipped = predict([runs / "0" / "sl"], [folder, contcar])
+    assert sorted(predictions["id"]) == ["CONTCAR", "a/POSCAR", "b/POSCAR", "x"]
+    (reason,) = skipped["reason"]
+    assert skipped["id"].tolist() == ["binary"] and str(folder / "binary.cif") in reason and "UTF-8" in reason
+    cifs = []
+    for i, crystal in enumerate(crystals):
+        cifs.append(tmp_path / f"c{i}.cif")
+        crystal.to(filename=str(cifs[-1]))
+    as_cif, _ = predict([runs / "0" / "sl"], cifs)
+    order = {"a/POSCAR": "c0", "b/POSCAR": "c1", "x": "c2", "CONTCAR": "c3"}
+    ours = predictions.set_index("id")["prediction"].rename(order).sort_index()
+    np.testing.assert_allclose(ours, as_cif.set_index("id")["prediction"].sort_index(), rtol=1e-6)
+    # an input that yields nothing names the user's file, not a temporary one
+    with pytest.raises(DataError, match=f"{folder / 'binary.cif'}: not readable as UTF-8"):
+        predict([runs / "0" / "sl"], [folder / "binary.cif"])
+    empty = tmp_path / "empty.cif"
+    empty.write_text("data_x\n_cell_length_a 3\n")
+    with pytest.raises(DataError, match=r"no crystal of .*empty.cif could be read: empty: unparsable"):
+        predict([runs / "0" / "sl"], [empty])
+
+
+def test_predictions_carry_the_datasets_units_with_the_transform_undone():
+    from cdssl.inference import output_units
+
+    assert output_units("log10(eV)", "log10") == "eV" and output_units("eV", "none") == "eV"
+    assert output_units("GPa", "log10") == "10^(GPa)" and output_units("", "none") == ""

@@ -292,7 +292,8 @@ def build_table(
     drop(no_structure, "no structure")
     if entry.get("max_sites"):
         cap = entry["max_sites"]
-        sites = rows.table["structure"].map(n_sites)
+        # None for a structure that does not parse: the graph stage says why
+        sites = pd.to_numeric(rows.table["structure"].map(n_sites), errors="coerce")
         big = sites.notna() & (sites > cap)
         LOG.info(
             "dataset %s: left out %d structure(s) with more than %d sites (config max_sites)", name, int(big.sum()), cap

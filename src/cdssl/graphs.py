@@ -117,6 +117,15 @@ def _convert(item: tuple[str, Any, float], cutoff: float, elements: tuple[str, .
     return sid, target, arrays, reason
 
 
+class NoGraphsError(ValueError):
+    """Not one structure of a table became a graph: ``skipped`` says why for each."""
+
+    def __init__(self, skipped: pd.DataFrame):
+        self.skipped = skipped
+        first = f"; the first, {skipped['id'].iloc[0]}: {skipped['reason'].iloc[0]}" if len(skipped) else ""
+        super().__init__(f"no structure could be converted to a graph (see skipped.csv){first}")
+
+
 def build_cache(
     table: pd.DataFrame, cutoff: float, processes: int = 1, unknown_elements: str = "skip"
 ) -> tuple[dict, pd.DataFrame]:
@@ -133,7 +142,7 @@ def build_cache(
     kept = [(sid, t, a) for sid, t, a, r in results if a is not None]
     skipped = pd.DataFrame([(sid, r) for sid, _, a, r in results if a is None], columns=["id", "reason"])
     if not kept:
-        raise ValueError("no structure could be converted to a graph; see skipped.csv")
+        raise NoGraphsError(skipped)
     n_nodes = np.array([len(a["node_type"]) for _, _, a in kept])
     n_edges = np.array([a["edge_index"].shape[1] for _, _, a in kept])
 

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from .data import DataError, build_table
-from .graphs import GraphCache, build_cache, save_cache
+from .graphs import GraphCache, NoGraphsError, build_cache, save_cache
 from .model_files import load_network
 from .models import predict as forward
 from .utils import LOG, atomic_path, set_threads, setup_logging
@@ -66,27 +66,90 @@ def inverse_transform(values: np.ndarray, transform: str) -> np.ndarray:
     raise ValueError(f"unknown target transform {transform!r}")
 
 
+# files that hold one crystal each (read on their own), beside table files (CSV, JSON, extxyz)
+STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar")
+STRUCTURE_NAMES = ("POSCAR", "CONTCAR")
+
+
+def is_structure_file(path: Path) -> bool:
+    """CIF, VASP (.vasp, POSCAR, CONTCAR and their numbered copies) files: one crystal each."""
+    return path.suffix.lower() in STRUCTURE_SUFFIXES or path.name.upper().startswith(STRUCTURE_NAMES)
+
+
+def input_files(paths: list[str | Path]) -> list[tuple[Path, str]]:
+    """The files given, each with its crystal's id: a file by its name (without a
+    structure suffix), a folder's structure files by their path below it (``a/POSCAR``,
+    ``x`` for ``x.vasp``); where two ids clash, the path as given."""
+    found: list[tuple[Path, str]] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise DataError(f"{path}: no such file or folder")
+        if path.is_dir():
+            files = sorted(f for f in path.rglob("*") if f.is_file() and is_structure_file(f))
+            if not files:
+                raise DataError(f"{path}: a folder without structure files (.cif, .vasp, POSCAR, CONTCAR)")
+            found += [(f, _crystal_name(f.relative_to(path))) for f in files]
+        else:
+            found.append((path, _crystal_name(Path(path.name))))
+    names = [name for _, name in found]
+    if len(set(names)) < len(names):
+        found = [(f, str(f)) for f, _ in found]
+    return found
+
+
+def _crystal_name(relative: Path) -> str:
+    return str(relative.with_suffix("")) if relative.suffix.lower() in STRUCTURE_SUFFIXES else str(relative)
+
+
+def read_structure_files(files: list[tuple[Path, str]]) -> tuple[pd.DataFrame, list[dict]]:
+    """Each structure file on its own: its text, or a skip with the reason (a file that is
+    not UTF-8 text stops no other)."""
+    rows, skipped = [], []
+    for path, crystal in files:
+        try:
+            rows.append({"id": crystal, "structure": path.read_text(encoding="utf-8")})
+        except (UnicodeDecodeError, OSError) as exc:
+            skipped.append({"id": crystal, "reason": f"{path}: not readable as UTF-8 text ({type(exc).__name__})"})
+    return pd.DataFrame(rows, columns=["id", "structure"]), skipped
+
+
 def read_structures(
     paths: list[str | Path], structure_column: str, id_column: str | None, max_sites: int | None, workdir: Path
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The data stage on new crystals: one CSV/JSON/extxyz file, or CIF files (one crystal
-    each, named by the file's stem). Returns the table and the skipped rows with reasons."""
-    paths = [Path(p) for p in paths]
-    if all(p.suffix.lower() == ".cif" for p in paths):
-        missing = [str(p) for p in paths if not p.exists()]
-        if missing:
-            raise DataError(f"CIF file(s) not found: {', '.join(missing)}")
-        # through a CSV, so CIF files take exactly the path of every other local file
-        table = pd.DataFrame({"id": [p.stem for p in paths], "structure": [p.read_text() for p in paths]})
-        source = workdir / "cif_files.csv"
-        table.to_csv(source, index=False)
-        entry = {"file": str(source), "structure_column": "structure", "id_column": "id"}
-    elif len(paths) == 1:
-        entry = {"file": str(paths[0]), "structure_column": structure_column, "id_column": id_column}
-    else:
-        raise DataError("give one CSV, JSON or extxyz file, or any number of CIF files")
-    entry.update(target=None, max_sites=max_sites)
-    return build_table("new", entry)
+    """The data stage on new crystals: one CSV/JSON/extxyz file, or structure files (CIF,
+    POSCAR, CONTCAR, .vasp; one crystal each, named by the file) and folders of them.
+    Returns the table and the skipped rows with reasons."""
+    files = input_files(paths)
+    if not all(is_structure_file(f) for f, _ in files):
+        if len(files) > 1:
+            raise DataError(
+                "give one CSV, JSON or extxyz file, or structure files (CIF, POSCAR, CONTCAR, .vasp) "
+                "and folders of them"
+            )
+        entry = {"file": str(files[0][0]), "structure_column": structure_column, "id_column": id_column}
+        return build_table("new", entry | {"target": None, "max_sites": max_sites})
+    table, unread = read_structure_files(files)
+    if table.empty:
+        raise DataError(f"no structure file could be read: {unread[0]['reason']}" + (" ..." if len(unread) > 1 else ""))
+    # through a CSV, so the files take exactly the path of every other local file
+    source = workdir / "structure_files.csv"
+    table.to_csv(source, index=False)
+    entry = {"file": str(source), "structure_column": "structure", "id_column": "id", "target": None}
+    try:
+        table, skipped = build_table("new", entry | {"max_sites": max_sites})
+    except DataError as exc:  # about the crystals, not about the temporary file
+        raise DataError(str(exc).replace(str(source), f"the {len(files)} structure file(s) given")) from None
+    return table, pd.concat([pd.DataFrame(unread, columns=["id", "reason"]), skipped], ignore_index=True)
+
+
+def output_units(units: str, transform: str) -> str:
+    """The units of a prediction, whose transform is undone: ``log10(eV)`` -> ``eV``; the
+    dataset's units as they are without a transform; empty when the dataset states none."""
+    if transform == "log10" and units.startswith("log10(") and units.endswith(")"):
+        return units[len("log10(") : -1]
+    if transform == "log10" and units:
+        return f"10^({units})"
+    return units
 
 
 def predict(
@@ -118,7 +181,12 @@ def predict(
         raise ValueError(f"the models use different cutoffs: {sorted(cutoffs)}")
     with tempfile.TemporaryDirectory() as tmp:
         table, skipped = read_structures(structures, structure_column, id_column, info["max_sites"], Path(tmp))
-        cache_dict, unparsed = build_cache(table.assign(target=0.0), cutoffs.pop())
+        try:
+            cache_dict, unparsed = build_cache(table.assign(target=0.0), cutoffs.pop())
+        except NoGraphsError as exc:
+            first = exc.skipped.iloc[0] if len(exc.skipped) else {"id": "-", "reason": "no rows"}
+            inputs = ", ".join(map(str, structures))
+            raise DataError(f"no crystal of {inputs} could be read: {first['id']}: {first['reason']}") from None
         save_cache(cache_dict, Path(tmp) / "graphs.pt")
         cache = GraphCache.load(Path(tmp) / "graphs.pt", float(loaded[0].cutoff))
     skipped = pd.concat([skipped, unparsed], ignore_index=True)
@@ -132,7 +200,7 @@ def predict(
                 out.append(forward(model, batch).double().numpy())
             columns[label] = inverse_transform(np.concatenate(out), info["transform"])
     values = np.column_stack(list(columns.values()))
-    units = info["target"] if info["transform"] != "none" else (info["units"] or info["target"])
+    units = output_units(info.get("units") or "", info["transform"])
     predictions = pd.DataFrame(
         {
             "id": cache.ids,
@@ -173,7 +241,12 @@ def predict_parser() -> argparse.ArgumentParser:
         prog="cdssl-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--run", nargs="+", required=True, help="folder(s) holding fine-tuned model/ folders")
-    ap.add_argument("--structures", nargs="+", required=True, help="one CSV/JSON/extxyz file, or CIF files")
+    ap.add_argument(
+        "--structures",
+        nargs="+",
+        required=True,
+        help="one CSV/JSON/extxyz file, or structure files (CIF, POSCAR, CONTCAR, .vasp) and folders of them",
+    )
     ap.add_argument("--structure-column", default="structure", help="CSV/JSON column with CIF text or pymatgen dicts")
     ap.add_argument("--id-column", help="column naming each crystal (default: its row)")
     ap.add_argument("--out", required=True, help="predictions CSV; skipped crystals go to <out stem>.skipped.csv")
