@@ -26,14 +26,14 @@ from pathlib import Path
 
 # clock readings and machine facts, not results
 IGNORED = {"wall_seconds", "s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out"}
-IGNORED |= {"mean_load", "cpu_time", "time", "timestamp", "duration"}
+IGNORED |= {"mean_load", "cpu_time", "time", "timestamp", "duration", "epoch_seconds", "mtime_ns"}
 # a run's keys: they name what a number is (the file's path pairs them already), and a
 # key that was empty in an earlier layout (one pretraining seed) is named now
 IGNORED |= {"sigma", "budget", "pretrain_seed"}
 RESHAPED = ("jobs.csv", "cells.csv", "summary.json", "budget.csv", "backbones.csv")
 # a number standing alone: not part of a name such as seed_0, sigma_0.5, "Table 3" or a
-# model's "100 epochs"
-NUMBER = re.compile(r"(?<![\w.])(?<!Table )[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w])(?! epochs)")
+# model's "sigma 0.5 A" and "100 epochs"
+NUMBER = re.compile(r"(?<![\w.])(?<!Table )(?<!sigma )[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w])(?! epochs)")
 KINDS = (".json", ".csv", ".md")
 
 
