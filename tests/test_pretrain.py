@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -358,6 +359,17 @@ def test_the_papers_fixed_epoch_pretraining_keeps_the_identity_it_had_before_the
         assert other.identity()[key] == value and other.declared()[key] == value
 
 
+def _ssl_cell(out: Path, graphs: Path, config: dict, encoder: Path) -> dict:
+    from cdssl.config import finetune_settings
+    from cdssl.finetune import run_finetune
+
+    config["finetune"].update(epochs=2, batch_size=16)
+    settings = finetune_settings(config, "dielectric", "ssl")
+    files = {"metrics_json": out / "m.json", "predictions_csv": out / "p.csv", "history_csv": out / "h.csv"}
+    cell = {"dataset": "dielectric", "fraction": 0.5, "seed": 0, "mode": "ssl"}
+    return run_finetune(graphs, **cell, **settings, encoder_dir=encoder, **files, ckpt_dir=out / "ckpt")
+
+
 def test_a_budget_exports_the_best_of_its_first_epochs_as_a_run_of_that_length_would(
     tmp_path, small_cache_path, config
 ):
@@ -408,6 +420,28 @@ def test_a_budget_exports_the_best_of_its_first_epochs_as_a_run_of_that_length_w
         tmp_path / "long/h.csv", tmp_path / "long/ckpt", tmp_path / "9.json", tmp_path / "e9", budget=9
     )
     assert beyond["epoch"] == int(long["val_loss"].idxmin()) and "ended before 9" in beyond["why"]
+    # the long run's cap lowered to just before its best epoch: nothing trains, and
+    # history, selection (from a snapshot: best.ckpt is a later epoch) and encoder are
+    # those of a clean run with that cap; so are the SSL cells fine-tuned from it
+    k = int(long["val_loss"].idxmin())
+    assert k >= 1, "the run must improve after its first epoch for the cut to leave out its best"
+    clean, lowered = tmp_path / "clean", tmp_path / "lowered"
+    first = pretrain(k, clean)
+    shutil.copytree(tmp_path / "long", lowered)
+    again = pretrain(k, lowered)
+    cols = ["epoch", "train_loss", "val_loss", "val_mae", "grad_norm", "steps"]
+    pd.testing.assert_frame_equal(again[cols], first[cols])
+    assert again["stop"].fillna("").tolist() == first["stop"].fillna("").tolist()
+    assert again["stop"].iloc[-1] == f"max epochs ({k}) reached"
+    records = [select_checkpoint(d / "h.csv", d / "ckpt", d / "sel.json", d / "enc") for d in (clean, lowered)]
+    same = ("epoch", "val_loss", "train_loss", "val_mae", "epochs_trained", "stop", "first_val_loss")
+    assert {x: records[0][x] for x in same} == {x: records[1][x] for x in same}
+    a, c = state(clean / "enc"), state(lowered / "enc")
+    assert all(torch.equal(a[x], c[x]) for x in a)
+    ssl = [_ssl_cell(d / "ssl", small_cache_path, config, d / "enc") for d in (clean, lowered)]
+    assert {x: v for x, v in ssl[0].items() if x != "wall_seconds"} == {
+        x: v for x, v in ssl[1].items() if x != "wall_seconds"
+    }
     # the short run, its cap raised to 5: resumed (no epoch redone), the long run's numbers
     resumed = pretrain(5, tmp_path / "short")
     cols = ["epoch", "train_loss", "val_loss", "val_mae", "steps"]

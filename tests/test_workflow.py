@@ -472,6 +472,20 @@ def test_budgets_added_or_a_raised_cap_after_a_finished_run_retrain_nothing_done
     }
     assert pd.read_csv(r / "analysis/budget.csv")["budget"].unique().tolist() == [1, 2, 3]
 
+    # the cap lowered again to 2: the rerun trains nothing and gives the first run's
+    # history, selection and cells (a clean run with the cap of 2), not the 3-epoch run's
+    lowered = _budget_config(tmp_path, "[2]")
+    log = snakemake(*args, "--configfile", str(lowered), workdir=tmp_path)
+    assert "Nothing to be done" not in log.stdout + log.stderr
+    cut = pd.read_csv(r / "pretrain/seed_0/sigma_0.5/history.csv")
+    pd.testing.assert_frame_equal(cut[cols[:-1]], history[cols[:-1]])
+    assert "below the 3 epochs this run trained" in (r / "logs/pretrain/seed_0/sigma_0.5.log").read_text()
+    final = json.loads((cell / "budget_2/metrics.json").read_text())
+    assert {k: v for k, v in final.items() if k != "wall_seconds"} == {
+        k: v for k, v in before.items() if k != "wall_seconds"
+    }
+    assert json.loads((r / "pretrain/seed_0/sigma_0.5/selected.json").read_text())["epochs_trained"] == 2
+
 
 def _backbone_config(tmp_path: Path, backbone: str) -> Path:
     """config/test.yaml with one sigma and ``models.backbone`` set to ``backbone`` (YAML)."""

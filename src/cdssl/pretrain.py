@@ -169,6 +169,7 @@ def run_pretraining(
         resume = prepare_checkpoint_dir(ckpt_dir, identity)
     else:
         resume = resume_checkpoint(ckpt_dir, identity)
+
     module = DenoisingModule(
         network_sizes(job.sizes),
         job.cutoff,
@@ -196,6 +197,8 @@ def run_pretraining(
             reference["val_loss_lookup_element_pair"],
         )
         write_json(reference, reference_json)
+    if resume is not None and cut_to_cap(resume, job.epochs, history_csv if rank == 0 else None):
+        return
     trainer = make_trainer(
         job.epochs,
         accelerator,
@@ -212,6 +215,29 @@ def run_pretraining(
         # a rerun that resumes an already finished run trains nothing: write the log anyway
         write_history(module.history, history_csv)
     LOG.info("pretraining finished in %.1f s", time.monotonic() - start)
+
+
+def cut_to_cap(resume: str | Path, epochs: int, history_csv: str | Path | None) -> bool:
+    """A run resumed under a lowered ``pretrain.epochs``: when it trained more epochs than
+    the cap, write the history a run of ``epochs`` epochs gives and return True (nothing
+    to train). Exact: the cap is outside the identity only under a constant learning
+    rate, where epoch e does not depend on the cap, so the first ``epochs`` epochs are
+    those of the clean shorter run, which ends at its cap (the longer run did not stop
+    before it); selection takes their best from the snapshot kept of every new best
+    (cdssl.selection). The checkpoints stay: a cap raised again resumes the longer run."""
+    history = torch.load(resume, map_location="cpu", weights_only=True).get("cdssl_history", [])
+    if len(history) <= epochs:
+        return False
+    rows = [dict(row) for row in history[:epochs]]
+    rows[-1]["stop"] = f"max epochs ({epochs}) reached"
+    LOG.info(
+        "pretrain.epochs %d is below the %d epochs this run trained: its first %d epochs are the "
+        "run a cap of %d gives (constant learning rate), written from its kept history; nothing to train",
+        epochs, len(history), epochs, epochs,
+    )  # fmt: skip
+    if history_csv is not None:
+        write_history(rows, history_csv)
+    return True
 
 
 def write_split(cache: GraphCache, train: np.ndarray, val: np.ndarray, path: str | Path) -> None:

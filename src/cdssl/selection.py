@@ -7,8 +7,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from .training import BEST, best_row, checked_best, snapshot_path
+from .training import BEST, LAST, best_row, checked_best, snapshot_path
 from .utils import LOG, write_json
+
+
+def _trained(ckpt_dir: str | Path) -> int:
+    """Epochs the run in ``ckpt_dir`` trained (its last checkpoint's history), 0 if none."""
+    import torch
+
+    last = Path(ckpt_dir) / LAST
+    if not last.exists():
+        return 0
+    return len(torch.load(last, map_location="cpu", weights_only=True).get("cdssl_history", []))
 
 
 def select_checkpoint(
@@ -39,7 +49,11 @@ def select_checkpoint(
         if history.empty:
             raise ValueError(f"budget {budget}: {history_csv} has no epoch below it")
     rows = history.to_dict("records")
-    ckpt = Path(ckpt_dir) / BEST if budget is None else snapshot_path(ckpt_dir, best_row(rows, "val_loss")["epoch"])
+    snapshot = snapshot_path(ckpt_dir, best_row(rows, "val_loss")["epoch"])
+    # the whole run's best, or a first-k-epochs best (a budget, or a run whose cap was
+    # lowered after it trained on: cdssl.pretrain.cut_to_cap) from its snapshot
+    cut = budget is not None or (len(history) < _trained(ckpt_dir) and snapshot.exists())
+    ckpt = snapshot if cut else Path(ckpt_dir) / BEST
     if not ckpt.exists():
         why = "" if budget is None else f" (the best of the first {budget} epochs, kept since budgets exist)"
         raise FileNotFoundError(f"{ckpt} is missing{why}; rerun pretraining (snakemake --forcerun pretrain ...)")
