@@ -8,7 +8,7 @@ CORES  ?= all
 CONFIG ?= config/demo.yaml
 RESULTS = $(shell $(BIN)/python -c "import sys; sys.path.insert(0, 'src'); from cdssl.config import load_config; print(load_config('$(CONFIG)')['results_dir'])" 2>/dev/null || echo results)
 
-.PHONY: demo test test-fast test-slurm report figures lint format dry-run clean
+.PHONY: demo test test-fast test-slurm test-gpu report figures lint format dry-run clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ test-fast: $(STAMP)
 
 test-slurm: $(STAMP)
 	CDSSL_SLURM_TESTS=1 $(BIN)/python -m pytest -q -m slurm
+
+# on a machine with a CUDA device: the GPU tier and the step benchmarks (tools/gpu_check.sh)
+test-gpu: $(STAMP)
+	tools/gpu_check.sh gpu-check
 
 figures: $(STAMP)
 	$(BIN)/snakemake figures --cores $(CORES) --configfile $(CONFIG)
