@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .intervals import NAN_INTERVAL, difference
-from .runs import Model
+from .runs import Model, models_of
 from .statistics import by_family, learned, per_cell
 
 ALL = "all"  # the fraction column of rows over every fraction
@@ -38,7 +38,7 @@ def reference_rows(runs: pd.DataFrame, cells: pd.DataFrame, summary: dict, ssl: 
     v = _verdict_of(summary, ssl)
     if v is None:
         return []
-    families = by_family(list({Model.of(r) for r in cells.to_dict("records")}))
+    families = by_family(models_of(cells))
     rows = []
     for dataset, sub in cells.groupby("dataset"):
         d = v["per_dataset"].get(dataset)
