@@ -454,3 +454,18 @@ def test_a_budget_exports_the_best_of_its_first_epochs_as_a_run_of_that_length_w
         for k, p in (("s", tmp_path / "short"), ("l", tmp_path / "long"))
     }
     assert all(torch.equal(last["s"][k], last["l"][k]) for k in last["l"])
+
+
+def test_a_step_outside_a_trainer_logs_nothing_and_warns_nothing(cache, test_config):
+    """The step benchmarks call the training and validation steps themselves: the epoch
+    metrics still update, and Lightning has no trainer to warn about at every step."""
+    import warnings
+
+    module = DenoisingModule(model_kwargs(test_config, "ssl"), 5.0, 0.5, 1e-3)
+    batch = cache.collate(list(range(8)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module.training_step(batch, 0)
+        module.validation_step(batch, 0)
+    assert not [w for w in caught if "self.trainer" in str(w.message)], [str(w.message) for w in caught]
+    assert float(module.train_loss.compute()) > 0 and float(module.val_loss.compute()) > 0

@@ -86,12 +86,12 @@ class PropertyModule(HistoryModule):
         # per graph over the epoch (each graph's error, not the batch means)
         self.train_loss.update((pred.detach() - target) ** 2)
         self.train_mae.update(((pred.detach() * self.std + self.mean) - batch.target).abs())
-        self.log_dict({"train_loss": self.train_loss, "train_mae": self.train_mae}, on_step=False, on_epoch=True)
+        self.log_epoch({"train_loss": self.train_loss, "train_mae": self.train_mae})
         return loss
 
     def validation_step(self, batch: GraphBatch, batch_idx: int) -> None:
         self.val_mae.update((self(batch) - batch.target).abs())
-        self.log("val_mae", self.val_mae, on_step=False, on_epoch=True)
+        self.log_epoch({"val_mae": self.val_mae})
 
     def configure_optimizers(self):
         # with encoder_lr_factor, two groups: the readout at lr, the encoder (pretrained in

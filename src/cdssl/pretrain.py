@@ -90,7 +90,7 @@ class DenoisingModule(HistoryModule):
         err = pred.detach() - target
         self.train_loss.update(err**2)
         self.train_mae.update(err.abs())
-        self.log_dict({"train_loss": self.train_loss, "train_mae": self.train_mae}, on_step=False, on_epoch=True)
+        self.log_epoch({"train_loss": self.train_loss, "train_mae": self.train_mae})
         return loss
 
     def validation_step(self, batch: GraphBatch, batch_idx: int) -> None:
@@ -106,7 +106,7 @@ class DenoisingModule(HistoryModule):
         bins = lookup_bin(standardise_per_graph(edge_lengths(shaken, batch), batch.edge_batch, batch.num_graphs))
         self.val_output_share_lookup.update(pred, bins)
         metrics = {"val_loss": self.val_loss, "val_mae": self.val_mae}
-        self.log_dict(metrics | {"val_output_share_lookup": self.val_output_share_lookup}, on_step=False, on_epoch=True)
+        self.log_epoch(metrics | {"val_output_share_lookup": self.val_output_share_lookup})
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)

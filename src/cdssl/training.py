@@ -96,12 +96,19 @@ class HistoryModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.monotonic()
 
+    def log_epoch(self, metrics: dict[str, Any]) -> None:
+        """Hand the epoch's metrics (torchmetrics, updated by the step) to Lightning, which
+        computes them at the epoch's end; outside a Trainer (a benchmark calling the step
+        itself) there is nothing to hand them to, and Lightning would warn at every step."""
+        if self._trainer is not None:
+            self.log_dict(metrics, on_step=False, on_epoch=True)
+
     def on_before_optimizer_step(self, optimizer) -> None:
         # Lightning's grad_norm: every parameter's 2-norm and their total, before the step
         norms = grad_norm(self, norm_type=2)
         if norms:
             self.grad_norm_mean.update(norms["grad_2.0_norm_total"])
-            self.log("grad_norm", self.grad_norm_mean, on_step=False, on_epoch=True)
+            self.log_epoch({"grad_norm": self.grad_norm_mean})
 
     def on_train_epoch_end(self) -> None:
         logged = self.trainer.callback_metrics
