@@ -46,23 +46,29 @@ def snakemake(workdir: Path, *args: str, ok: bool = True) -> str:
     return proc.stdout + proc.stderr
 
 
-TARGETS = [
-    f"results/megnet/finetune/labelled/0.5/0/{'ssl/seed_0/sigma_0.5' if mode == 'ssl' else mode}/metrics.json"
-    for mode in MODES
-]
+def targets(config: dict | None = None) -> list[str]:
+    """One fine-tuning cell per mode; the ssl cell of the config's pretraining run (every
+    path names its pretraining seed: another seed is another run, not a rerun)."""
+    seed = (config or {}).get("pretrain", {}).get("seed", 0)
+    ssl = f"ssl/seed_{seed}/sigma_0.5"
+    return [f"results/megnet/finetune/labelled/0.5/0/{ssl if m == 'ssl' else m}/metrics.json" for m in MODES]
+
+
+TARGETS = targets()
 
 
 def jobs(workdir: Path) -> dict[str, int]:
     from test_workflow import job_counts
 
-    return job_counts(snakemake(workdir, "-n", *TARGETS))
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    return job_counts(snakemake(workdir, "-n", *targets(config)))
 
 
 def run(workdir: Path, config: dict) -> dict[str, dict]:
     workdir.mkdir(exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    snakemake(workdir, "--cores", "2", *TARGETS)
-    return {mode: json.loads((workdir / t).read_text()) for mode, t in zip(MODES, TARGETS, strict=True)}
+    snakemake(workdir, "--cores", "2", *targets(config))
+    return {mode: json.loads((workdir / t).read_text()) for mode, t in zip(MODES, targets(config), strict=True)}
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +129,10 @@ def _pretrain_seed(config, _):
     config["pretrain"]["seed"] = 1
 
 
+def _pretrain_lr(config, _):
+    config["pretrain"]["lr"] = 2.0e-3
+
+
 def _transform(config, _):
     config["datasets"]["labelled"]["transform"] = "none"
 
@@ -155,12 +165,21 @@ LABELLED = {"data": 1, "graphs": 1, "finetune": 2, "finetune_ssl": 1}
     [
         (_pool_seed, {"data": 1, "graphs": 1, **PRETRAIN_AND_SSL}),
         (_pretrain_seed, PRETRAIN_AND_SSL),
+        (_pretrain_lr, PRETRAIN_AND_SSL),
         (_transform, LABELLED),
         (_edit_file, LABELLED),
         (_epochs, {"finetune": 2, "finetune_ssl": 1}),
         (_small_sizes, {"finetune": 1}),
     ],
-    ids=["new pretraining pool", "re-pretraining", "transform", "edited data file", "epochs", "model sizes"],
+    ids=[
+        "new pretraining pool",
+        "another pretraining seed (a new run, its own paths)",
+        "re-pretraining",
+        "transform",
+        "edited data file",
+        "epochs",
+        "model sizes",
+    ],
 )
 def test_a_change_reruns_exactly_the_affected_jobs(base, tmp_path, change, expected):
     work, config = changed(base, tmp_path, change)
@@ -186,7 +205,7 @@ def test_nothing_to_do_without_a_change(base):
 @pytest.mark.parametrize(
     "changes",
     [
-        (_pretrain_seed,),
+        (_pretrain_lr,),
         (_transform,),
         (_epochs, _small_sizes),
     ],
