@@ -8,7 +8,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # tools that only the test/dev side needs; conda users running the workflow do not
-DEV_ONLY = {"pytest", "snakefmt", "ruff", "snakemake", "snakemake-executor-plugin-slurm"}
+DEV_ONLY = {"pytest", "pytest-xdist", "execnet", "snakefmt", "ruff", "snakemake", "snakemake-executor-plugin-slurm"}
 
 
 def pins(lines) -> dict[str, str]:
