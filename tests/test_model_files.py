@@ -55,10 +55,14 @@ def crafted(folder: Path, marker: Path, how: str) -> Path:
     return folder
 
 
-def test_a_good_folder_loads_as_matgl_loads_it(good_folder):
+@pytest.mark.parametrize("backbone", ["megnet", "m3gnet", "tensornet"])
+def test_a_good_folder_of_every_backbone_loads_as_matgl_loads_it(tmp_path, config, backbone):
     import matgl
 
-    ours, theirs = load_network(good_folder), matgl.load_model(good_folder)
+    models = config["models"]
+    sizes = models["small"] if backbone == "megnet" else {"backbone": backbone, **models[backbone]["small"]}
+    build_network(sizes, 5.0).save(tmp_path / backbone)
+    ours, theirs = load_network(tmp_path / backbone), matgl.load_model(tmp_path / backbone)
     assert type(ours) is type(theirs)
     assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in ours.state_dict().items())
 

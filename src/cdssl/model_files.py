@@ -5,8 +5,8 @@ names, and calls every ``{"@module", "@class", "init_args"}`` dict it finds in m
 a folder copied from elsewhere could name ``os.system``. Every folder the pipeline or
 its commands read (a pretrained encoder, a fine-tuned model) goes through
 :func:`load_network` instead: the class must be one of the backbones' MatGL classes,
-its arguments plain values (numbers, strings, booleans, None and tuples or lists of
-them), both files are read by torch's weights-only reader (tensors and plain types, no
+its arguments plain values (numbers, strings, booleans, None, torch dtypes and tuples
+or lists of them), both files are read by torch's weights-only reader (tensors and plain types, no
 pickled objects), and only then is the class called with those values and given the
 tensors. Anything else is refused with :class:`ModelFileError`, naming the file and why.
 """
@@ -23,7 +23,9 @@ import torch
 from torch import nn
 
 FILES = ("model.json", "model.pt", "state.pt")
-PLAIN = (int, float, bool, str, type(None))
+# what a constructor argument may be: plain values, and torch's dtypes (TensorNet's
+# ``dtype``), which torch's weights-only reader returns as the dtype itself, never as code
+PLAIN = (int, float, bool, str, type(None), torch.dtype)
 
 
 class ModelFileError(ValueError):
