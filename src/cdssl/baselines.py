@@ -7,9 +7,19 @@ A network's test MAE means something only beside what needs no learning from str
   on the cell's validation set (the set the networks use to choose their epoch);
 * the field's standard models on fixed features (cdssl.features), once per (dataset,
   fraction, seed) rather than once per run: ridge and scikit-learn's gradient boosting
-  (``HistGradientBoostingRegressor``) on Magpie composition features and on a frozen
-  foundation model's crystal features (CHGNet), every choice made on the cell's
-  validation set. On small property sets these are the answers to beat.
+  (``HistGradientBoostingRegressor``) on Magpie composition features, on Magpie with
+  structure numbers and on a frozen foundation model's crystal features (CHGNet), every
+  choice made on the cell's validation set. On small property sets these are the
+  answers to beat.
+
+Boosting bins each feature at the midpoints between its distinct values, so a last-bit
+difference in a feature (another CPU's vector instructions, another BLAS) can make two
+equal values distinct and grow other trees: the matrices are rounded to
+:data:`MANTISSA_BITS` bits before any fit, which makes the fits the same on any CPU.
+What is left is the procedure's own noise at the features' precision: the chosen
+setting is refitted :data:`PROCEDURE_REPEATS` times on inputs perturbed at that bit,
+and the spread of those test MAEs is reported beside the verdict (boosting's
+``random_state`` alone changes nothing here: no subsampling, no internal early stop).
 """
 
 from __future__ import annotations
@@ -29,6 +39,24 @@ from .splits import finetune_split
 from .utils import LOG, write_json
 
 ALPHAS = np.logspace(-4, 3, 15)
+# Rounding keeps this many bits of each feature's mantissa (a relative step of at most 2^-17,
+# about 8e-6): Magpie's tabulated element data carry at most 5 significant digits, so two
+# distinct values stay distinct. A binary grid, not a decimal one: a decimal grid puts its
+# rounding ties exactly where decimal data sit (the mean of two 5-digit values ends in 5),
+# and a tie flips with the last bit; a value lies on a binary tie almost never.
+MANTISSA_BITS = 18
+PROCEDURE_REPEATS = 3
+
+
+def rounded(x: np.ndarray, bits: int = MANTISSA_BITS) -> np.ndarray:
+    """``x`` with each mantissa rounded to ``bits`` bits (zeros, NaN and infinities kept):
+    two inputs that differ only below that bit give the same array, bit for bit."""
+    x = np.asarray(x, dtype=np.float64)
+    finite = np.isfinite(x)
+    out = x.copy()
+    mantissa, exponent = np.frexp(x[finite])
+    out[finite] = np.ldexp(np.round(np.ldexp(mantissa, bits)), exponent - bits)
+    return out
 
 
 def element_fractions(cache: GraphCache, indices: np.ndarray, n_types: int) -> np.ndarray:
@@ -74,6 +102,39 @@ def _best_on_validation(candidates, x: np.ndarray, y: np.ndarray, train, val, te
     return float(np.abs(model.predict(x[test]) - y[test]).mean()), {**params, "val_mae": best[0]}
 
 
+def _fit_boosting(x: np.ndarray, y: np.ndarray, lr: float, leaf: int, max_iter: int, seed: int):
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    # early_stopping off: its default turns on above 10,000 rows and would hold out a
+    # random tenth, so a large set would lose rows and depend on the seed; the tree count
+    # is chosen on the cell's own validation split instead
+    model = HistGradientBoostingRegressor(
+        learning_rate=lr, min_samples_leaf=leaf, max_iter=max_iter, early_stopping=False, random_state=seed
+    )
+    # its OpenMP would take every core; the job has torch's thread count (set from the
+    # rule's threads), and the jobs beside it use the rest
+    with threadpool_limits(limits=torch.get_num_threads(), user_api="openmp"):
+        return model.fit(x, y)
+
+
+def procedure_noise(
+    x: np.ndarray, y: np.ndarray, train, test, params: dict, seed: int, repeats: int = PROCEDURE_REPEATS
+) -> float:
+    """Standard deviation of the test MAE over ``repeats`` refits of the chosen setting
+    (learning rate, leaf size, tree count) on inputs perturbed by about one step of the
+    rounding (relative normal noise of 2^-MANTISSA_BITS, then rounded again): how far
+    the baseline moves for reasons that are not in the data."""
+    maes = []
+    for r in range(repeats):
+        rng = np.random.default_rng([seed, r])
+        jittered = rounded(x * (1 + rng.normal(0, 2.0**-MANTISSA_BITS, x.shape)))
+        model = _fit_boosting(
+            jittered[train], y[train], params["learning_rate"], params["min_samples_leaf"], params["n_trees"], seed
+        )
+        maes.append(float(np.abs(model.predict(jittered[test]) - y[test]).mean()))
+    return float(np.std(maes, ddof=1)) if repeats > 1 else 0.0
+
+
 def boosting_on_validation(
     x: np.ndarray, y: np.ndarray, train, val, test, boosting: dict[str, Any], seed: int
 ) -> tuple[float, dict]:
@@ -81,17 +142,9 @@ def boosting_on_validation(
     leaf size) of the grid is fitted once up to ``max_iter`` trees, and the number of
     trees is chosen along the way (staged predictions), so the cap costs one fit, not one
     per candidate count. Returns the test MAE and the chosen settings."""
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
     best = None
     for lr, leaf in itertools.product(boosting["learning_rates"], boosting["min_samples_leaf"]):
-        model = HistGradientBoostingRegressor(
-            learning_rate=lr, min_samples_leaf=leaf, max_iter=boosting["max_iter"], random_state=seed
-        )
-        # its OpenMP would take every core; the job has torch's thread count (set from the
-        # rule's threads), and the jobs beside it use the rest
-        with threadpool_limits(limits=torch.get_num_threads(), user_api="openmp"):
-            model.fit(x[train], y[train])
+        model = _fit_boosting(x[train], y[train], lr, leaf, boosting["max_iter"], seed)
         val_mae = [float(np.abs(p - y[val]).mean()) for p in model.staged_predict(x[val])]
         n_trees = int(np.argmin(val_mae)) + 1
         if best is None or val_mae[n_trees - 1] < best[0]:
@@ -107,13 +160,21 @@ def feature_baselines(
     """Test MAE of ridge and of gradient boosting on one feature matrix (standardised on
     the training subset for ridge), every choice made on validation MAE; keys
     ``test_mae_<name>_ridge``, ``test_mae_<name>_boosting`` and their settings."""
+    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    ridge = ((({"alpha": float(a)}), make_pipeline(StandardScaler(), Ridge(alpha=a))) for a in ALPHAS)
+    x = rounded(x)
+    # a structure number that could not be computed is NaN: ridge takes the training
+    # split's median there (a no-op on matrices without one)
+    ridge = (
+        ({"alpha": float(a)}, make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), Ridge(alpha=a)))
+        for a in ALPHAS
+    )
     ridge_mae, ridge_params = _best_on_validation(ridge, x, y, train, val, test)
     boost_mae, boost_params = boosting_on_validation(x, y, train, val, test, boosting, seed)
+    boost_params["procedure_sd"] = procedure_noise(x, y, train, test, boost_params, seed)
     return {
         f"test_mae_{name}_ridge": ridge_mae,
         f"{name}_ridge_params": ridge_params,

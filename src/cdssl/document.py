@@ -31,6 +31,7 @@ PROBE_LABELS = {
     "composition_natoms": "element fractions + atom count",
     "log_natoms": "log(atom count) alone",
     "magpie": "Magpie features",
+    "magpie_structure": "Magpie and structure features",
     "chgnet": "CHGNet 0.3.0 crystal feature (frozen)",
 }
 PROBE_TARGETS = ["log_density", "log_volume", "log_volume_per_atom"]

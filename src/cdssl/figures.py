@@ -19,6 +19,7 @@ LINE_WORDS = {
     "mean_predictor": "mean predictor",
     "composition": "element-fraction ridge",
     "strongest_composition": "best composition model (of the cell)",
+    "strongest_structure": "best on Magpie+structure features (of the cell)",
     "strongest_chgnet": "best on frozen CHGNet features (of the cell)",
 }
 # per cell, the lowest mean test MAE of a group of baseline families (cdssl.runs.BASELINES)
@@ -26,6 +27,7 @@ GROUPS = {
     "mean_predictor": ("mean_predictor",),
     "composition": ("composition",),
     "strongest_composition": ("composition", "magpie_ridge", "magpie_boosting"),
+    "strongest_structure": ("magpie_structure_ridge", "magpie_structure_boosting"),
     "strongest_chgnet": ("chgnet_ridge", "chgnet_boosting"),
 }
 
@@ -181,6 +183,7 @@ def _bars(ax, runs: pd.DataFrame, cells: pd.DataFrame, models: list[Model]) -> N
         ("mean_predictor", "k--"),
         ("composition", "k:"),
         ("strongest_composition", "r-."),
+        ("strongest_structure", "m-."),
         ("strongest_chgnet", "b-."),
     ):
         values = reference_line(cells, name)

@@ -66,6 +66,13 @@ def excluded_text(excluded: list[dict]) -> str:
     return f"{len(excluded)} excluded, a model did not learn: " + ", ".join(f"{w} in {n}" for w, n in reasons.items())
 
 
+def _noise(sd: float | None) -> str:
+    """A boosting baseline's procedure noise, as the verdict quotes it beside its MAE."""
+    if sd is None or not np.isfinite(sd):
+        return ""
+    return f", its own procedure noise {sd:.2g} per run (refits on inputs perturbed at the rounding step)"
+
+
 def summary_lines(summary: dict) -> list[str]:
     """The summary in words: what a log or a README quotes."""
     models = [Model(**m) for m in summary["models"]]
@@ -95,7 +102,8 @@ def summary_lines(summary: dict) -> list[str]:
         for dataset, d in v["per_dataset"].items():
             lines.append(
                 f"verdict {dataset}: the strongest answer without pretraining is {d['strongest_without_pretraining']} "
-                f"(mean test MAE {d['its_mean_test_mae']:.4g}; {ssl} {d['ssl_mean_test_mae']:.4g}); {ssl} minus it "
+                f"(mean test MAE {d['its_mean_test_mae']:.4g}{_noise(d.get('its_procedure_sd'))}; {ssl} "
+                f"{d['ssl_mean_test_mae']:.4g}); {ssl} minus it "
                 f"{_interval(d['ssl_minus_strongest'])}, {ssl} lower in "
                 f"{d['ssl_wins']} of {d['cells_counted']} counted cells ({d['cells']} in all)"
             )
@@ -103,7 +111,8 @@ def summary_lines(summary: dict) -> list[str]:
             if b and b["name"] != d["strongest_without_pretraining"]:
                 lines.append(
                     f"verdict {dataset}, a foundation model's features included: the strongest baseline is "
-                    f"{b['name']} (mean test MAE {b['its_mean_test_mae']:.4g}); {ssl} minus it "
+                    f"{b['name']} (mean test MAE {b['its_mean_test_mae']:.4g}{_noise(b.get('its_procedure_sd'))}); "
+                    f"{ssl} minus it "
                     f"{_interval(b['ssl_minus_it'])}, {ssl} lower in {b['ssl_wins']} of "
                     f"{b['cells_counted']} counted cells"
                 )

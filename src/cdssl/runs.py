@@ -43,6 +43,8 @@ BASELINES = {
     "composition": "test_mae_composition",
     "magpie_ridge": "test_mae_magpie_ridge",
     "magpie_boosting": "test_mae_magpie_boosting",
+    "magpie_structure_ridge": "test_mae_magpie_structure_ridge",
+    "magpie_structure_boosting": "test_mae_magpie_structure_boosting",
     "chgnet_ridge": "test_mae_chgnet_ridge",
     "chgnet_boosting": "test_mae_chgnet_boosting",
 }
@@ -55,6 +57,8 @@ WORDS = {
     "composition": "element-fraction ridge",
     "magpie_ridge": "Magpie ridge",
     "magpie_boosting": "Magpie boosting",
+    "magpie_structure_ridge": "Magpie+structure ridge",
+    "magpie_structure_boosting": "Magpie+structure boosting",
     "chgnet_ridge": "CHGNet ridge",
     "chgnet_boosting": "CHGNet boosting",
 }
@@ -183,6 +187,12 @@ def runs_table(
         for family, column in BASELINES.items():
             if column in source:
                 part = source[split + [column]].rename(columns={column: "test_mae"}).assign(family=family)
+                params = f"{family}_params"
+                if family.endswith("_boosting") and params in source:
+                    # the procedure's own noise (cdssl.baselines.procedure_noise), per run
+                    part["procedure_sd"] = [
+                        p.get("procedure_sd", np.nan) if isinstance(p, dict) else np.nan for p in source[params]
+                    ]
                 rows.append(part)
     measured = [c for c in runs if c not in KEYS and c not in BASELINES.values()]
     table = pd.concat([runs[list(KEYS) + [c for c in measured if c in runs]], *rows], ignore_index=True)

@@ -17,7 +17,15 @@ from .runs import CELL_KEYS, MODEL_KEYS, Model, model_mask, models_of, sort_runs
 SCRATCH = ("sl", "sl_large")
 # what the verdict compares SSL with: every answer without pretraining but the mean
 # predictor (the floor a model must beat to count at all) ...
-NO_PRETRAINING = ("sl", "sl_large", "composition", "magpie_ridge", "magpie_boosting")
+NO_PRETRAINING = (
+    "sl",
+    "sl_large",
+    "composition",
+    "magpie_ridge",
+    "magpie_boosting",
+    "magpie_structure_ridge",
+    "magpie_structure_boosting",
+)
 # ... and, separately, the answers on a foundation model pretrained elsewhere, on far
 # more data (cdssl.features): the strongest baseline of all is the best of both
 PRETRAINED_ELSEWHERE = ("chgnet_ridge", "chgnet_boosting")
@@ -104,6 +112,7 @@ def against(means, counted, runs, ssl: Model, others: list[Model]) -> dict:
     return {
         "name": strongest.family,
         "its_mean_test_mae": float(means[strongest].mean()),
+        "its_procedure_sd": procedure_sd(runs, strongest, means.index),
         "ssl_minus_it": difference(means, ssl, strongest, runs, index),
         "ssl_wins": int(won.sum()),
         "cells_counted": int(both.sum()),
@@ -111,6 +120,17 @@ def against(means, counted, runs, ssl: Model, others: list[Model]) -> dict:
         # the runs behind the counted cells, for the pooled interval
         "_runs": (run_array(runs, index, ssl), run_array(runs, index, strongest)),
     }
+
+
+def procedure_sd(runs: pd.DataFrame, model: Model, cells: pd.Index) -> float | None:
+    """A boosting baseline's own noise over ``cells``: the root mean square, over its runs,
+    of the spread of refits on inputs perturbed at their last kept digit
+    (cdssl.baselines.procedure_noise); None for a model without one."""
+    if "procedure_sd" not in runs:
+        return None
+    rows = runs[model_mask(runs, model)].set_index(list(CELL_KEYS))["procedure_sd"]
+    rows = rows[rows.index.isin(cells)].dropna()
+    return float(np.sqrt((rows**2).mean())) if len(rows) else None
 
 
 def pooled_interval(diffs: list, runs: list) -> dict:
@@ -156,6 +176,7 @@ def verdict(cells: pd.DataFrame, runs: pd.DataFrame, ssl: Model) -> dict:
         per_dataset[dataset] = {
             "strongest_without_pretraining": first["name"],
             "its_mean_test_mae": first["its_mean_test_mae"],
+            "its_procedure_sd": first["its_procedure_sd"],
             "ssl_mean_test_mae": float(sub[ssl].mean()),
             "ssl_minus_strongest": first["ssl_minus_it"],
             "ssl_wins": first["ssl_wins"],

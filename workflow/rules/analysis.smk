@@ -135,7 +135,7 @@ rule probe:
         features=[
             f"{R}/features/{dataset}/{featurizer}.npz"
             for dataset in [PRE, *excluded_datasets(config, PRE)]
-            for featurizer in config["analysis"]["featurizers"]
+            for featurizer in PROBE_FEATURIZERS
         ],
     output:
         probe=report(
@@ -152,7 +152,7 @@ rule probe:
         features={
             dataset: {
                 featurizer: f"{R}/features/{dataset}/{featurizer}.npz"
-                for featurizer in config["analysis"]["featurizers"]
+                for featurizer in PROBE_FEATURIZERS
             }
             for dataset in [PRE, *excluded_datasets(config, PRE)]
         },

@@ -138,6 +138,9 @@ CELL = f"{NET}/finetune/{{dataset}}/{{fraction}}/{{seed}}"
 SSL_CELL = f"{CELL}/ssl/{ENC_RUN}"
 # the baselines of a cell's split, beside the networks' folders, not among them
 BASELINE_CELL = f"{R}/baselines/{{dataset}}/{{fraction}}/{{seed}}"
+# the probes' fixed-feature rows: magpie_structure holds density and volume per atom,
+# the very numbers the probes predict, so it would answer them by lookup
+PROBE_FEATURIZERS = [f for f in config["analysis"]["featurizers"] if f != "magpie_structure"]
 
 
 def finetune_metrics(backbone="{backbone}"):
