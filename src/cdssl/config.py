@@ -67,7 +67,7 @@ def validate_config(config: dict, source: str = "<config>", schema_path: Path | 
                 extra = []
             msg = f"unknown key(s) {extra} under '{where}'" if extra else err.message
         elif err.validator == "oneOf" and isinstance(err.instance, Mapping):
-            msg = f"'{where}' must give exactly one of 'matminer', 'file' or 'union'"
+            msg = f"'{where}' must give exactly one of 'matminer', 'source', 'file' or 'union'"
         elif err.validator in ("oneOf", "anyOf") and err.context:
             # a key of several forms (a value or a list of them): the error of the form the
             # value has, at its deepest key ("'pretrain.sigma.1': -1 must be > 0")
@@ -158,7 +158,7 @@ def _check_references(config: dict, source: str) -> None:
                 f"invalid configuration in {source}: 'datasets.{name}.pool.take' = {pool['take']!r} "
                 f"is not one of the pool sizes {sorted(pool['sizes'])}"
             )
-        src = entry.get("matminer") or entry.get("file") or tuple(entry["union"])
+        src = entry.get("matminer") or entry.get("source") or entry.get("file") or tuple(entry["union"])
         key = (pool["seed"], tuple(sorted(pool["sizes"].items())), entry.get("max_sites"))
         if pools.setdefault(src, key) != key:
             raise ConfigError(

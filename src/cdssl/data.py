@@ -64,6 +64,27 @@ def load_matminer(name: str, data_dir: str | None) -> pd.DataFrame:
         raise DataError(f"could not load matminer dataset {name!r}: {exc.__class__.__name__}: {exc}; {hint}") from exc
 
 
+def load_named(name: str, data_dir: str | None) -> pd.DataFrame:
+    """A dataset by name: one this project builds from a pinned package
+    (:data:`cdssl.sources.SOURCES`: ``mp_2018``, ``oqmd_icsd``), else matminer's."""
+    from .sources import SOURCES, SourceError, load_source
+
+    if name not in SOURCES:
+        return load_matminer(name, data_dir)
+    home = matminer_data_home(data_dir)
+    try:
+        return load_source(name, home)
+    except SourceError as exc:
+        raise DataError(f"dataset {name!r}: {exc}") from exc
+
+
+def id_column_of(name: str) -> str | None:
+    """The id column of a named dataset (matminer's ``material_id`` where a set has one)."""
+    from .sources import SOURCES
+
+    return SOURCES[name].id_column if name in SOURCES else "material_id"
+
+
 def _structure_payload(obj: Any) -> Any:
     """A JSON-able structure: pymatgen objects become dicts, text (CIF) stays text."""
     if hasattr(obj, "as_dict"):
@@ -165,20 +186,30 @@ REASONS = {
     "non_numeric": "target not a number",
     "non_finite": "target not finite",
     "non_positive_for_log10": "target not positive (transform log10)",
+    "out_of_range": "target outside the entry's target_range",
 }
 
 
-def clean_targets(target: pd.Series, transform: str) -> tuple[pd.Series, dict[str, int], pd.Series]:
+def clean_targets(
+    target: pd.Series, transform: str, valid: tuple[float, float] | None = None
+) -> tuple[pd.Series, dict[str, int], pd.Series]:
     """Apply the transform; return the values, counts of dropped rows, and each row's reason.
 
     Rows are dropped (NaN returned, reason set) when the target is missing or non-finite,
-    or, for log10, not positive. Counts are returned so the caller logs them: never silent.
+    outside ``valid`` (the entry's ``target_range``, before the transform: a source's
+    stated outlier rule) or, for log10, not positive. Counts are returned so the caller
+    logs them: never silent.
     """
     values = pd.to_numeric(target, errors="coerce").astype(float)
     reason = pd.Series([None] * len(target), index=target.index, dtype=object)
     masks = {"missing": target.isna(), "non_numeric": values.isna() & target.notna()}
     masks["non_finite"] = ~np.isfinite(values) & values.notna()
     values = values.where(np.isfinite(values))
+    masks["out_of_range"] = pd.Series(False, index=target.index)
+    if valid is not None:
+        outside = values.notna() & ((values < valid[0]) | (values > valid[1]))
+        masks["out_of_range"] = outside
+        values = values.where(~outside)
     masks["non_positive_for_log10"] = pd.Series(False, index=target.index)
     if transform == "log10":
         bad = values.notna() & (values <= 0)
@@ -215,8 +246,9 @@ def load_union(sources: list[str], data_dir: str | None) -> pd.DataFrame:
     (matminer's ``material_id`` where the set has one, else the row number)."""
     frames = []
     for source in sources:
-        raw = load_matminer(source, data_dir).reset_index(drop=True)
-        local = raw["material_id"].astype(str) if "material_id" in raw.columns else pd.Series(raw.index.astype(str))
+        raw = load_named(source, data_dir).reset_index(drop=True)
+        column = id_column_of(source)
+        local = raw[column].astype(str) if column in raw.columns else pd.Series(raw.index.astype(str))
         frames.append(pd.DataFrame({"id": [f"{source}:{i}" for i in local], "structure": raw["structure"].values}))
         LOG.info("union: %d rows from %s", len(raw), source)
     return pd.concat(frames, ignore_index=True)
@@ -247,6 +279,9 @@ def _read_source(name: str, entry: dict, data_dir: str | None) -> tuple[pd.DataF
     elif entry.get("matminer"):
         source = entry["matminer"]
         raw = load_matminer(source, data_dir)
+    elif entry.get("source"):
+        source = entry["source"]
+        raw = load_named(source, data_dir)
     else:
         source = str(entry["file"])
         raw = load_local(source, scol, target_col)
@@ -313,7 +348,10 @@ def build_table(
             len(table),
         )
     if target_col:
-        values, counts, reasons = clean_targets(table["target"], entry.get("transform", "none"))
+        valid = entry.get("target_range")
+        values, counts, reasons = clean_targets(
+            table["target"], entry.get("transform", "none"), tuple(valid) if valid else None
+        )
         for reason, count in counts.items():
             if count:
                 LOG.warning(

@@ -9,7 +9,7 @@ states), within buckets of equal reduced formula so that the pairwise fits stay 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 from pymatgen.analysis.structure_matcher import ElementComparator, StructureMatcher
 from pymatgen.core import Structure
@@ -34,14 +34,21 @@ def _bucket(structure: Structure) -> str:
     return structure.composition.element_composition.reduced_formula
 
 
-def duplicates(structures: Sequence[Structure], ids: Sequence[str]) -> list[str | None]:
+def duplicates(
+    structures: Sequence[Structure], ids: Sequence[str], groups: Sequence[Hashable] | None = None
+) -> list[str | None]:
     """For each structure, the id of the first earlier structure it matches, else None.
 
     The first of every group of equal crystals is kept (None), so the outcome depends on
-    the order given, which the caller fixes.
+    the order given, which the caller fixes. ``groups`` (e.g. a source's own space group
+    numbers) narrows the buckets further: only structures of one reduced formula and one
+    group are fitted against each other (at 30,000 OQMD crystals this cuts the candidate
+    pairs from about 25,000 to 6,400; the source must give the group consistently).
     """
     matcher = _matcher()
     keys = [_bucket(s) for s in structures]
+    if groups is not None:
+        keys = [f"{k}|{g}" for k, g in zip(keys, groups, strict=True)]
     sizes = Counter(keys)
     # only crystals that share a reduced formula with another are ever fitted
     reduced = {i: _reduced(s) for i, s in enumerate(structures) if sizes[keys[i]] > 1}

@@ -3,7 +3,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from cdssl.data import DataError, check_columns
+from cdssl.data import DataError, check_columns, matminer_data_home
+from cdssl.sources import SOURCES
 from cdssl.features import FEATURIZERS
 from cdssl.config import (
     ConfigError,
@@ -67,6 +68,8 @@ wildcard_constraints:
 
 
 R = config["results_dir"]
+# where named datasets are staged or built: data_dir, else matminer's own folder
+DATA_HOME = str(matminer_data_home(config["data_dir"]))
 FT = config["finetune"]
 PRE = config["pretrain"]["dataset"]
 # Every path names every axis, whatever the length of its list, so that adding a value
@@ -140,7 +143,9 @@ SSL_CELL = f"{CELL}/ssl/{ENC_RUN}"
 BASELINE_CELL = f"{R}/baselines/{{dataset}}/{{fraction}}/{{seed}}"
 # the probes' fixed-feature rows: magpie_structure holds density and volume per atom,
 # the very numbers the probes predict, so it would answer them by lookup
-PROBE_FEATURIZERS = [f for f in config["analysis"]["featurizers"] if f != "magpie_structure"]
+PROBE_FEATURIZERS = [
+    f for f in config["analysis"]["featurizers"] if f != "magpie_structure"
+]
 
 
 def finetune_metrics(backbone="{backbone}"):
@@ -187,9 +192,18 @@ def data_input(wildcards):
     if entry.get("file"):
         return {"file": entry["file"]}
     inputs = {}
+    names = entry.get("union") or [entry.get("matminer") or entry["source"]]
+    # a set this project builds (cdssl.sources) is always an input: rule source builds
+    # one that is not shipped, once, into the data folder
+    inputs["built"] = [
+        f"{DATA_HOME}/{name}.json.gz" for name in names if name in SOURCES
+    ]
     if config["data_dir"]:
-        names = entry.get("union") or [entry["matminer"]]
-        staged = [Path(config["data_dir"]) / f"{name}.json.gz" for name in names]
+        staged = [
+            Path(config["data_dir"]) / f"{name}.json.gz"
+            for name in names
+            if name not in SOURCES
+        ]
         inputs["staged"] = [str(path) for path in staged if path.exists()]
     inputs["exclude"] = [
         f"{R}/data/{name}.json.gz"
