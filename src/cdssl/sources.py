@@ -29,6 +29,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,19 +149,23 @@ def oqmd_rows(db_path: Path) -> pd.DataFrame:
     from pymatgen.io.ase import AseAtomsAdaptor
 
     rows = []
-    for row in connect(str(db_path)).select():
-        kv = row.key_value_pairs
-        structure = AseAtomsAdaptor.get_structure(row.toatoms())
-        rows.append(
-            {
-                "oqmd_id": f"oqmd-icsd-{row.id}",
-                "name": kv.get("name", ""),
-                "formula": structure.composition.reduced_formula,
-                "spacegroup": int(kv["spacegroup"]),
-                "structure": structure.as_dict(),
-                **{k: float(kv[k]) if kv.get(k) is not None else None for k in OQMD_LABELS},
-            }
-        )
+    with warnings.catch_warnings():
+        # pymatgen warns once per noble-gas composition that it has no electronegativity
+        # (reduced_formula sorts by it); the formula is still right
+        warnings.filterwarnings("ignore", message="No Pauling electronegativity", category=UserWarning)
+        for row in connect(str(db_path)).select():
+            kv = row.key_value_pairs
+            structure = AseAtomsAdaptor.get_structure(row.toatoms())
+            rows.append(
+                {
+                    "oqmd_id": f"oqmd-icsd-{row.id}",
+                    "name": kv.get("name", ""),
+                    "formula": structure.composition.reduced_formula,
+                    "spacegroup": int(kv["spacegroup"]),
+                    "structure": structure.as_dict(),
+                    **{k: float(kv[k]) if kv.get(k) is not None else None for k in OQMD_LABELS},
+                }
+            )
     return pd.DataFrame(rows)
 
 
