@@ -102,6 +102,24 @@ def test_the_study_lists_the_full_grid_of_its_four_tasks(tmp_path):
     assert counts["finetune"] == 4 * 7 * 2 and counts["finetune_ssl"] == 4 * 7
 
 
+def test_the_oqmd_config_plans_its_built_source_the_pool_and_seven_tasks(tmp_path):
+    """The 30k world dry: the OQMD set is one job (built from its wheel where it is not
+    yet built), the pool and the seven tasks each a data and a graphs job."""
+    config = yaml.safe_load((ROOT / "config/oqmd.yaml").read_text())
+    config["data_dir"] = str(tmp_path / "data")  # nothing built there yet
+    (tmp_path / "data").mkdir()
+    shutil.copy(ROOT / "data/matminer/mp_2018.json.gz", tmp_path / "data")  # shipped: never rebuilt
+    path = tmp_path / "oqmd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = snakemake("-n", "--configfile", str(path), workdir=tmp_path).stdout
+    counts = job_counts(out)
+    assert counts["source"] == 1 and f"{tmp_path}/data/oqmd_icsd.json.gz" in out
+    assert counts["data"] == 8 and counts["graphs"] == 8
+    # 7 tasks x 3 fractions x (sl, sl_large | ssl per pretraining seed, 2)
+    assert counts["finetune"] == 7 * 3 * 2 and counts["finetune_ssl"] == 7 * 3 * 2 and counts["pretrain"] == 2
+    assert counts["baselines"] == 7 * 3
+
+
 def test_a_sigma_list_gives_each_noise_scale_its_pretraining_and_ssl_cells(tmp_path):
     from cdssl.config import load_config
 
