@@ -52,7 +52,9 @@ rule results:
         ),
     params:
         configfiles=CONFIGFILES,
-        benchmarks=f"{NET}/benchmarks",
+        # the run's jobs: the shared ones (data, graphs, features, baselines) and this
+        # backbone's
+        benchmarks=[f"{R}/benchmarks", f"{NET}/benchmarks"],
     log:
         f"{NET}/logs/analysis/results.log",
     benchmark:
