@@ -15,7 +15,8 @@ from cdssl.intervals import bootstrap_mean, paired_test
 from cdssl.markdown import results_markdown, summary_lines
 from cdssl.probes import repeated_probe, ridge_probe
 from cdssl.runs import Model, read_table, runs_table
-from cdssl.statistics import cell_table, per_cell, summarise
+from cdssl.statistics import cell_table, per_cell
+from cdssl.verdicts import summarise
 
 SSL, SL, SL_LARGE = Model("ssl"), Model("sl"), Model("sl_large")
 

@@ -270,7 +270,14 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
         baselines = json.loads((r / "baselines/dielectric" / fraction / "0/metrics.json").read_text())
         for name in ("magpie_ridge", "magpie_boosting", "chgnet_ridge", "chgnet_boosting"):
             assert baselines[f"test_mae_{name}"] > 0, name
+    # the hybrid of each encoder and its control, per seed, in one file
+    for sigma in ("0.3", "0.5"):
+        hybrid = json.loads((net / f"finetune/dielectric/0.7/0/hybrid/seed_0/sigma_{sigma}/metrics.json").read_text())
+        assert [r["mode"] for r in hybrid["runs"]] == ["hybrid", "hybrid_random"]
+        assert all(r["sigma"] == float(sigma) and r["test_mae"] > 0 for r in hybrid["runs"])
+        assert (net / f"embeddings/dielectric/seed_0/sigma_{sigma}.npz").exists()
     summary = json.loads((net / "analysis/summary.json").read_text())
+    assert {h["model"]["sigma"] for h in summary["hybrid"]} == {0.3, 0.5}
     pairs = {(c["model"]["sigma"], c["other"]["family"]) for c in summary["comparisons"]}
     assert {(0.3, "sl"), (0.5, "sl_large"), (0.5, "mean_predictor"), (0.5, "magpie_boosting")} <= pairs
     assert (0.5, "chgnet_boosting") in pairs

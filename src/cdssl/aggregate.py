@@ -7,8 +7,9 @@ from pathlib import Path
 
 from .markdown import summary_lines
 from .runs import collect_runs
-from .statistics import MIN_PREDICTION_SPREAD, cell_table, summarise
+from .statistics import MIN_PREDICTION_SPREAD, cell_table
 from .utils import LOG, atomic_path, write_json
+from .verdicts import summarise
 
 
 def write_aggregates(
@@ -24,7 +25,7 @@ def write_aggregates(
 ) -> dict:
     """jobs.csv (one row per run: :func:`cdssl.runs.collect_runs`), cells.csv (one row
     per cell and model: :func:`cdssl.statistics.cell_table`) and summary.json (the
-    comparisons and verdicts: :func:`cdssl.statistics.summarise`)."""
+    comparisons and verdicts: :func:`cdssl.verdicts.summarise`)."""
     runs = collect_runs(metric_files, baseline_files, backbone=backbone, pool=pool)
     cells = cell_table(runs, min_prediction_spread)
     for frame, path in ((runs, jobs_csv), (cells, cells_csv)):

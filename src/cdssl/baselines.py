@@ -102,7 +102,8 @@ def _best_on_validation(candidates, x: np.ndarray, y: np.ndarray, train, val, te
     return float(np.abs(model.predict(x[test]) - y[test]).mean()), {**params, "val_mae": best[0]}
 
 
-def _fit_boosting(x: np.ndarray, y: np.ndarray, lr: float, leaf: int, max_iter: int, seed: int):
+def fit_boosting(x: np.ndarray, y: np.ndarray, lr: float, leaf: int, max_iter: int, seed: int):
+    """One HistGradientBoostingRegressor fit at the job's thread count, without internal early stop."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     # early_stopping off: its default turns on above 10,000 rows and would hold out a
@@ -128,7 +129,7 @@ def procedure_noise(
     for r in range(repeats):
         rng = np.random.default_rng([seed, r])
         jittered = rounded(x * (1 + rng.normal(0, 2.0**-MANTISSA_BITS, x.shape)))
-        model = _fit_boosting(
+        model = fit_boosting(
             jittered[train], y[train], params["learning_rate"], params["min_samples_leaf"], params["n_trees"], seed
         )
         maes.append(float(np.abs(model.predict(jittered[test]) - y[test]).mean()))
@@ -144,7 +145,7 @@ def boosting_on_validation(
     per candidate count. Returns the test MAE and the chosen settings."""
     best = None
     for lr, leaf in itertools.product(boosting["learning_rates"], boosting["min_samples_leaf"]):
-        model = _fit_boosting(x[train], y[train], lr, leaf, boosting["max_iter"], seed)
+        model = fit_boosting(x[train], y[train], lr, leaf, boosting["max_iter"], seed)
         val_mae = [float(np.abs(p - y[val]).mean()) for p in model.staged_predict(x[val])]
         n_trees = int(np.argmin(val_mae)) + 1
         if best is None or val_mae[n_trees - 1] < best[0]:

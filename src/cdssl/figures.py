@@ -21,6 +21,8 @@ LINE_WORDS = {
     "strongest_composition": "best composition model (of the cell)",
     "strongest_structure": "best on Magpie+structure features (of the cell)",
     "strongest_chgnet": "best on frozen CHGNet features (of the cell)",
+    "hybrid": "hybrid: Magpie+structure + pretrained PCs",
+    "hybrid_random": "hybrid with a random-init encoder",
 }
 # per cell, the lowest mean test MAE of a group of baseline families (cdssl.runs.BASELINES)
 GROUPS = {
@@ -29,6 +31,8 @@ GROUPS = {
     "strongest_composition": ("composition", "magpie_ridge", "magpie_boosting"),
     "strongest_structure": ("magpie_structure_ridge", "magpie_structure_boosting"),
     "strongest_chgnet": ("chgnet_ridge", "chgnet_boosting"),
+    "hybrid": ("hybrid",),
+    "hybrid_random": ("hybrid_random",),
 }
 
 
@@ -185,6 +189,8 @@ def _bars(ax, runs: pd.DataFrame, cells: pd.DataFrame, models: list[Model]) -> N
         ("strongest_composition", "r-."),
         ("strongest_structure", "m-."),
         ("strongest_chgnet", "b-."),
+        ("hybrid", "g:"),
+        ("hybrid_random", "y:"),
     ):
         values = reference_line(cells, name)
         if values is not None:

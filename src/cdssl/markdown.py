@@ -116,6 +116,26 @@ def summary_lines(summary: dict) -> list[str]:
                     f"{_interval(b['ssl_minus_it'])}, {ssl} lower in {b['ssl_wins']} of "
                     f"{b['cells_counted']} counted cells"
                 )
+    for h in summary.get("hybrid", []):
+        name = label(Model(**h["model"]), axes)
+        for dataset, d in h["per_dataset"].items():
+            parts = [f"what pretraining adds, {dataset}: {name} (mean test MAE {d['hybrid_mean_test_mae']:.4g})"]
+            s = d.get("hybrid_minus_strongest")
+            if s:
+                parts.append(
+                    f"minus the strongest answer without pretraining ({s['name']}) {_interval(s)}, lower in "
+                    f"{s['lower_in']} of {s['cells_counted']} counted cells"
+                )
+            if "hybrid_minus_random_init" in d:
+                r = d["hybrid_minus_random_init"]
+                parts.append(
+                    f"minus its random-init control {_interval(r)} (lower in {r['lower_in']} of {r['cells_counted']})"
+                )
+            if "ssl_minus_hybrid" in d:
+                c = d["ssl_minus_hybrid"]
+                diff = _interval(c) if c["cells_counted"] else "not counted (a model did not learn)"
+                parts.append(f"the fine-tuned SSL network minus it {diff}")
+            lines.append("; ".join(parts))
     return lines
 
 

@@ -97,6 +97,13 @@ class ModelFolder:
         return model
 
 
+def untrained_twin(folder: ModelFolder, seed: int) -> nn.Module:
+    """The folder's architecture with fresh weights drawn with ``seed``: the control that
+    tells what a pretrained encoder learned from what its architecture gives anyway."""
+    torch.manual_seed(seed)
+    return folder.cls(**folder.args)
+
+
 def read_model_folder(folder: str | Path) -> ModelFolder:
     """Every check of :func:`load_network` without building the network (so a job can
     refuse a bad folder before its work starts)."""

@@ -2,7 +2,7 @@
 
 The references are SL large, the strongest answer without pretraining and the strongest
 of all (a foundation model's features included), as the model's verdict names them
-(:func:`cdssl.statistics.verdict`).
+(:func:`cdssl.verdicts.verdict`).
 """
 
 from __future__ import annotations

@@ -48,7 +48,11 @@ BASELINES = {
     "chgnet_ridge": "test_mae_chgnet_ridge",
     "chgnet_boosting": "test_mae_chgnet_boosting",
 }
-FAMILIES = (*NETWORKS, *BASELINES)
+# what a frozen encoder adds to the strongest descriptors (cdssl.hybrid), and its control
+HYBRIDS = ("hybrid", "hybrid_random")
+# the families whose model is keyed by an encoder (its sigma, budget, pool, pretrain_seed)
+ENCODED = ("ssl", *HYBRIDS)
+FAMILIES = (*NETWORKS, *HYBRIDS, *BASELINES)
 WORDS = {
     "ssl": "SSL (pretrained)",
     "sl": "SL (Table 3)",
@@ -61,6 +65,8 @@ WORDS = {
     "magpie_structure_boosting": "Magpie+structure boosting",
     "chgnet_ridge": "CHGNet ridge",
     "chgnet_boosting": "CHGNet boosting",
+    "hybrid": "Hybrid (Magpie+structure + pretrained PCs)",
+    "hybrid_random": "Hybrid, random-init encoder",
 }
 # the ssl axes a label names when they tell one model of a table from another
 SSL_AXES = ("sigma", "budget", "pool")
@@ -108,8 +114,10 @@ def label(model: Model, varying: Iterable[str] = ()) -> str:
     the axes among ``varying`` that tell it from the table's other ssl models
     (``SSL (pretrained; sigma 0.3 A, 100 epochs)``)."""
     words = WORDS.get(model.family, model.family.replace("_", " "))
-    tags = encoder_tags(model, varying) if model.family == "ssl" else []
-    return f"{words.removesuffix(')')}; {', '.join(tags)})" if tags else words
+    tags = encoder_tags(model, varying) if model.family in ENCODED else []
+    if not tags:
+        return words
+    return f"{words.removesuffix(')')}; {', '.join(tags)})" if words.endswith(")") else f"{words} ({', '.join(tags)})"
 
 
 def encoder_tags(model: Model, varying: Iterable[str]) -> list[str]:
@@ -171,15 +179,16 @@ def runs_table(
     runs = pd.DataFrame([dict(m) for m in metrics])
     runs["family"] = runs.pop("mode")
     runs["backbone"] = backbone
-    runs["pool"] = np.where(runs["family"] == "ssl", pool, None) if pool is not None else None
+    encoded = runs["family"].isin(ENCODED)
+    runs["pool"] = np.where(encoded, pool, None) if pool is not None else None
     for key in ("sigma", "budget", "pretrain_seed"):
         if key not in runs:
             runs[key] = np.nan
-    runs.loc[runs["family"] != "ssl", ["sigma", "budget", "pretrain_seed"]] = np.nan
+    runs.loc[~encoded, ["sigma", "budget", "pretrain_seed"]] = np.nan
     split = list(CELL_KEYS) + ["seed"]
     units = runs.groupby("dataset")["units"].first() if "units" in runs else None
     # one value per split: the first network run of it states the answers scored on it
-    sources = [runs.drop_duplicates(split)]
+    sources = [runs[runs["family"].isin(NETWORKS)].drop_duplicates(split)]
     if baselines:
         sources.append(pd.DataFrame([dict(b) for b in baselines]))
     rows = []
@@ -219,7 +228,11 @@ def collect_runs(
     pool: str | None = None,
 ) -> pd.DataFrame:
     """:func:`runs_table` from metrics.json files."""
-    read = [json.loads(Path(f).read_text()) for f in metric_files]
+    read = []
+    for f in metric_files:
+        metrics = json.loads(Path(f).read_text())
+        # a hybrid job's file holds one run per family (cdssl.hybrid)
+        read.extend(metrics["runs"] if "runs" in metrics else [metrics])
     base = [json.loads(Path(f).read_text()) for f in baseline_files]
     return runs_table(read, base, backbone=backbone, pool=pool)
 

@@ -1,4 +1,4 @@
-"""Statistics of the fine-tuning grid: cell means, which models learned, SSL against every other answer, the verdict.
+"""Statistics of the fine-tuning grid: cell means, which models learned, one model against another.
 
 Input is the long runs table (:mod:`cdssl.runs`); a cell is a (dataset, fraction) and
 each model of it one row of the cells table. Comparisons take one column of cell values
@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .intervals import bootstrap_mean, difference, hierarchical_bootstrap, paired_test, run_array
-from .runs import CELL_KEYS, MODEL_KEYS, Model, model_mask, models_of, sort_runs
+from .intervals import difference, paired_test
+from .runs import CELL_KEYS, MODEL_KEYS, Model, model_mask, sort_runs
 
 # the scratch networks SSL is counted against cell by cell (the paper's win count)
 SCRATCH = ("sl", "sl_large")
@@ -102,98 +102,6 @@ def by_family(models: list[Model]) -> dict[str, Model]:
     return {m.family: m for m in models if m.family != "ssl"}
 
 
-def against(means, counted, runs, ssl: Model, others: list[Model]) -> dict:
-    """The lowest mean test MAE over the cells among ``others``, and ``ssl`` against it
-    on the cells where both learned."""
-    strongest = min(others, key=lambda m: means[m].mean())
-    both = counted[ssl] & counted[strongest]
-    index = means.index[both]
-    won = (means[ssl] < means[strongest]) & both
-    return {
-        "name": strongest.family,
-        "its_mean_test_mae": float(means[strongest].mean()),
-        "its_procedure_sd": procedure_sd(runs, strongest, means.index),
-        "ssl_minus_it": difference(means, ssl, strongest, runs, index),
-        "ssl_wins": int(won.sum()),
-        "cells_counted": int(both.sum()),
-        "_diffs": list((means[ssl] - means[strongest])[both]),
-        # the runs behind the counted cells, for the pooled interval
-        "_runs": (run_array(runs, index, ssl), run_array(runs, index, strongest)),
-    }
-
-
-def procedure_sd(runs: pd.DataFrame, model: Model, cells: pd.Index) -> float | None:
-    """A boosting baseline's own noise over ``cells``: the root mean square, over its runs,
-    of the spread of refits on inputs perturbed at their last kept digit
-    (cdssl.baselines.procedure_noise); None for a model without one."""
-    if "procedure_sd" not in runs:
-        return None
-    rows = runs[model_mask(runs, model)].set_index(list(CELL_KEYS))["procedure_sd"]
-    rows = rows[rows.index.isin(cells)].dropna()
-    return float(np.sqrt((rows**2).mean())) if len(rows) else None
-
-
-def pooled_interval(diffs: list, runs: list) -> dict:
-    """SSL minus each dataset's strongest, over every counted cell of every dataset: the
-    hierarchical interval (cells side by side; a baseline repeated over SSL's pretraining
-    seeds), or a bootstrap over cell differences when the levels differ."""
-    runs = [r for r in runs if r[0].shape[1]]
-    if not runs or len({a.shape[0] for a, _ in runs}) != 1:
-        return bootstrap_mean(np.array(diffs))
-    a = np.concatenate([a for a, _ in runs], axis=1)
-    b = np.concatenate([np.broadcast_to(b, (a_.shape[0], *b.shape[1:])) for a_, b in runs], axis=1)
-    return hierarchical_bootstrap(a, b)
-
-
-def verdict(cells: pd.DataFrame, runs: pd.DataFrame, ssl: Model) -> dict:
-    """Per dataset, the strongest answer that used no pretraining (lowest mean test MAE
-    over the dataset's cells among the networks from scratch and the composition models)
-    and SSL against it, on the cells where both learned; beside it the strongest
-    baseline of all, the foundation model's features included; overall, SSL against
-    each dataset's strongest, pooled over those cells."""
-    families = by_family(models_of(cells))
-    candidates = [families[f] for f in NO_PRETRAINING + PRETRAINED_ELSEWHERE if f in families]
-    means, counted = per_cell(cells, [ssl, *candidates]), learned(cells, [ssl, *candidates])
-    per_dataset: dict = {}
-    pooled = {"without_pretraining": [[], 0, 0, []], "overall": [[], 0, 0, []]}
-    for dataset in means.index.unique("dataset"):
-        sub, ok = means.xs(dataset, drop_level=False), counted.xs(dataset, drop_level=False)
-        present = [m for m in candidates if sub[m].notna().any()]
-        without = [m for m in present if m.family in NO_PRETRAINING]
-        if not without or not sub[ssl].notna().any():
-            continue
-        blocks = {
-            "without_pretraining": against(sub, ok, runs, ssl, without),
-            "overall": against(sub, ok, runs, ssl, present),
-        }
-        for key, block in blocks.items():
-            pooled[key][0] += block.pop("_diffs")
-            pooled[key][3].append(block.pop("_runs"))
-            pooled[key][1] += block["ssl_wins"]
-            pooled[key][2] += block["cells_counted"]
-        first = blocks["without_pretraining"]
-        ranked = sorted([*present, ssl], key=lambda m: sub[m].mean())
-        per_dataset[dataset] = {
-            "strongest_without_pretraining": first["name"],
-            "its_mean_test_mae": first["its_mean_test_mae"],
-            "its_procedure_sd": first["its_procedure_sd"],
-            "ssl_mean_test_mae": float(sub[ssl].mean()),
-            "ssl_minus_strongest": first["ssl_minus_it"],
-            "ssl_wins": first["ssl_wins"],
-            "cells_counted": first["cells_counted"],
-            "cells": int(len(sub)),
-            "strongest_baseline": blocks["overall"],
-            "ranking": [{"family": m.family, "mean_test_mae": float(sub[m].mean())} for m in ranked],
-        }
-    overall = {k: {**pooled_interval(d, r), "ssl_wins": w, "cells_counted": n} for k, (d, w, n, r) in pooled.items()}
-    return {
-        "model": ssl.keys(),
-        "per_dataset": per_dataset,
-        "overall": overall["without_pretraining"],
-        "overall_any": overall["overall"],
-    }
-
-
 def comparison(cells: pd.DataFrame, runs: pd.DataFrame, ssl: Model, other: Model) -> dict:
     """``ssl`` minus ``other`` on the cells where both learned, over all datasets and per
     dataset; against a scratch network also the cell-by-cell win count."""
@@ -236,21 +144,3 @@ def comparison(cells: pd.DataFrame, runs: pd.DataFrame, ssl: Model, other: Model
             pairs=paired_test(runs, ssl, other, index),
         )
     return out
-
-
-def summarise(runs: pd.DataFrame, cells: pd.DataFrame) -> dict:
-    """Every ssl model against every other model of the cells, and its verdict."""
-    models = models_of(cells)
-    networks = models_of(runs[runs["family"].isin(("ssl", *SCRATCH))])
-    flagged = {m: int((~learned(cells, [m])[m]).sum()) for m in networks}
-    ssl_models = [m for m in models if m.family == "ssl"]
-    others = [m for m in models if m.family != "ssl"]
-    return {
-        "n_jobs": int(runs["family"].isin(("ssl", *SCRATCH)).sum()),
-        "families": sorted(runs.loc[runs["family"].isin(("ssl", *SCRATCH)), "family"].unique()),
-        "models": [m.keys() for m in networks],
-        "cells": int(len(grid(cells))),
-        "cells_flagged": [{"model": m.keys(), "n": n} for m, n in flagged.items()],
-        "comparisons": [comparison(cells, runs, s, o) for s in ssl_models for o in others],
-        "verdict": [verdict(cells, runs, s) for s in ssl_models],
-    }

@@ -2,6 +2,7 @@ rule aggregate:
     input:
         metrics=finetune_metrics(),
         baselines=baseline_metrics(),
+        hybrids=hybrid_metrics(),
     output:
         jobs=report(
             f"{NET}/analysis/jobs.csv",

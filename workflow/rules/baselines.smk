@@ -45,3 +45,52 @@ rule baselines:
         "../../envs/cdssl.yaml"
     script:
         "../scripts/baselines.py"
+
+
+# What a pretrained encoder adds beyond composition and structure (cdssl.hybrid): its
+# crystal embedding of every fine-tuning crystal, and that of its untrained twin.
+rule embed:
+    input:
+        encoder=f"{SEL}/encoder",
+        graphs=f"{R}/graphs/{{dataset}}/graphs.pt",
+    output:
+        embeddings=EMBEDDINGS,
+    wildcard_constraints:
+        sigma="[0-9.]+",
+    threads: config["threads"]
+    log:
+        f"{NET}/logs/embed/{{dataset}}/{ENC_RUN}.log",
+    benchmark:
+        f"{NET}/benchmarks/embed/{{dataset}}/{ENC_RUN}.tsv"
+    conda:
+        "../../envs/cdssl.yaml"
+    script:
+        "../scripts/embed.py"
+
+
+rule hybrid:
+    input:
+        graphs=f"{R}/graphs/{{dataset}}/graphs.pt",
+        descriptors=f"{R}/features/{{dataset}}/magpie_structure.npz",
+        embeddings=EMBEDDINGS,
+        # the descriptor-only boosting's choices on each seed's split
+        baselines=seed_files(BASELINE_CELL, "metrics.json"),
+    output:
+        metrics=seed_files(HYBRID_CELL, "metrics.json"),
+    wildcard_constraints:
+        sigma="[0-9.]+",
+    params:
+        seeds=FT["seeds"],
+        # the networks' split: the same seeds and fractions give the same crystals
+        split={k: FT[k] for k in ("test_fraction", "val_fraction")},
+        boosting=config["analysis"]["boosting"],
+        units=lambda wc: config["datasets"][wc.dataset].get("units", ""),
+    threads: config["threads"]
+    log:
+        f"{NET}/logs/hybrid/{{dataset}}/{{fraction}}/{ENC_RUN}.log",
+    benchmark:
+        f"{NET}/benchmarks/hybrid/{{dataset}}/{{fraction}}/{ENC_RUN}.tsv"
+    conda:
+        "../../envs/cdssl.yaml"
+    script:
+        "../scripts/hybrid.py"

@@ -169,6 +169,34 @@ def finetune_metrics(backbone="{backbone}"):
     return files
 
 
+# the hybrid of each pretrained encoder (cdssl.hybrid): boosting on the strongest
+# descriptors beside the encoder's principal components, and its random-init control
+HYBRID = (
+    config["analysis"]["hybrid"]
+    and "ssl" in FT["modes"]
+    and "magpie_structure" in config["analysis"]["featurizers"]
+)
+HYBRID_CELL = f"{CELL}/hybrid/{ENC_RUN}"
+EMBEDDINGS = f"{NET}/embeddings/{{dataset}}/{ENC_RUN}.npz"
+
+
+def hybrid_metrics(backbone="{backbone}"):
+    """Every hybrid job's metrics.json (one per seed, both families in it)."""
+    if not HYBRID:
+        return []
+    grid = dict(
+        dataset=FT["datasets"],
+        fraction=[fmt_fraction(f) for f in FT["fractions"]],
+        seed=FT["seeds"],
+        backbone=backbone,
+    )
+    return [
+        f
+        for run in pretrain_runs(f"{HYBRID_CELL}/metrics.json")
+        for f in expand(run, **grid, allow_missing=True)
+    ]
+
+
 def baseline_metrics():
     """The feature baselines of every (dataset, fraction, seed) of the grid."""
     return expand(

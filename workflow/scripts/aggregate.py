@@ -7,7 +7,8 @@ from cdssl.aggregate import write_aggregates
 from cdssl.markdown import verdict_line
 
 summary = write_aggregates(
-    snakemake.input.metrics,
+    # the networks' runs, then the hybrids' (cdssl.hybrid: a file holds both families)
+    [*snakemake.input.metrics, *snakemake.input.hybrids],
     snakemake.output.jobs,
     snakemake.output.cells,
     snakemake.output.summary,
