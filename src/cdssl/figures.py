@@ -265,7 +265,8 @@ def figure4(jobs_csv, cells_csv, modes: list[str], out_png, per_dataset_dir) -> 
         ax.set_visible(False)
     head = (
         "Figure 4: test MAE, mean and standard error over seeds\n"
-        "dashed: mean predictor, dotted: element-fraction ridge, red: Magpie gradient boosting"
+        "dashed: mean predictor, dotted: element-fraction ridge, dash-dot: best baseline per feature set\n"
+        "green and yellow dotted: the hybrid and its random-init control"
     )
     axes_words = varying_axes(models)
     sl = [m for m in models if m.family == "sl"]
