@@ -36,7 +36,7 @@ def test_missing_dataset_offline_names_file_and_directory(tmp_path, monkeypatch)
 
 def test_clean_targets_counts_every_dropped_row():
     values, counts, reasons = clean_targets(pd.Series([1.0, np.nan, -2.0, 0.0, np.inf, "x", 100.0]), "log10")
-    assert counts == {"missing": 1, "non_numeric": 1, "non_finite": 1, "non_positive_for_log10": 2}
+    assert counts == {"missing": 1, "non_numeric": 1, "non_finite": 1, "out_of_range": 0, "non_positive_for_log10": 2}
     assert values.iloc[0] == 0.0 and values.iloc[6] == 2.0
     assert values.notna().sum() == 2
     assert reasons.tolist() == [
