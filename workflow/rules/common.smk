@@ -221,10 +221,14 @@ def data_input(wildcards):
         return {"file": entry["file"]}
     inputs = {}
     names = entry.get("union") or [entry.get("matminer") or entry["source"]]
-    # a set this project builds (cdssl.sources) is always an input: rule source builds
-    # one that is not shipped, once, into the data folder
+    # a set this project builds and does not ship (cdssl.sources) is always an input:
+    # rule source builds it, once, into the data folder; a shipped one is an input where
+    # the data folder holds it, as matminer's staged files are
+    built = [f"{DATA_HOME}/{name}.json.gz" for name in names if name in SOURCES]
     inputs["built"] = [
-        f"{DATA_HOME}/{name}.json.gz" for name in names if name in SOURCES
+        path
+        for path, name in zip(built, [n for n in names if n in SOURCES])
+        if not SOURCES[name].shipped or Path(path).exists()
     ]
     if config["data_dir"]:
         staged = [
