@@ -121,7 +121,8 @@ def test_cli_finetunes_a_user_csv(tmp_path, small_table, root):
     metrics = finetune([*argv, "--out", str(tmp_path / "run")])
     assert metrics["n_train"] == 28 and metrics["units"] == "log10(n)"
     predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
-    assert len(predictions) == metrics["n_test"] == 8
+    counts = predictions["split"].value_counts()
+    assert (counts["test"], counts["val"]) == (metrics["n_test"], metrics["n_val"]) and metrics["n_test"] == 8
     assert set(predictions["id"]) <= set(small_table["id"])
     # the installed command, as a shell script calls it: exit status 0 after a good run
     command = Path(sys.executable).parent / "cdssl-finetune"
@@ -180,7 +181,8 @@ def test_metrics_carry_the_trivial_baselines_of_the_same_test_set(tmp_path, smal
     train, val, test = finetune_split(len(y), 0, 0.5, 0.2, 0.1)
     assert m["test_mae_mean_predictor"] == pytest.approx(np.abs(y[test] - y[train].mean()).mean())
     p = pd.read_csv(tmp_path / "b" / "p.csv")
-    assert np.allclose(p["target"], y[test])
+    assert np.allclose(p.loc[p["split"] == "test", "target"], y[test])
+    assert np.allclose(p.loc[p["split"] == "val", "target"], y[val])  # what a blend weights on
     assert 0 < m["test_mae_composition"] < 2 * m["test_mae_mean_predictor"]
 
 

@@ -142,3 +142,51 @@ def test_a_folder_with_a_missing_file_or_foreign_weights_is_refused(good_folder,
     torch.save(other.state_dict(), good_folder / "state.pt")
     with pytest.raises(ModelFileError, match="do not fit MEGNet"):
         load_network(good_folder)
+
+
+def test_a_saved_estimator_reads_back_and_a_crafted_one_is_refused(tmp_path):
+    """Boosting and ridge in skops' format: read back equal; a file naming a type beyond
+    the allowlist, or a pickle under the name, is refused naming the file, nothing run."""
+    import pickle
+    import zipfile
+
+    import numpy as np
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from cdssl.model_files import load_estimator, save_estimator
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(80, 4)), rng.normal(size=80)
+    model = HistGradientBoostingRegressor(max_iter=5, early_stopping=False).fit(x, y)
+    save_estimator(model, tmp_path / "m.skops")
+    assert np.array_equal(load_estimator(tmp_path / "m.skops").predict(x), model.predict(x))
+    with zipfile.ZipFile(tmp_path / "m.skops") as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    schema = json.loads(files["schema.json"])
+    schema.update({"__class__": "Popen", "__module__": "subprocess"})
+    files["schema.json"] = json.dumps(schema).encode()
+    with zipfile.ZipFile(tmp_path / "crafted.skops", "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    with pytest.raises(ModelFileError, match=r"crafted\.skops: names type\(s\) .*subprocess\.Popen"):
+        load_estimator(tmp_path / "crafted.skops")
+    marker = tmp_path / "ran"
+    (tmp_path / "pickled.skops").write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(ModelFileError, match=r"pickled\.skops: not a skops model file"):
+        load_estimator(tmp_path / "pickled.skops")
+    assert not marker.exists()
+
+
+def test_a_hybrid_projection_holding_an_object_is_refused(tmp_path):
+    import numpy as np
+
+    from cdssl.predictors import Component, load_component
+
+    folder = tmp_path / "hybrid"
+    folder.mkdir()
+    (folder / "hybrid.json").write_text(json.dumps({"cdssl": {"kind": "hybrid", "encoder": "x", "descriptors": "m"}}))
+    marker = tmp_path / "ran"
+    np.savez(folder / "components.npz", keep=np.array([Payload(marker)], dtype=object))
+    with pytest.raises(ModelFileError, match=r"components\.npz: not the hybrid's projection"):
+        load_component(Component("hybrid", folder, "hybrid"))
+    assert not marker.exists()

@@ -15,6 +15,13 @@ tables); the probe, Figures 3 and 5 and every training result stay.
 
     python tools/migrate_results.py results [--backbone megnet] [--pretrain-seed 0] [--dry-run]
 
+Runs made before blends (cdssl.blend) kept a network's test predictions only; the blend
+weights the cell's models on their validation predictions. This command adds them to
+each such predictions.csv from the run's own exported model, graph cache and split
+(split.csv), keeping the test rows and the file's time; they equal the fine-tuning
+job's own to float32 precision (the exported model is the trained module, evaluated
+outside Lightning).
+
 ``--backbone`` names the architecture of a single-backbone folder (``models.backbone``
 of its config; megnet by default) and ``--pretrain-seed`` the seed of a run without a
 seed folder (``pretrain.seed``; 0 by default). A folder already in the new layout is
@@ -122,6 +129,53 @@ def migrate(results: Path, backbone: str = "megnet", pretrain_seed: int = 0, dry
     return len(moves)
 
 
+def add_validation_rows(results: Path, dry_run: bool = False) -> int:
+    """Every network predictions.csv under ``results`` written before validation rows were
+    kept: its validation rows added (module docstring). Returns how many files changed."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from cdssl.graphs import GraphCache
+    from cdssl.model_files import load_network
+    from cdssl.models import predict as forward
+
+    changed = 0
+    caches: dict[Path, GraphCache] = {}
+    for csv in sorted(results.glob("*/finetune/**/predictions.csv")):
+        folder = csv.parent
+        table = pd.read_csv(csv)
+        if "split" in table or not (folder / "model").is_dir() or not (folder / "split.csv").is_file():
+            continue
+        dataset = json.loads((folder / "metrics.json").read_text())["dataset"]
+        graphs = results / "graphs" / dataset / "graphs.pt"
+        print(f"add validation rows to {csv} (from {folder / 'model'} on {graphs})")
+        changed += 1
+        if dry_run:
+            continue
+        cache = caches.setdefault(graphs, GraphCache.load(graphs))
+        roles = pd.read_csv(folder / "split.csv")
+        position = {crystal: i for i, crystal in enumerate(cache.ids)}
+        val = [position[i] for i in roles.loc[roles["split"] == "val", "id"]]
+        model = load_network(folder / "model").eval()
+        with torch.no_grad():
+            pred = [forward(model, cache.collate(val[k : k + 64])).double().numpy() for k in range(0, len(val), 64)]
+        rows = pd.DataFrame(
+            {
+                "id": [cache.ids[i] for i in val],
+                "split": "val",
+                "target": cache.targets.numpy()[val],
+                "prediction": np.concatenate(pred),
+            }
+        )
+        stat = csv.stat()
+        pd.concat([rows, table.assign(split="test")[list(rows)]], ignore_index=True).to_csv(csv, index=False)
+        os.utime(csv, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="the results folder (results_dir of its config)")
@@ -133,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.results}: no such folder", file=sys.stderr)
         return 1
     n = migrate(args.results, args.backbone, args.pretrain_seed, args.dry_run)
+    added = add_validation_rows(args.results, args.dry_run)
+    print(f"{'would add' if args.dry_run else 'added'} validation rows to {added} predictions file(s)")
     print(f"{'would move' if args.dry_run else 'moved'} {n} file(s) in {args.results}")
     return 0
 

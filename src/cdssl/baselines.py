@@ -89,9 +89,9 @@ def composition_mae(cache: GraphCache, y: np.ndarray, train: np.ndarray, val: np
     return float(np.abs(best[1].predict(x_test) - y[test]).mean())
 
 
-def _best_on_validation(candidates, x: np.ndarray, y: np.ndarray, train, val, test) -> tuple[float, dict]:
+def _best_on_validation(candidates, x: np.ndarray, y: np.ndarray, train, val, test) -> tuple[float, dict, Any]:
     """Fit every (params, model) candidate on train, keep the lowest validation MAE,
-    return its test MAE and its params."""
+    return its test MAE, its params and the fitted model."""
     best = None
     for params, model in candidates:
         model.fit(x[train], y[train])
@@ -99,7 +99,7 @@ def _best_on_validation(candidates, x: np.ndarray, y: np.ndarray, train, val, te
         if best is None or val_mae < best[0]:
             best = (val_mae, params, model)
     _, params, model = best
-    return float(np.abs(model.predict(x[test]) - y[test]).mean()), {**params, "val_mae": best[0]}
+    return float(np.abs(model.predict(x[test]) - y[test]).mean()), {**params, "val_mae": best[0]}, model
 
 
 def fit_boosting(x: np.ndarray, y: np.ndarray, lr: float, leaf: int, max_iter: int, seed: int):
@@ -139,10 +139,21 @@ def procedure_noise(
 def boosting_on_validation(
     x: np.ndarray, y: np.ndarray, train, val, test, boosting: dict[str, Any], seed: int
 ) -> tuple[float, dict]:
+    """Gradient boosting with every choice made on validation MAE (:func:`chosen_boosting`):
+    the test MAE and the chosen settings."""
+    mae, params, _ = chosen_boosting(x, y, train, val, test, boosting, seed)
+    return mae, params
+
+
+def chosen_boosting(
+    x: np.ndarray, y: np.ndarray, train, val, test, boosting: dict[str, Any], seed: int
+) -> tuple[float, dict, Any]:
     """Gradient boosting with every choice made on validation MAE: each (learning rate,
     leaf size) of the grid is fitted once up to ``max_iter`` trees, and the number of
     trees is chosen along the way (staged predictions), so the cap costs one fit, not one
-    per candidate count. Returns the test MAE and the chosen settings."""
+    per candidate count. Returns the test MAE, the chosen settings and the chosen model,
+    refitted with exactly its tree count (the same trees: no subsampling, no internal
+    stop), so that a saved model holds no tree it does not use."""
     best = None
     for lr, leaf in itertools.product(boosting["learning_rates"], boosting["min_samples_leaf"]):
         model = fit_boosting(x[train], y[train], lr, leaf, boosting["max_iter"], seed)
@@ -152,15 +163,25 @@ def boosting_on_validation(
             best = (val_mae[n_trees - 1], {"learning_rate": float(lr), "min_samples_leaf": int(leaf)}, model, n_trees)
     val_mae, params, model, n_trees = best
     prediction = next(itertools.islice(model.staged_predict(x[test]), n_trees - 1, None))
-    return float(np.abs(prediction - y[test]).mean()), {**params, "n_trees": n_trees, "val_mae": val_mae}
+    chosen = fit_boosting(x[train], y[train], params["learning_rate"], params["min_samples_leaf"], n_trees, seed)
+    return float(np.abs(prediction - y[test]).mean()), {**params, "n_trees": n_trees, "val_mae": val_mae}, chosen
 
 
 def feature_baselines(
-    name: str, x: np.ndarray, y: np.ndarray, train, val, test, boosting: dict[str, Any], seed: int
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    train,
+    val,
+    test,
+    boosting: dict[str, Any],
+    seed: int,
+    fitted: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Test MAE of ridge and of gradient boosting on one feature matrix (standardised on
     the training subset for ridge), every choice made on validation MAE; keys
-    ``test_mae_<name>_ridge``, ``test_mae_<name>_boosting`` and their settings."""
+    ``test_mae_<name>_ridge``, ``test_mae_<name>_boosting`` and their settings. The
+    chosen models go into ``fitted`` (by family, ``<name>_ridge``) when it is given."""
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import Ridge
     from sklearn.pipeline import make_pipeline
@@ -173,8 +194,10 @@ def feature_baselines(
         ({"alpha": float(a)}, make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), Ridge(alpha=a)))
         for a in ALPHAS
     )
-    ridge_mae, ridge_params = _best_on_validation(ridge, x, y, train, val, test)
-    boost_mae, boost_params = boosting_on_validation(x, y, train, val, test, boosting, seed)
+    ridge_mae, ridge_params, ridge_model = _best_on_validation(ridge, x, y, train, val, test)
+    boost_mae, boost_params, boost_model = chosen_boosting(x, y, train, val, test, boosting, seed)
+    if fitted is not None:
+        fitted.update({f"{name}_ridge": ridge_model, f"{name}_boosting": boost_model})
     boost_params["procedure_sd"] = procedure_noise(x, y, train, test, boost_params, seed)
     return {
         f"test_mae_{name}_ridge": ridge_mae,
@@ -182,6 +205,37 @@ def feature_baselines(
         f"test_mae_{name}_boosting": boost_mae,
         f"{name}_boosting_params": boost_params,
     }
+
+
+def save_baselines(fitted: dict[str, Any], featurizer_of: dict[str, str], model_dir: str | Path) -> None:
+    """The chosen models of one split, each in skops' format (cdssl.model_files: no pickle),
+    and ``models.json`` saying which feature matrix each reads (cdssl.features)."""
+    from .model_files import save_estimator
+
+    folder = Path(model_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for family, model in fitted.items():
+        save_estimator(model, folder / f"{family}.skops")
+        files[family] = {"file": f"{family}.skops", "featurizer": featurizer_of[family]}
+    write_json({"cdssl": {"kind": "features", "models": files, "mantissa_bits": MANTISSA_BITS}}, folder / "models.json")
+
+
+def split_predictions(ids: Sequence[str], y: np.ndarray, rows: dict[str, np.ndarray], columns: dict[str, np.ndarray]):
+    """One table of a split's validation and test rows: ``id``, ``split``, ``target``,
+    then one column per model (``columns``: the model's predictions on the rows of
+    ``rows["val"]`` then ``rows["test"]``)."""
+    import pandas as pd
+
+    order = np.concatenate([rows["val"], rows["test"]])
+    return pd.DataFrame(
+        {
+            "id": [ids[i] for i in order],
+            "split": ["val"] * len(rows["val"]) + ["test"] * len(rows["test"]),
+            "target": y[order],
+            **columns,
+        }
+    )
 
 
 def run_baselines(
@@ -195,18 +249,33 @@ def run_baselines(
     val_fraction: float,
     boosting: dict[str, Any],
     metrics_jsons: Sequence[str | Path],
+    predictions_csvs: Sequence[str | Path] | None = None,
+    model_dirs: Sequence[str | Path] | None = None,
 ) -> None:
     """Rule baselines: ridge and boosting on each feature matrix (``{featurizer: npz}``,
     cdssl.features) for one (dataset, fraction), every seed, on exactly the split the
-    networks of that cell use (:func:`finetune_split`)."""
+    networks of that cell use (:func:`finetune_split`). With ``predictions_csvs`` and
+    ``model_dirs`` (seed by seed), each split's validation and test predictions of every
+    model (what a blend is chosen from: cdssl.blend) and the chosen models themselves."""
+    from .utils import atomic_path
+
     cache = GraphCache.load(graphs)
     matrices = {name: read_features(path, cache) for name, path in features.items()}
     y = cache.targets.numpy()
-    for seed, out in zip(seeds, metrics_jsons, strict=True):
+    for i, (seed, out) in enumerate(zip(seeds, metrics_jsons, strict=True)):
         train, val, test = finetune_split(len(cache), int(seed), fraction, test_fraction, val_fraction)
         result: dict[str, Any] = {"dataset": dataset, "fraction": fraction, "seed": int(seed)}
+        fitted: dict[str, Any] = {}
+        featurizer_of: dict[str, str] = {}
+        columns: dict[str, np.ndarray] = {}
         for name, x in matrices.items():
-            result.update(feature_baselines(name, x, y, train, val, test, boosting, int(seed)))
+            models: dict[str, Any] = {}
+            result.update(feature_baselines(name, x, y, train, val, test, boosting, int(seed), models))
+            x_round = rounded(x)
+            for family, model in models.items():
+                columns[family] = np.concatenate([model.predict(x_round[val]), model.predict(x_round[test])])
+                featurizer_of[family] = name
+            fitted.update(models)
             LOG.info(
                 "%s fraction=%s seed=%s: %s ridge %.4g, %s boosting %.4g (%s)",
                 dataset,
@@ -218,4 +287,12 @@ def run_baselines(
                 result[f"test_mae_{name}_boosting"],
                 result[f"{name}_boosting_params"],
             )
+        if predictions_csvs is not None:
+            # the training mean beside the models: the floor a blend's candidates must beat
+            columns["mean_predictor"] = np.full(len(val) + len(test), y[train].mean())
+            table = split_predictions(cache.ids, y, {"val": val, "test": test}, columns)
+            with atomic_path(predictions_csvs[i]) as tmp:
+                table.to_csv(tmp, index=False)
+        if model_dirs is not None:
+            save_baselines(fitted, featurizer_of, model_dirs[i])
         write_json(result, out)

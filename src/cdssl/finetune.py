@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .baselines import composition_mae, mean_predictor_mae
+from .baselines import composition_mae, mean_predictor_mae, split_predictions
 from .config import FinetuneSettings
 from .graphs import GraphBatch, GraphCache
 from .model_files import load_network
@@ -352,9 +352,12 @@ def evaluate(
         "target_std": float(truth.std()),
         "units": job.units,
     }
+    # the validation rows too: a blend of the cell's models is weighted on them (cdssl.blend)
+    val_pred = predict_all(module, cache, val_idx, job.batch_size)
     with atomic_path(predictions_csv) as tmp:
-        ids = [cache.ids[i] for i in test_idx]
-        pd.DataFrame({"id": ids, "target": truth, "prediction": pred}).to_csv(tmp, index=False)
+        split_predictions(
+            cache.ids, y, {"val": val_idx, "test": test_idx}, {"prediction": np.concatenate([val_pred, pred])}
+        ).to_csv(tmp, index=False)
     if split_csv is not None:
         # every crystal's role in this run, so any other model can be scored on the same split
         roles = np.array(["unused"] * len(cache), dtype=object)

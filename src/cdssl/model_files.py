@@ -132,3 +132,44 @@ def read_model_folder(folder: str | Path) -> ModelFolder:
 def load_network(folder: str | Path) -> nn.Module:
     """The network of a local MatGL model folder, built from plain values only (module docstring)."""
     return read_model_folder(folder).build()
+
+
+# The types a fitted scikit-learn model of this pipeline holds beyond what skops trusts by
+# default: the trees of gradient boosting and numpy's dtype objects (of its node arrays
+# and of the scaler's statistics). skops reads a file by rebuilding every object its
+# schema names from a list of allowed types, never by unpickling, so a file that names
+# anything else (a function, another class) is refused before any of it is built.
+ESTIMATOR_TYPES = (
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "numpy.dtype",
+)
+
+
+def save_estimator(model: Any, path: str | Path) -> None:
+    """A fitted scikit-learn model in skops' format (a zip of JSON and arrays, no pickle)."""
+    import skops.io as sio
+
+    from .utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        sio.dump(model, tmp)
+
+
+def load_estimator(path: str | Path) -> Any:
+    """A model saved by :func:`save_estimator`, refused (:class:`ModelFileError`, naming the
+    file and the types) if it names a type beyond skops' defaults and :data:`ESTIMATOR_TYPES`."""
+    import zipfile
+
+    import skops.io as sio
+
+    path = Path(path)
+    try:
+        unknown = sorted(set(sio.get_untrusted_types(file=path)) - set(ESTIMATOR_TYPES))
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path}: not a skops model file ({type(exc).__name__}: {exc})") from None
+    if unknown:
+        raise ModelFileError(f"{path}: names type(s) this pipeline does not build: {', '.join(unknown)}")
+    try:
+        return sio.load(path, trusted=list(ESTIMATOR_TYPES))
+    except Exception as exc:  # skops raises its own types for a schema it cannot rebuild
+        raise ModelFileError(f"{path}: not readable as a skops model ({type(exc).__name__}: {exc})") from None

@@ -30,6 +30,10 @@ rule baselines:
         ),
     output:
         metrics=seed_files(BASELINE_CELL, "metrics.json"),
+        # every model's validation and test predictions (what a blend is chosen from)
+        predictions=seed_files(BASELINE_CELL, "predictions.csv"),
+        # the chosen models, in a format that cannot run code when read (cdssl-predict)
+        models=[directory(f) for f in seed_files(BASELINE_CELL, "models")],
     params:
         featurizers=config["analysis"]["featurizers"],
         seeds=FT["seeds"],
@@ -71,12 +75,16 @@ rule embed:
 rule hybrid:
     input:
         graphs=f"{R}/graphs/{{dataset}}/graphs.pt",
+        # the saved models name it (cdssl-predict embeds new crystals with it)
+        encoder=f"{SEL}/encoder",
         descriptors=f"{R}/features/{{dataset}}/magpie_structure.npz",
         embeddings=EMBEDDINGS,
         # the descriptor-only boosting's choices on each seed's split
         baselines=seed_files(BASELINE_CELL, "metrics.json"),
     output:
         metrics=seed_files(HYBRID_CELL, "metrics.json"),
+        predictions=seed_files(HYBRID_CELL, "predictions.csv"),
+        models=[directory(f) for f in seed_files(HYBRID_CELL, "models")],
     wildcard_constraints:
         sigma="[0-9.]+",
     params:

@@ -15,4 +15,6 @@ run_baselines(
     **snakemake.params.split,
     boosting=snakemake.params.boosting,
     metrics_jsons=snakemake.output.metrics,
+    predictions_csvs=snakemake.output.predictions,
+    model_dirs=snakemake.output.models,
 )

@@ -24,4 +24,7 @@ run_hybrid(
     },
     units=snakemake.params.units,
     metrics_jsons=snakemake.output.metrics,
+    predictions_csvs=snakemake.output.predictions,
+    model_dirs=snakemake.output.models,
+    encoder_folder=snakemake.input.encoder,
 )
