@@ -22,6 +22,7 @@ include: "workflow/rules/graphs.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/baselines.smk"
+include: "workflow/rules/blend.smk"
 include: "workflow/rules/analysis.smk"
 
 

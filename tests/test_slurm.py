@@ -134,8 +134,10 @@ def test_tiny_workflow_runs_as_slurm_jobs_with_srun_ranks_and_grouped_finetuning
     # every cell's outputs, each in its own folder
     metrics = sorted((tmp_path / "results/megnet/finetune").rglob("metrics.json"))
     hybrids = [m for m in metrics if "hybrid" in m.parts]
-    # 8 networks' cells, and a hybrid per fraction and encoder (cdssl.hybrid), each a folder
-    assert len(metrics) - len(hybrids) == 8 and len(hybrids) == 4
+    blends = [m for m in metrics if "blend" in m.parts]
+    # 8 networks' cells, a hybrid per fraction and encoder (cdssl.hybrid) and a blend per
+    # fraction (cdssl.blend), each a folder
+    assert len(metrics) - len(hybrids) - len(blends) == 8 and len(hybrids) == 4 and len(blends) == 2
     assert (tmp_path / "results/megnet/analysis/fig4_finetune.png").exists()
     # each pretraining: one SLURM job whose 2 ranks srun started, both in the rule's log
     for sigma in ("0.3", "0.5"):

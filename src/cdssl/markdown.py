@@ -136,7 +136,42 @@ def summary_lines(summary: dict) -> list[str]:
                 diff = _interval(c) if c["cells_counted"] else "not counted (a model did not learn)"
                 parts.append(f"the fine-tuned SSL network minus it {diff}")
             lines.append("; ".join(parts))
+    lines += choice_lines(summary.get("choice") or {})
     return lines
+
+
+def choice_lines(choice: dict) -> list[str]:
+    """What a user should take, per dataset (cdssl.verdicts.choice), in words."""
+    lines = []
+    for dataset, d in choice.get("per_dataset", {}).items():
+        uses = [
+            f"fraction {f['fraction']:g}: {_model_words(f['use'], f['use_family'])} (chosen in {f['seeds_chosen']} of "
+            f"{f['seeds']} seeds; the best's mean test MAE {f['best_mean_test_mae']:.4g}, the blend's "
+            f"{f['blend_mean_test_mae']:.4g})"
+            for f in d["per_fraction"]
+        ]
+        lines.append(f"the model to use, {dataset}, chosen on validation: " + "; ".join(uses))
+        weights = d.get("weights") or []
+        if weights:
+            lines.append(
+                f"the blend's weights, {dataset} (mean over {weights[0]['splits']} splits; splits weighting it): "
+                + ", ".join(f"{w['label']} {w['mean']:.2f} ({w['weighted_in']})" for w in weights)
+                + "; every other model 0"
+            )
+        for family in ("best", "blend"):
+            s = d.get(f"{family}_minus_strongest")
+            if s:
+                lines.append(
+                    f"{label(Model(family))}, {dataset}: minus the strongest answer without pretraining "
+                    f"({s['name']}) {_interval(s)}, lower in {s['lower_in']} of {s['cells_counted']} counted cells"
+                )
+    return lines
+
+
+def _model_words(chosen: str, family: str) -> str:
+    """A chosen model in words: its family's, and the run it came from (``ssl/seed_0/sigma_0.5``)."""
+    words = label(Model(family))
+    return words if chosen == family else f"{words} [{chosen}]"
 
 
 def flag_text(cells: pd.DataFrame, axes: Sequence[str]) -> pd.Series:

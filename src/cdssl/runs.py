@@ -52,7 +52,10 @@ BASELINES = {
 HYBRIDS = ("hybrid", "hybrid_random")
 # the families whose model is keyed by an encoder (its sigma, budget, pool, pretrain_seed)
 ENCODED = ("ssl", *HYBRIDS)
-FAMILIES = (*NETWORKS, *HYBRIDS, *BASELINES)
+# what a user should take (cdssl.blend): the validation-best of a cell's models or their
+# blend; both draw on every other family, so no comparison counts them as rivals
+CHOSEN = ("best", "blend")
+FAMILIES = (*CHOSEN, *NETWORKS, *HYBRIDS, *BASELINES)
 WORDS = {
     "ssl": "SSL (pretrained)",
     "sl": "SL (Table 3)",
@@ -67,6 +70,8 @@ WORDS = {
     "chgnet_boosting": "CHGNet boosting",
     "hybrid": "Hybrid (Magpie+structure + pretrained PCs)",
     "hybrid_random": "Hybrid, random-init encoder",
+    "best": "Best on validation",
+    "blend": "Blend (validation weights)",
 }
 # the ssl axes a label names when they tell one model of a table from another
 SSL_AXES = ("sigma", "budget", "pool")
@@ -231,7 +236,7 @@ def collect_runs(
     read = []
     for f in metric_files:
         metrics = json.loads(Path(f).read_text())
-        # a hybrid job's file holds one run per family (cdssl.hybrid)
+        # a hybrid or blend job's file holds one run per family (cdssl.hybrid, cdssl.blend)
         read.extend(metrics["runs"] if "runs" in metrics else [metrics])
     base = [json.loads(Path(f).read_text()) for f in baseline_files]
     return runs_table(read, base, backbone=backbone, pool=pool)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .intervals import bootstrap_mean, difference, hierarchical_bootstrap, run_array
-from .runs import CELL_KEYS, HYBRIDS, Model, model_mask, models_of
+from .runs import CELL_KEYS, CHOSEN, HYBRIDS, Model, model_mask, models_of
 from .statistics import (
     NO_PRETRAINING,
     PRETRAINED_ELSEWHERE,
@@ -163,6 +163,66 @@ def hybrid_verdict(cells: pd.DataFrame, runs: pd.DataFrame, hybrid: Model) -> di
     return {"model": hybrid.keys(), "per_dataset": per_dataset}
 
 
+def choice(cells: pd.DataFrame, runs: pd.DataFrame) -> dict:
+    """What a user should take (cdssl.blend), per dataset: for each fraction the model the
+    validation split chose in most seeds (``use``, ties to the first label) with every
+    seed's choice, the best's and the blend's mean test MAE; and the best and the blend
+    each minus the strongest answer without pretraining, with their intervals."""
+    models = models_of(cells)
+    chosen = {m.family: m for m in models if m.family in CHOSEN}
+    if "best" not in chosen:
+        return {}
+    families = by_family(models)
+    candidates = [families[f] for f in NO_PRETRAINING if f in families]
+    best_runs = runs[runs["family"] == "best"]
+    per_dataset: dict = {}
+    for dataset in cells["dataset"].unique():
+        sub = cells[cells["dataset"] == dataset]
+        means = per_cell(sub, list(chosen.values()))
+        block: dict = {"per_fraction": []}
+        for fraction, part in best_runs[best_runs["dataset"] == dataset].groupby("fraction"):
+            counts = part.groupby(["chosen", "chosen_family"]).size().reset_index(name="n")
+            top = counts.sort_values(["n", "chosen"], ascending=[False, True], kind="stable").iloc[0]
+            block["per_fraction"].append(
+                {
+                    "fraction": float(fraction),
+                    "use": top["chosen"],
+                    "use_family": top["chosen_family"],
+                    "seeds_chosen": int(top["n"]),
+                    "seeds": int(len(part)),
+                    "chosen_per_seed": dict(zip(part["seed"].astype(int).astype(str), part["chosen"], strict=True)),
+                    **{f"{f}_mean_test_mae": float(means.loc[(dataset, fraction), m]) for f, m in chosen.items()},
+                }
+            )
+        block["weights"] = mean_weights(runs[(runs["family"] == "blend") & (runs["dataset"] == dataset)])
+        present = [m for m in candidates if model_mask(sub, m).any()]
+        for family, model in chosen.items():
+            if present:
+                found = against(per_cell(sub, [model, *present]), learned(sub, [model, *present]), runs, model, present)
+                block[f"{family}_minus_strongest"] = {
+                    "name": found["name"],
+                    "its_mean_test_mae": found["its_mean_test_mae"],
+                    **found["ssl_minus_it"],
+                    "lower_in": found["ssl_wins"],
+                    "cells_counted": found["cells_counted"],
+                }
+        per_dataset[dataset] = block
+    return {"per_dataset": per_dataset}
+
+
+def mean_weights(blends: pd.DataFrame) -> list[dict]:
+    """Each candidate's mean weight in ``blends`` (a dataset's blend rows; 0 where it got
+    none or was left out) and the number of splits that gave it weight, heaviest first."""
+    weights = [r["weights"] for r in blends.get("settings", pd.Series(dtype=object)) if isinstance(r, dict)]
+    labels = sorted({label for w in weights for label in w})
+    rows = [
+        {"label": label, "mean": float(np.mean([w.get(label, 0.0) for w in weights])), "splits": len(weights)}
+        | {"weighted_in": sum(label in w for w in weights)}
+        for label in labels
+    ]
+    return sorted(rows, key=lambda r: (-r["mean"], r["label"]))
+
+
 def summarise(runs: pd.DataFrame, cells: pd.DataFrame) -> dict:
     """Every ssl model against every other model of the cells (a hybrid: the one of its
     own encoder), its verdict, and what each hybrid adds."""
@@ -170,7 +230,7 @@ def summarise(runs: pd.DataFrame, cells: pd.DataFrame) -> dict:
     networks = models_of(runs[runs["family"].isin(("ssl", *SCRATCH))])
     flagged = {m: int((~learned(cells, [m])[m]).sum()) for m in networks}
     ssl_models = [m for m in models if m.family == "ssl"]
-    others = [m for m in models if m.family != "ssl"]
+    others = [m for m in models if m.family not in ("ssl", *CHOSEN)]
     pairs = [(s, o) for s in ssl_models for o in others if o.family not in HYBRIDS or _same_encoder(s, o)]
     return {
         "n_jobs": int(runs["family"].isin(("ssl", *SCRATCH)).sum()),
@@ -181,4 +241,5 @@ def summarise(runs: pd.DataFrame, cells: pd.DataFrame) -> dict:
         "comparisons": [comparison(cells, runs, s, o) for s, o in pairs],
         "verdict": [verdict(cells, runs, s) for s in ssl_models],
         "hybrid": [hybrid_verdict(cells, runs, h) for h in models if h.family == "hybrid"],
+        "choice": choice(cells, runs),
     }

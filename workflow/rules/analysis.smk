@@ -3,6 +3,7 @@ rule aggregate:
         metrics=finetune_metrics(),
         baselines=baseline_metrics(),
         hybrids=hybrid_metrics(),
+        blends=blend_metrics(),
     output:
         jobs=report(
             f"{NET}/analysis/jobs.csv",

@@ -197,6 +197,106 @@ def hybrid_metrics(backbone="{backbone}"):
     ]
 
 
+# the validation-chosen model of each cell and the blend of its models (cdssl.blend)
+BLEND_CELL = f"{CELL}/blend"
+
+
+def blend_candidates(wildcards):
+    """Every model of a (backbone, dataset, fraction), seed by seed, that the blend may
+    weight: the networks, the feature baselines and the hybrids, each with its keys, its
+    validation and test predictions and the model cdssl-predict loads."""
+    cell_keys = dict(
+        backbone=wildcards.backbone,
+        dataset=wildcards.dataset,
+        fraction=wildcards.fraction,
+    )
+    runs = [
+        {"sigma": s, "pretrain_seed": p, "budget": b}
+        for s in SIGMAS
+        for p in PSEEDS
+        for b in BUDGETS or [None]
+    ]
+    out = []
+    for seed in FT["seeds"]:
+        cell = CELL.format(seed=seed, **cell_keys)
+        base = BASELINE_CELL.format(seed=seed, **cell_keys)
+
+        def add(label, kind, predictions, column, model, family, run=None):
+            keys = {k: run and run[k] for k in ("sigma", "pretrain_seed", "budget")}
+            keys["sigma"] = keys["sigma"] and float(keys["sigma"])
+            keys["pretrain_seed"] = keys["pretrain_seed"] and int(keys["pretrain_seed"])
+            keys["budget"] = keys["budget"] and int(keys["budget"])
+            out.append(
+                dict(
+                    seed=seed,
+                    label=label,
+                    kind=kind,
+                    family=family,
+                    predictions=predictions,
+                    column=column,
+                    model=model,
+                    **keys,
+                )
+            )
+
+        for mode in FT["modes"]:
+            if mode != "ssl":
+                add(
+                    mode,
+                    "network",
+                    f"{cell}/{mode}/predictions.csv",
+                    "prediction",
+                    f"{cell}/{mode}/model",
+                    mode,
+                )
+        for run in runs:
+            enc = ENC_RUN.format(**{k: v for k, v in run.items() if v is not None})
+            if "ssl" in FT["modes"]:
+                add(
+                    f"ssl/{enc}",
+                    "network",
+                    f"{cell}/ssl/{enc}/predictions.csv",
+                    "prediction",
+                    f"{cell}/ssl/{enc}/model",
+                    "ssl",
+                    run,
+                )
+            if HYBRID:
+                for family in ("hybrid", "hybrid_random"):
+                    add(
+                        f"{family}/{enc}",
+                        "hybrid",
+                        f"{cell}/hybrid/{enc}/predictions.csv",
+                        family,
+                        f"{cell}/hybrid/{enc}/models/{family}",
+                        family,
+                        run,
+                    )
+        for featurizer in config["analysis"]["featurizers"]:
+            for model in ("ridge", "boosting"):
+                family = f"{featurizer}_{model}"
+                add(
+                    family,
+                    "features",
+                    f"{base}/predictions.csv",
+                    family,
+                    f"{base}/models",
+                    family,
+                )
+    return out
+
+
+def blend_metrics(backbone="{backbone}"):
+    """Every blend job's metrics.json (one per seed, the blend and the best model in it)."""
+    grid = dict(
+        dataset=FT["datasets"],
+        fraction=[fmt_fraction(f) for f in FT["fractions"]],
+        seed=FT["seeds"],
+        backbone=backbone,
+    )
+    return expand(f"{BLEND_CELL}/metrics.json", **grid, allow_missing=True)
+
+
 def baseline_metrics():
     """The feature baselines of every (dataset, fraction, seed) of the grid."""
     return expand(

@@ -7,8 +7,8 @@ from cdssl.aggregate import write_aggregates
 from cdssl.markdown import verdict_line
 
 summary = write_aggregates(
-    # the networks' runs, then the hybrids' (cdssl.hybrid: a file holds both families)
-    [*snakemake.input.metrics, *snakemake.input.hybrids],
+    # the networks' runs, then the hybrids' and the blends' (a file holds two families)
+    [*snakemake.input.metrics, *snakemake.input.hybrids, *snakemake.input.blends],
     snakemake.output.jobs,
     snakemake.output.cells,
     snakemake.output.summary,
