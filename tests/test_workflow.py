@@ -270,6 +270,10 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
         baselines = json.loads((r / "baselines/dielectric" / fraction / "0/metrics.json").read_text())
         for name in ("magpie_ridge", "magpie_boosting", "chgnet_ridge", "chgnet_boosting"):
             assert baselines[f"test_mae_{name}"] > 0, name
+    # the baselines' validation and test predictions and their saved models
+    base = r / "baselines/dielectric/0.7/0"
+    assert set(pd.read_csv(base / "predictions.csv")["split"]) == {"val", "test"}
+    assert (base / "models/magpie_structure_boosting.skops").exists() and (base / "models/models.json").exists()
     # the hybrid of each encoder and its control, per seed, in one file
     for sigma in ("0.3", "0.5"):
         hybrid = json.loads((net / f"finetune/dielectric/0.7/0/hybrid/seed_0/sigma_{sigma}/metrics.json").read_text())
@@ -295,6 +299,81 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
     assert {"pretrained_sigma_0.3", "pretrained_sigma_0.5", "random_init", "element_fractions"} <= set(
         probe["features"]
     )
+
+
+def test_each_cell_names_its_best_model_and_every_saved_model_predicts_as_the_run_did(tiny_run, tmp_path):
+    """The blend job's choice per cell, and cdssl-predict with it: the best model (the
+    default), the blend and each kind of saved model (network, feature baseline, hybrid
+    and its control) give, on the cell's own validation and test crystals read back from
+    CIF, the run's own predictions: to 1e-5 in log10(n) (CIF's printed coordinates
+    move CHGNet's features in their sixth digit; the rest agree to 1e-7). A crafted model
+    file in the run is refused in one line, naming it."""
+    from pymatgen.core import Structure
+
+    import cdssl
+    from cdssl.data import read_table
+
+    work, _ = tiny_run
+    r = work / "results"
+    cell = r / "megnet/finetune/dielectric/0.7"
+    blend = json.loads((cell / "0/blend/metrics.json").read_text())
+    assert [run["mode"] for run in blend["runs"]] == ["blend", "best"]
+    labels = {c["label"] for c in blend["candidates"]}
+    assert {"sl", "sl_large", "ssl/seed_0/sigma_0.5", "hybrid_random/seed_0/sigma_0.3", "chgnet_boosting"} <= labels
+    assert blend["chosen"] in labels | {"blend"} and abs(sum(blend["weights"].values()) - 1) < 1e-9
+    summary = json.loads((r / "megnet/analysis/summary.json").read_text())
+    (use,) = [f for f in summary["choice"]["per_dataset"]["dielectric"]["per_fraction"] if f["fraction"] == 0.7]
+    assert use["use"] == blend["chosen"] and use["seeds"] == 1
+    document = (r / "megnet/analysis/results.md").read_text()
+    assert (
+        "the model to use, dielectric, chosen on validation" in document
+        and "the blend's weights, dielectric" in document
+    )
+    own = pd.read_csv(cell / "0/blend/predictions.csv").set_index("id")
+    base = pd.read_csv(r / "baselines/dielectric/0.7/0/predictions.csv").set_index("id")
+    hybrid = pd.read_csv(cell / "0/hybrid/seed_0/sigma_0.3/predictions.csv").set_index("id")
+    ssl = pd.read_csv(cell / "0/ssl/seed_0/sigma_0.5/predictions.csv").set_index("id")
+    table = read_table(r / "data/dielectric.json.gz").set_index("id").loc[own.index]
+    crystals = tmp_path / "crystals.csv"
+    cifs = [Structure.from_dict(s).to(fmt="cif") for s in table["structure"]]
+    pd.DataFrame({"id": own.index, "cif": cifs}).to_csv(crystals, index=False)
+    expected = {
+        "best": own["best"],
+        "blend": own["blend"],
+        "ssl/seed_0/sigma_0.5": ssl["prediction"],
+        "magpie_structure_boosting": base["magpie_structure_boosting"],
+        "chgnet_ridge": base["chgnet_ridge"],
+        "hybrid/seed_0/sigma_0.3": hybrid["hybrid"],
+        "hybrid_random/seed_0/sigma_0.3": hybrid["hybrid_random"],
+    }
+    for model, values in expected.items():
+        predictions, skipped = cdssl.predict([cell], [crystals], structure_column="cif", id_column="id", model=model)
+        assert skipped.empty
+        which = blend["chosen"] if model == "best" else model
+        assert (predictions["model"] == f"0: {which}").all()
+        got = np.log10(predictions.set_index("id").loc[values.index, "0"])
+        np.testing.assert_allclose(got, values, rtol=0, atol=1e-5, err_msg=model)
+    # a crafted saved model: skops' schema naming a function (os.system) to hand back
+    import zipfile
+
+    models = r / "baselines/dielectric/0.7/0/models"
+    target = models / "magpie_ridge.skops"
+    with zipfile.ZipFile(target) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    schema = json.loads(files["schema.json"])
+    schema.update({"__class__": "system", "__module__": "os", "__loader__": "FunctionNode", "content": "touch ran"})
+    files["schema.json"] = json.dumps(schema).encode()
+    original = target.read_bytes()
+    with zipfile.ZipFile(target, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    args = ["--run", str(cell), "--structures", str(crystals), "--structure-column", "cif", "--id-column", "id"]
+    args += ["--model", "magpie_ridge", "--out", str(tmp_path / "p.csv")]
+    proc = subprocess.run([str(Path(sys.executable).parent / "cdssl-predict"), *args], capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"cdssl-predict: error: {target}: names type(s) this pipeline does not build: os.system")
+    target.write_bytes(original)  # the module's other tests read the run as it was
 
 
 def test_the_console_has_one_line_per_job_and_the_logs_keep_the_rest(tiny_run):
@@ -359,13 +438,43 @@ def _to_old_layout(results: Path) -> None:
     files (embeddings, hybrid cells, their logs) came after that layout: an old run has
     none."""
     for path in sorted(p for p in (results / "megnet").rglob("*") if p.is_file()):
-        if {"embeddings", "hybrid", "embed"} & set(path.relative_to(results / "megnet").parts):
+        if {"embeddings", "hybrid", "embed", "blend"} & set(path.relative_to(results / "megnet").parts):
             path.unlink()
             continue
+        if path.name == "predictions.csv":  # test rows only, no split column
+            table = pd.read_csv(path)
+            table[table["split"] == "test"].drop(columns="split").to_csv(path, index=False)
         old = results / str(path.relative_to(results / "megnet")).replace("seed_0/sigma_", "sigma_")
         old.parent.mkdir(parents=True, exist_ok=True)
         path.rename(old)
     shutil.rmtree(results / "megnet")
+    # nor had the baselines their predictions and saved models
+    for path in sorted((results / "baselines").rglob("predictions.csv")):
+        path.unlink()
+        shutil.rmtree(path.parent / "models")
+
+
+def _same_numbers(a, b, rtol: float = 1e-6) -> None:
+    """Two JSON documents or tables equal, numbers to ``rtol``."""
+    if isinstance(a, pd.DataFrame):
+        assert list(a) == list(b) and len(a) == len(b)
+        for column in a:
+            if pd.api.types.is_numeric_dtype(a[column]):
+                np.testing.assert_allclose(a[column], b[column], rtol=rtol, atol=1e-12, err_msg=column)
+            else:
+                assert a[column].fillna("").tolist() == b[column].fillna("").tolist(), column
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _same_numbers(a[k], b[k], rtol)
+    elif isinstance(a, list):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _same_numbers(x, y, rtol)
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=rtol, abs=1e-12, nan_ok=True)
+    else:
+        assert a == b
 
 
 def test_a_results_folder_of_the_old_layout_moves_and_reruns_only_the_documents(tiny_run, tmp_path):
@@ -386,15 +495,24 @@ def test_a_results_folder_of_the_old_layout_moves_and_reruns_only_the_documents(
         [sys.executable, str(ROOT / "tools/migrate_results.py"), str(r)], capture_output=True, text=True, check=True
     )
     assert "moved" in proc.stdout.splitlines()[-1]
+    assert proc.stdout.splitlines()[-2] == "added validation rows to 8 predictions file(s)"
     assert all((r / "megnet" / c).exists() for c in checkpoints)
     assert not (r / "pretrain").exists() and not (r / "finetune").exists()
     counts = job_counts(snakemake("-n", *args, workdir=copy).stdout)
-    # the documents, and the hybrids an old run never had (one embedding per encoder, one
-    # job per fraction and encoder)
-    assert counts == {"aggregate": 1, "results": 1, "figure4": 1, "all": 1, "embed": 2, "hybrid": 4}
+    # the documents, and what an old run never had: the hybrids (one embedding per
+    # encoder, one job per fraction and encoder), the baselines' predictions and saved
+    # models (one job per fraction) and the blends (one per fraction)
+    assert counts == {
+        **{"aggregate": 1, "results": 1, "figure4": 1, "all": 1},
+        **{"embed": 2, "hybrid": 4, "baselines": 2, "blend": 2},
+    }
     snakemake(*args, workdir=copy)
-    for name in ("summary.json", "cells.csv", "jobs.csv"):
-        assert (r / "megnet/analysis" / name).read_text() == (work / "results/megnet/analysis" / name).read_text()
+    # equal to the finished run's, but for the networks' validation predictions: from the
+    # exported models, equal to the training job's own to float32 precision
+    for name in ("cells.csv", "jobs.csv"):
+        _same_numbers(pd.read_csv(r / "megnet/analysis" / name), pd.read_csv(work / "results/megnet/analysis" / name))
+    summary = json.loads((r / "megnet/analysis/summary.json").read_text())
+    _same_numbers(summary, json.loads((work / "results/megnet/analysis/summary.json").read_text()))
     # moving a folder of the new layout changes nothing
     again = subprocess.run(
         [sys.executable, str(ROOT / "tools/migrate_results.py"), str(r)], capture_output=True, text=True, check=True
@@ -600,7 +718,7 @@ def test_a_tiny_run_with_two_backbones_writes_each_one_s_cells_probe_and_the_com
     crystals = tmp_path / "crystals.csv"
     cifs = [Structure.from_dict(s).to(fmt="cif") for s in table["structure"]]
     pd.DataFrame({"id": own.index, "cif": cifs}).to_csv(crystals, index=False)
-    predictions, skipped = cdssl.predict([cell], [crystals], structure_column="cif", id_column="id")
+    predictions, skipped = cdssl.predict([cell], [crystals], structure_column="cif", id_column="id", model="networks")
     assert skipped.empty and (predictions["n_models"] == 3).all()
     column = predictions.set_index("id").loc[own.index, "0/sl_large"]
     np.testing.assert_allclose(np.log10(column), own["prediction"], rtol=1e-5, atol=1e-6)

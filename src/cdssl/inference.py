@@ -21,12 +21,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .data import DataError, build_table
 from .graphs import GraphCache, NoGraphsError, build_cache, save_cache
 from .model_files import load_network
-from .models import predict as forward
 from .utils import LOG, atomic_path, set_threads, setup_logging
 
 # what the models of one prediction must agree on: the same quantity, read the same way
@@ -152,6 +150,16 @@ def output_units(units: str, transform: str) -> str:
     return units
 
 
+def shared_info(networks: list[Path], runs: list[str | Path]) -> dict[str, Any]:
+    """What the networks under ``runs`` say of their target (:data:`SHARED`), checked equal."""
+    infos = [model_info(m) for m in networks]
+    for key in SHARED:
+        values = {json.dumps(i.get(key)) for i in infos}
+        if len(values) > 1:
+            raise ValueError(f"the models under {', '.join(map(str, runs))} differ in {key}: {sorted(values)}")
+    return infos[0]
+
+
 def predict(
     runs: list[str | Path],
     structures: list[str | Path],
@@ -159,48 +167,59 @@ def predict(
     structure_column: str = "structure",
     id_column: str | None = None,
     batch_size: int = 64,
+    model: str = "best",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Predict with every model under ``runs`` for the crystals in ``structures``.
+    """Predict for the crystals in ``structures`` with the models under ``runs``.
+
+    ``model``: ``best`` (default), in each seed's cell the model its validation split
+    chose (cdssl.blend), or every fine-tuned network where the runs hold no blend (a
+    cdssl-finetune folder, a run made before blends); ``blend``, each seed's blend;
+    ``networks``, every fine-tuned network under the runs; or a model's label in the
+    blend files (``sl``, ``ssl/seed_0/sigma_0.5``, ``magpie_structure_boosting``,
+    ``hybrid/seed_0/sigma_0.5``), that model of each seed.
 
     Returns (predictions, skipped). predictions has one row per crystal: ``id``,
-    ``prediction`` (the models' mean, in the dataset's units), ``std`` (their standard
-    deviation, 0 for one model), ``n_models``, ``units``, then one column per model
-    (its folder relative to the run). skipped has ``id`` and ``reason``.
+    ``prediction`` (the mean over the models or seeds, in the dataset's units), ``std``
+    (their standard deviation, 0 for one), ``n_models``, ``units``, ``model`` (which model
+    each column is), then one column per model or seed (its folder relative to the run).
+    skipped has ``id`` and ``reason``.
     """
-    models = find_models(runs)
-    infos = [model_info(m) for m in models]
-    for key in SHARED:
-        values = {json.dumps(i.get(key)) for i in infos}
-        if len(values) > 1:
-            raise ValueError(f"the models under {', '.join(map(str, runs))} differ in {key}: {sorted(values)}")
-    info = infos[0]
-    # no file of a model folder chooses what code runs (cdssl.model_files)
-    loaded = [load_network(m).eval() for m in models]
-    cutoffs = {float(m.cutoff) for m in loaded}
+    from .predictors import Component, NewCrystals, load_component, plan_models, predict_component
+
+    networks = find_models(runs)
+    info = shared_info(networks, runs)
+    plan = plan_models(runs, networks, _labels(networks, runs), model)
+    # every file of every model read and checked before any crystal is
+    loaded = {c: load_component(c) for _, mix in plan.values() for c in mix}
+    # no file of a model folder chooses what code runs (cdssl.model_files); the cutoff
+    # of the graphs is the networks' (the features' models read the same crystals)
+    cutoffs = {float(load_network(m).cutoff) for m in networks}
     if len(cutoffs) > 1:
         raise ValueError(f"the models use different cutoffs: {sorted(cutoffs)}")
+    cutoff = cutoffs.pop()
     with tempfile.TemporaryDirectory() as tmp:
         table, skipped = read_structures(structures, structure_column, id_column, info["max_sites"], Path(tmp))
         try:
-            cache_dict, unparsed = build_cache(table.assign(target=0.0), cutoffs.pop())
+            cache_dict, unparsed = build_cache(table.assign(target=0.0), cutoff)
         except NoGraphsError as exc:
             first = exc.skipped.iloc[0] if len(exc.skipped) else {"id": "-", "reason": "no rows"}
             inputs = ", ".join(map(str, structures))
             raise DataError(f"no crystal of {inputs} could be read: {first['id']}: {first['reason']}") from None
         save_cache(cache_dict, Path(tmp) / "graphs.pt")
-        cache = GraphCache.load(Path(tmp) / "graphs.pt", float(loaded[0].cutoff))
+        cache = GraphCache.load(Path(tmp) / "graphs.pt", cutoff)
     skipped = pd.concat([skipped, unparsed], ignore_index=True)
-    labels = _labels(models, runs)
+    crystals = NewCrystals(cache, batch_size)
+    done: dict[Component, np.ndarray] = {}
     columns = {}
-    with torch.no_grad():
-        for label, model in zip(labels, loaded, strict=True):
-            out = []
-            for start in range(0, len(cache), batch_size):
-                batch = cache.collate(list(range(start, min(start + batch_size, len(cache)))))
-                out.append(forward(model, batch).double().numpy())
-            columns[label] = inverse_transform(np.concatenate(out), info["transform"])
+    for name, (_, mix) in plan.items():
+        for component in mix:
+            if component not in done:
+                done[component] = predict_component(loaded[component], crystals)
+        value = sum(done[c] * w for c, w in mix.items())
+        columns[name] = inverse_transform(value, info["transform"])
     values = np.column_stack(list(columns.values()))
     units = output_units(info.get("units") or "", info["transform"])
+    used = "; ".join(f"{name}: {which}" for name, (which, _) in plan.items())
     predictions = pd.DataFrame(
         {
             "id": cache.ids,
@@ -208,14 +227,16 @@ def predict(
             "std": values.std(axis=1),
             "n_models": values.shape[1],
             "units": units,
+            "model": used,
             **columns,
         }
     )
     LOG.info(
-        "%d crystal(s) predicted by %d model(s) of %s; %d skipped",
+        "%d crystal(s) predicted by %s of %s (%s); %d skipped",
         len(predictions),
-        len(models),
+        f"{len(plan)} model(s)",
         info["dataset"],
+        used,
         len(skipped),
     )
     return predictions, skipped
@@ -250,6 +271,13 @@ def predict_parser() -> argparse.ArgumentParser:
     ap.add_argument("--structure-column", default="structure", help="CSV/JSON column with CIF text or pymatgen dicts")
     ap.add_argument("--id-column", help="column naming each crystal (default: its row)")
     ap.add_argument("--out", required=True, help="predictions CSV; skipped crystals go to <out stem>.skipped.csv")
+    ap.add_argument(
+        "--model",
+        default="best",
+        help="best (default: each seed's validation choice, a model or a blend; every network where the run "
+        "has no blend), blend, networks, or a model's label in the run's blend/metrics.json "
+        "(sl, ssl/seed_0/sigma_0.5, magpie_structure_boosting, hybrid/seed_0/sigma_0.5, ...)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     return ap
 
@@ -264,7 +292,11 @@ def predict_main(argv: list[str] | None = None) -> None:
     set_threads(args.threads)
     try:
         predictions, skipped = predict(
-            args.run, args.structures, structure_column=args.structure_column, id_column=args.id_column
+            args.run,
+            args.structures,
+            structure_column=args.structure_column,
+            id_column=args.id_column,
+            model=args.model,
         )
     except (DataError, FileNotFoundError, ValueError) as exc:
         ap.exit(1, f"cdssl-predict: error: {exc}\n")
@@ -273,4 +305,6 @@ def predict_main(argv: list[str] | None = None) -> None:
     skipped_csv = out.with_name(out.stem + ".skipped.csv")
     with atomic_path(skipped_csv) as tmp:
         skipped.to_csv(tmp, index=False)
+    spread = ", the spread over them in 'std'" if predictions["n_models"].iloc[0] > 1 else ""
+    print(f"model(s) used: {predictions['model'].iloc[0]}{spread}")
     print(f"{len(predictions)} predicted -> {out}; {len(skipped)} skipped -> {skipped_csv}")
