@@ -9,14 +9,18 @@ from cdssl.graphs import GraphCache
 from cdssl.models import build_model, predict, state_attr
 
 
+@pytest.mark.parametrize("backbone", ["megnet", "m3gnet"])
 @pytest.mark.parametrize("mode", ["ssl", "sl"])
 @pytest.mark.parametrize("indices", [[4], list(range(24))], ids=["one graph", "batch"])
-def test_forward_and_gradients_equal_matgl(small_cache_path, test_config, mode, indices):
+def test_forward_and_gradients_equal_matgl(small_cache_path, test_config, backbone, mode, indices):
+    """predict() (MEGNet's split edge update; M3GNet's split gated MLPs, triplet terms
+    computed once per batch) is the MatGL model's own forward, values and gradients."""
     torch.manual_seed(0)
-    model = build_model(test_config, mode)
+    model = build_model(_backbone(test_config, backbone), mode)
     batch = GraphCache.load(small_cache_path, 5.0).collate(indices)
     params = [p for p in model.parameters() if p.requires_grad]
-    ref = model(batch, state_attr=state_attr(batch, model)).reshape(-1)
+    state = state_attr(batch, model) if backbone == "megnet" else None
+    ref = model(batch, state_attr=state).reshape(-1)
     ours = predict(model, batch)
     assert torch.allclose(ours, ref, atol=1e-5)
     g_ref = torch.autograd.grad((ref**2).sum(), params)
@@ -156,3 +160,14 @@ def test_batches_carry_32_bit_edge_indices_with_the_64_bit_results_bit_for_bit(s
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+
+
+def test_m3gnet_without_triplets_gives_matgl_s_prediction(small_cache_path, test_config):
+    """A three-body cutoff below every bond leaves no triplet (empty gathers and sums)."""
+    from cdssl.models import build_network, model_kwargs
+
+    torch.manual_seed(0)
+    sizes = {**model_kwargs(_backbone(test_config, "m3gnet"), "sl"), "threebody_cutoff": 0.5}
+    model = build_network(sizes, 5.0)
+    batch = GraphCache.load(small_cache_path, 5.0).collate(list(range(6)))
+    assert torch.allclose(predict(model, batch), model(batch).reshape(-1), atol=1e-5)

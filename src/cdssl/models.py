@@ -76,6 +76,18 @@ def state_attr(batch: GraphBatch, model: MEGNet) -> torch.Tensor:
     return torch.zeros(batch.num_graphs, dim, device=batch.pos.device)
 
 
+def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` along rows by ``index_select``, whose backward is one ``index_add``
+    (``x[index]``'s is an accumulating ``index_put``, slower on the CPU)."""
+    return torch.index_select(x, 0, index)
+
+
+def _sum_into(x: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """Rows of ``x`` summed into ``size`` rows by ``index`` (MatGL's scatter sum, without
+    materialising an index per element)."""
+    return x.new_zeros((size, *x.shape[1:])).index_add(0, index, x)
+
+
 def _edge_update(
     conv,
     edge_index: torch.Tensor,
@@ -94,8 +106,8 @@ def _edge_update(
     d_node, d_edge = node.shape[1], edge.shape[1]
     w_src, w_dst, w_edge, w_state = first.weight.split([d_node, d_node, d_edge, state.shape[1]], dim=1)
     src, dst = edge_index
-    h = torch.addmm((state @ w_state.T + first.bias)[edge_batch], edge, w_edge.T)
-    h = h + (node @ w_src.T)[src] + (node @ w_dst.T)[dst]
+    h = torch.addmm(_gather(state @ w_state.T + first.bias, edge_batch), edge, w_edge.T)
+    h = h + _gather(node @ w_src.T, src) + _gather(node @ w_dst.T, dst)
     for layer in rest:
         h = layer(h)
     return h
@@ -151,17 +163,84 @@ def readout_megnet(model: MEGNet, batch: GraphBatch, node, edge, state) -> torch
     return torch.sigmoid(out) if model.is_classification else out
 
 
+def _gated_mlp_split(mlp, node: torch.Tensor, edge: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+    """MatGL's ``GatedMLP`` on ``[v_src, v_dst, e]`` per edge, its first layers split by block.
+
+    Both branches' first Linear act on the same input, so they are one matmul; their node
+    blocks are multiplied once per node and then gathered, and only the edge block is
+    multiplied per edge. Same weights, same result; at MatGL's sizes the first layer's
+    per-edge inputs shrink from 192 to 64.
+    """
+    first_l, first_g = mlp.layers[0], mlp.gates[0]
+    weight = torch.cat([first_l.weight, first_g.weight])
+    d_node, width = node.shape[1], first_l.out_features
+    w_src, w_dst, w_edge = weight.split([d_node, d_node, edge.shape[1]], dim=1)
+    src, dst = edge_index
+    if first_l.bias is None:
+        h = edge @ w_edge.T
+    else:
+        h = torch.addmm(torch.cat([first_l.bias, first_g.bias]), edge, w_edge.T)
+    h = h + _gather(node @ w_src.T, src) + _gather(node @ w_dst.T, dst)
+    h_l, h_g = h[:, :width], h[:, width:]
+    for layer in list(mlp.layers)[1:]:
+        h_l = layer(h_l)
+    for layer in list(mlp.gates)[1:]:
+        h_g = layer(h_g)
+    return h_l * h_g
+
+
+def _m3gnet_layer(layer, batch: GraphBatch, edge, node, rbf, nodes_needed: bool = True):
+    """``M3GNetBlock.forward`` without a crystal state, with the split gated MLPs; the node
+    update is skipped where nothing reads it (the last block under the edge loss)."""
+    conv = layer.conv
+    edge = edge + _gated_mlp_split(conv.edge_update_func, node, edge, batch.edge_index) * conv.edge_weight_func(rbf)
+    if nodes_needed:
+        message = _gated_mlp_split(conv.node_update_func, node, edge, batch.edge_index) * conv.node_weight_func(rbf)
+        node = node + _sum_into(message, batch.edge_index[0], node.shape[0])
+    if layer.dropout is not None:
+        edge, node = layer.dropout(edge), layer.dropout(node)
+    return edge, node
+
+
+def _three_body(interaction, triplets: dict[str, torch.Tensor], node, edge):
+    """``ThreeBodyInteractions.forward`` with the batch's triplet terms computed once
+    (``_triplet_terms``) instead of once per block."""
+    atoms = _gather(interaction.update_network_atom(node), triplets["end_atom"])
+    bonds = _sum_into(triplets["weighted_basis"] * atoms, triplets["bond_ij"], edge.shape[0])
+    return edge + interaction.update_network_bond(bonds)
+
+
+def _triplet_terms(model: M3GNet, batch: GraphBatch, vec, dist, line: dict) -> dict[str, torch.Tensor]:
+    """What every block's three-body update shares: the triplets' bond and end-atom
+    indices and the angular basis times both bonds' cutoffs (MatGL recomputes the last two
+    in every block)."""
+    bond_ij, bond_ik = (line["line_edge_index"][i].to(torch.long) for i in (0, 1))
+    angles = compute_theta_and_phi(vec, dist, line["line_edge_index"])
+    basis = model.basis_expansion(angles["triple_bond_lengths"], angles["cos_theta"], angles["phi"])
+    cutoff = polynomial_cutoff(dist, model.threebody_cutoff)
+    return {
+        "bond_ij": bond_ij,
+        "end_atom": _gather(batch.edge_index[1], bond_ik),
+        "weighted_basis": basis * (cutoff[bond_ij] * cutoff[bond_ik])[:, None],
+    }
+
+
 def encode_m3gnet(
-    model: M3GNet, batch: GraphBatch, pos: torch.Tensor | None = None
+    model: M3GNet, batch: GraphBatch, pos: torch.Tensor | None = None, nodes_needed: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Node and edge features of the last M3GNet block, at positions ``pos``.
 
-    ``M3GNet.forward`` up to the readout, on MatGL's own modules, with one change that
-    only shaken positions see: the three-body triplets (bond pairs within
+    ``M3GNet.forward`` up to the readout, on MatGL's own modules and weights, with one
+    change that only shaken positions see: the three-body triplets (bond pairs within
     ``threebody_cutoff``) come from the clean positions, as the edges do, while the
     distances, angles and cutoff weights are the shaken ones. At the clean positions this
-    is ``M3GNet.forward`` exactly (tests hold it equal).
+    is ``M3GNet.forward`` exactly (tests hold it equal, values and gradients). Faster
+    than MatGL's: split gated MLPs (``_gated_mlp_split``) and triplet terms computed once
+    per batch. ``nodes_needed=False`` (the edge loss) skips the last block's node update
+    and returns the nodes before it.
     """
+    if model.include_state:
+        raise ValueError("cdssl's M3GNet path has no crystal state (include_state=False, MatGL's default)")
     at = batch.pos if pos is None else pos
     vec, dist = compute_pair_vector_and_distance(at, batch.edge_index, batch.pbc_offshift)
     if pos is None:
@@ -169,30 +248,23 @@ def encode_m3gnet(
     else:
         with torch.no_grad():
             clean_vec, clean_dist = compute_pair_vector_and_distance(batch.pos, batch.edge_index, batch.pbc_offshift)
-    num_nodes, num_bonds = batch.pos.shape[0], batch.edge_index.shape[1]
     line = create_line_graph(
-        batch.edge_index, clean_dist, clean_vec, batch.pbc_offshift, num_nodes, model.threebody_cutoff
+        batch.edge_index, clean_dist, clean_vec, batch.pbc_offshift, batch.pos.shape[0], model.threebody_cutoff
     )
-    angles = compute_theta_and_phi(vec, dist, line["line_edge_index"])
-    basis = model.basis_expansion(angles["triple_bond_lengths"], angles["cos_theta"], angles["phi"])
-    three_body_cutoff = polynomial_cutoff(dist, model.threebody_cutoff)
+    triplets = _triplet_terms(model, batch, vec, dist, line)
     expanded = model.bond_expansion(dist)
-    node, edge, state = model.embedding(batch.node_type, expanded, None)
-    for interaction, layer in zip(model.three_body_interactions, model.graph_layers, strict=True):
-        edge = interaction(
-            batch.edge_index[1],
-            line["line_edge_index"],
-            line["n_triple_ij"],
-            num_bonds,
-            basis,
-            three_body_cutoff,
-            node,
-            edge,
-        )
-        edge, node, state = layer(
-            batch.edge_index, edge, node, state, expanded, batch.batch, batch.edge_batch, num_nodes, batch.num_graphs
-        )
+    node, edge, _ = model.embedding(batch.node_type, expanded, None)
+    last = len(model.graph_layers) - 1
+    for i, (interaction, layer) in enumerate(zip(model.three_body_interactions, model.graph_layers, strict=True)):
+        edge = _three_body(interaction, triplets, node, edge)
+        edge, node = _m3gnet_layer(layer, batch, edge, node, expanded, nodes_needed or i < last)
     return node, edge
+
+
+def readout_m3gnet(model: M3GNet, batch: GraphBatch, node, edge) -> torch.Tensor:
+    """M3GNet's intensive readout and final layer, as in ``M3GNet.forward``."""
+    out = model.final_layer(model._readout(node, edge, batch.batch))
+    return torch.sigmoid(out) if model.task_type == "classification" else out
 
 
 def encode_tensornet(model: TensorNet, batch: GraphBatch, pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -221,7 +293,7 @@ def edge_features(model: nn.Module, batch: GraphBatch, pos: torch.Tensor) -> tor
     if backbone == "megnet":
         return encode_megnet(model, batch, pos)[1]
     if backbone == "m3gnet":
-        return encode_m3gnet(model, batch, pos)[1]
+        return encode_m3gnet(model, batch, pos, nodes_needed=False)[1]
     node = encode_tensornet(model, batch, pos)
     src, dst = batch.edge_index
     _, dist = compute_pair_vector_and_distance(pos, batch.edge_index, batch.pbc_offshift)
@@ -278,6 +350,8 @@ def predict(model: nn.Module, batch: GraphBatch) -> torch.Tensor:
     """One value per graph, equal to the MatGL model's forward (readout included)."""
     if isinstance(model, MEGNet):
         return readout_megnet(model, batch, *encode_megnet(model, batch)).reshape(-1)
+    if isinstance(model, M3GNet) and model.is_intensive:
+        return readout_m3gnet(model, batch, *encode_m3gnet(model, batch)).reshape(-1)
     return model(batch).reshape(-1)
 
 
