@@ -96,3 +96,38 @@ def matgl_loader(t, batch_size: int, root: str):
     )
     loader, _ = MGLDataLoader(ds, ds, collate_fn=collate_fn_graph, batch_size=batch_size, num_workers=0)
     return loader
+
+
+def plain_pretext_loss(model, head, backbone: str, sizes: dict, dev):
+    """The pretext loss written with MatGL alone, on batches of ``matgl_loader``: positions
+    from fractional coordinates and lattice (as ModelLightningModule does), shaken; the
+    model's own forward (readout included; M3GNet builds its triplets from the shaken
+    positions there); the linear head on the last block's edge features (MEGNet, M3GNet) or
+    on TensorNet's atom features with the shaken length's expansion."""
+    import torch
+    from matgl.graph._compute import compute_pair_vector_and_distance
+
+    from cdssl.pretext import perturb, standardise_per_graph
+
+    def plain_loss(batch):
+        g, lat, state, _ = batch
+        g = g.to(dev)
+        lat = lat.to(dev).reshape(-1, 3, 3)
+        node_lat = lat[g.batch]
+        pos = torch.einsum("ni,nij->nj", g.frac_coords, node_lat)
+        g.pbc_offshift = torch.einsum("ei,eij->ej", g.pbc_offset, node_lat[g.edge_index[0]])
+        src, dst = g.edge_index
+        dist = (pos[dst] + g.pbc_offshift - pos[src]).norm(dim=1)
+        target = standardise_per_graph(dist, g.batch[src], g.num_graphs)
+        g.pos = perturb(pos, 0.5)
+        if backbone == "tensornet":
+            node = model.forward_features(g)["readout"]
+            _, shaken = compute_pair_vector_and_distance(g.pos, g.edge_index, g.pbc_offshift)
+            edge = torch.cat([node[src] + node[dst], node[src] * node[dst], model.bond_expansion(shaken)], dim=1)
+        else:
+            model(g, state_attr=state.to(dev) if backbone == "megnet" else None)
+            edge = model.feature_dict[f"gc_{sizes['nblocks']}"]["edge_feat"]
+        pred = head(edge).squeeze(-1)
+        return torch.nn.functional.mse_loss(pred, target), g.num_graphs
+
+    return plain_loss

@@ -17,7 +17,7 @@ import statistics
 import tempfile
 import time
 
-from _common import backbone_sizes, device, environment, matgl_loader, parser, report, table
+from _common import backbone_sizes, device, environment, matgl_loader, parser, plain_pretext_loss, report, table
 
 
 def main() -> None:
@@ -34,11 +34,9 @@ def main() -> None:
     p.add_argument("--passes", type=int, default=3, help="passes over the data; the median rate is reported")
     args = p.parse_args()
     import torch
-    from matgl.graph._compute import compute_pair_vector_and_distance
 
     from cdssl.graphs import GraphCache, build_cache
     from cdssl.models import build_network, edge_feature_dim
-    from cdssl.pretext import perturb, standardise_per_graph
     from cdssl.pretrain import DenoisingModule
 
     torch.set_num_threads(args.threads)
@@ -73,30 +71,14 @@ def main() -> None:
         loader = matgl_loader(t, args.batch, tmp)
         plain_batches = list(loader)
 
+    plain_loss = plain_pretext_loss(model, head, args.backbone, sizes, dev)
+
     def plain_step(batch) -> int:
-        g, lat, state, _ = batch
-        g = g.to(dev)
-        lat = lat.to(dev).reshape(-1, 3, 3)
-        node_lat = lat[g.batch]
-        pos = torch.einsum("ni,nij->nj", g.frac_coords, node_lat)
-        g.pbc_offshift = torch.einsum("ei,eij->ej", g.pbc_offset, node_lat[g.edge_index[0]])
-        src, dst = g.edge_index
-        dist = (pos[dst] + g.pbc_offshift - pos[src]).norm(dim=1)
-        target = standardise_per_graph(dist, g.batch[src], g.num_graphs)
-        g.pos = perturb(pos, 0.5)
-        if args.backbone == "tensornet":
-            node = model.forward_features(g)["readout"]
-            _, shaken = compute_pair_vector_and_distance(g.pos, g.edge_index, g.pbc_offshift)
-            edge = torch.cat([node[src] + node[dst], node[src] * node[dst], model.bond_expansion(shaken)], dim=1)
-        else:
-            model(g, state_attr=state.to(dev) if args.backbone == "megnet" else None)
-            edge = model.feature_dict[f"gc_{sizes['nblocks']}"]["edge_feat"]
-        pred = head(edge).squeeze(-1)
-        loss = torch.nn.functional.mse_loss(pred, target)
+        loss, n = plain_loss(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return g.num_graphs
+        return n
 
     plain = run(plain_step, plain_batches)
 
