@@ -44,7 +44,17 @@ class ModuleRanges:
     def __init__(self, root, strip: str = "") -> None:
         import torch
 
-        self.names = {id(m): re.sub(r"\.\d+", "", n.removeprefix(strip)).split(".")[0] for n, m in root.named_modules()}
+        paths = defaultdict(list)
+        for name, module in root.named_modules(remove_duplicate=False):
+            paths[id(module)].append((name, module))
+        # a module held under several names (MatGL shares one activation instance across a
+        # network) is named by its class: its calls outside any other module's are its own
+        self.names = {
+            key: re.sub(r"\.\d+", "", found[0][0].removeprefix(strip)).split(".")[0]
+            if len(found) == 1
+            else f"{type(found[0][1]).__name__} (one instance, shared)"
+            for key, found in paths.items()
+        }
         self.names.pop(id(root), None)
         self.open: list = []
         self.handles = [
