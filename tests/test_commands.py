@@ -85,7 +85,7 @@ def test_cli_command_in_the_readme_parses():
 
     (command,) = [c for c in COMMANDS if c.startswith(".venv/bin/cdssl-finetune")]
     args = finetune_parser().parse_args(shlex.split(command)[1:])
-    assert args.encoder == "results/megnet/pretrain/seed_0/sigma_0.5/encoder"
+    assert args.encoder == "results/megnet/pretrain/seed_0/sigma_0.5/pool_size_all/encoder"
 
 
 def test_predict_command_in_the_readme_parses():

@@ -259,6 +259,8 @@ def test_the_backbones_models_builds_are_the_ones_the_schema_allows(root):
         ("pretrain", "sigma", 0, "'pretrain.sigma': 0 must be > 0"),
         ("pretrain", "sigma", [0.5, -1], "'pretrain.sigma.1': -1 must be > 0"),
         ("pretrain", "seed", [0, 0], "'pretrain.seed': [0, 0] has non-unique elements"),
+        ("pretrain", "pool_size", 1, "'pretrain.pool_size': 1 must be >= 2"),
+        ("pretrain", "pool_size", [100, 1], "'pretrain.pool_size.1': 1 must be >= 2"),
     ],
 )
 def test_a_key_of_several_forms_reports_the_error_of_the_form_given(root, section, key, value, message):
@@ -269,3 +271,25 @@ def test_a_key_of_several_forms_reports_the_error_of_the_form_given(root, sectio
     with pytest.raises(ConfigError) as err:
         validate_config(config, "mine.yaml")
     assert str(err.value) == f"invalid configuration in mine.yaml: {message}"
+
+
+def test_a_pool_size_is_a_setting_of_its_pretraining_and_unset_keeps_the_earlier_identity(test_config):
+    """pretrain.pool_size: a bare value and a list of one are the same run; each size of a
+    list is its own job's setting; unset, the declared settings and the identity are those
+    of runs from before the key, so they rerun nothing."""
+    from cdssl.config import fmt_pool_size, parse_pool_size, pool_sizes, pretrain_settings
+
+    config = copy.deepcopy(test_config)
+    config["pretrain"]["sigma"] = 0.5
+    unset = pretrain_settings(config)
+    assert "pool_size" not in unset and pool_sizes(config) == [None]
+    config["pretrain"]["pool_size"] = 40
+    bare = pretrain_settings(config)
+    config["pretrain"]["pool_size"] = [40]
+    assert pretrain_settings(config) == bare and bare["pool_size"] == 40
+    config["pretrain"]["pool_size"] = [80, 40]
+    assert pool_sizes(config) == [40, 80]
+    assert pretrain_settings(config, pool_size="80")["pool_size"] == 80
+    assert pretrain_settings(config, pool_size="all") == unset
+    assert [fmt_pool_size(n) for n in (None, 40)] == ["all", "40"]
+    assert [parse_pool_size(t) for t in ("all", "40")] == [None, 40]

@@ -42,7 +42,7 @@ def _tiny(workdir: Path, accelerator: str) -> Path:
 
 def test_the_tiny_workflow_on_the_gpu_gives_the_cpu_run_s_results(tmp_path):
     gpu, cpu = _tiny(tmp_path / "gpu", "gpu"), _tiny(tmp_path / "cpu", "cpu")
-    run = "pretrain/seed_0/sigma_0.5"
+    run = "pretrain/seed_0/sigma_0.5/pool_size_all"
     a, b = pd.read_csv(gpu / run / "history.csv"), pd.read_csv(cpu / run / "history.csv")
     pd.testing.assert_series_equal(a["epoch"], b["epoch"])
     pd.testing.assert_series_equal(a["val_loss"], b["val_loss"], rtol=LOSS_RTOL)

@@ -1,5 +1,6 @@
 """The pretext task on real structures: perturbation, targets, learning, selection."""
 
+import itertools
 import json
 import pickle
 import shutil
@@ -19,7 +20,7 @@ from cdssl.pretext import (
     standardise_per_graph,
     validation_generator,
 )
-from cdssl.pretrain import DenoisingModule, loaders, pretrain_split, run_pretraining
+from cdssl.pretrain import DenoisingModule, loaders, nested_split, pretrain_split, run_pretraining
 from cdssl.references import lookup_references, lookup_share, no_learning_reference
 
 
@@ -183,6 +184,25 @@ def test_split_is_seeded_and_disjoint():
     assert np.array_equal(a_va, b_va) and len(a_va) == 20
     assert not set(a_tr) & set(a_va) and len(a_tr) + len(a_va) == 100
     assert not np.array_equal(pretrain_split(100, 0.2, 1)[1], a_va)
+
+
+def test_smaller_pools_are_subsets_of_larger_ones_train_in_train_and_val_in_val():
+    sizes = (10, 37, 100, 250, 1000)
+    splits = {n: nested_split(1000, n, 0.2, seed=3) for n in sizes}
+    for n, (train, val) in splits.items():
+        assert len(train) + len(val) == n and not set(train) & set(val)
+        assert len(val) == n // 5  # floor(n * val_fraction)
+    for small, large in itertools.pairwise(sizes):
+        assert set(splits[small][0]) <= set(splits[large][0]), (small, large)
+        assert set(splits[small][1]) <= set(splits[large][1]), (small, large)
+    # seeded: the same seed the same pools, another seed others
+    assert all(np.array_equal(a, b) for a, b in zip(nested_split(1000, 100, 0.2, 3), splits[100], strict=True))
+    assert not np.array_equal(nested_split(1000, 100, 0.2, 4)[0], splits[100][0])
+    for size in (1, 1001):
+        with pytest.raises(ValueError, match=f"pretrain.pool_size {size} is outside 2..1000"):
+            nested_split(1000, size, 0.2, 0)
+    with pytest.raises(ValueError, match="leaves no train or no val graph"):
+        nested_split(1000, 4, 0.2, 0)
 
 
 def test_pretraining_run_logs_every_epoch_and_selection_exports_for_matgl(tmp_path, small_cache_path, config):

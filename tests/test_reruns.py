@@ -50,7 +50,7 @@ def targets(config: dict | None = None) -> list[str]:
     """One fine-tuning cell per mode; the ssl cell of the config's pretraining run (every
     path names its pretraining seed: another seed is another run, not a rerun)."""
     seed = (config or {}).get("pretrain", {}).get("seed", 0)
-    ssl = f"ssl/seed_{seed}/sigma_0.5"
+    ssl = f"ssl/seed_{seed}/sigma_0.5/pool_size_all"
     return [f"results/megnet/finetune/labelled/0.5/0/{ssl if m == 'ssl' else m}/metrics.json" for m in MODES]
 
 
@@ -231,8 +231,11 @@ def test_rerun_after_a_change_equals_a_clean_run(base, tmp_path, changes):
 PRETRAIN_FILES = ("history.csv", "split.csv", "reference.json")
 POOL = "results/graphs/dielectric_unlabelled/graphs.pt"
 TRAINING_LOGS = (
-    "results/megnet/logs/pretrain/seed_0/sigma_0.5.log",
-    *(f"results/megnet/logs/finetune/labelled/0.5/{m}.log" for m in ("ssl/seed_0/sigma_0.5", "sl", "sl_large")),
+    "results/megnet/logs/pretrain/seed_0/sigma_0.5/pool_size_all.log",
+    *(
+        f"results/megnet/logs/finetune/labelled/0.5/{m}.log"
+        for m in ("ssl/seed_0/sigma_0.5/pool_size_all", "sl", "sl_large")
+    ),
 )
 
 
@@ -255,7 +258,7 @@ def test_a_rebuilt_cache_with_equal_content_keeps_every_checkpoint(base, tmp_pat
         text = (work / log).read_text()
         assert "resuming from" in text and "same settings and input content" in text, log
         assert "discarding" not in text, log
-    history = "results/megnet/pretrain/seed_0/sigma_0.5/history.csv"
+    history = "results/megnet/pretrain/seed_0/sigma_0.5/pool_size_all/history.csv"
     assert (work / history).read_bytes() == (base[0] / history).read_bytes()
     _same_results(work, base[2])
 
@@ -268,12 +271,14 @@ def test_a_corrupt_cache_names_the_command_that_recovers_every_output(base, tmp_
     log = (work / TRAINING_LOGS[0]).read_text()
     assert f"graph cache {POOL} cannot be read" in log, out
     # the failed pretraining job's outputs are gone: the command the error names must bring them back
-    assert not any((work / "results/megnet/pretrain/seed_0/sigma_0.5" / f).exists() for f in PRETRAIN_FILES)
+    assert not any(
+        (work / "results/megnet/pretrain/seed_0/sigma_0.5/pool_size_all" / f).exists() for f in PRETRAIN_FILES
+    )
     named = re.search(r"--forcerun (\S+)`", log).group(1)
     snakemake(work, "--cores", "2", "--forcerun", named, *TARGETS)
     for name in PRETRAIN_FILES:
-        assert (work / "results/megnet/pretrain/seed_0/sigma_0.5" / name).read_bytes() == (
-            base[0] / "results/megnet/pretrain/seed_0/sigma_0.5" / name
+        assert (work / "results/megnet/pretrain/seed_0/sigma_0.5/pool_size_all" / name).read_bytes() == (
+            base[0] / "results/megnet/pretrain/seed_0/sigma_0.5/pool_size_all" / name
         ).read_bytes(), name
     _same_results(work, base[2])
 

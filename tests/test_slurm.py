@@ -141,26 +141,28 @@ def test_tiny_workflow_runs_as_slurm_jobs_with_srun_ranks_and_grouped_finetuning
     assert (tmp_path / "results/megnet/analysis/fig4_finetune.png").exists()
     # each pretraining: one SLURM job whose 2 ranks srun started, both in the rule's log
     for sigma in ("0.3", "0.5"):
-        text = (tmp_path / f"results/megnet/logs/pretrain/seed_0/sigma_{sigma}.log").read_text()
-        job = _slurm_job(tmp_path / f"results/megnet/logs/pretrain/seed_0/sigma_{sigma}.log")
+        text = (tmp_path / f"results/megnet/logs/pretrain/seed_0/sigma_{sigma}/pool_size_all.log").read_text()
+        job = _slurm_job(tmp_path / f"results/megnet/logs/pretrain/seed_0/sigma_{sigma}/pool_size_all.log")
         assert "starting 2 ranks: srun" in text
         for rank in (0, 1):
             assert re.search(
                 rf"rank {rank} of 2 \(node 0, local rank {rank}\) on \S+, pid \d+, SLURM job {job} step", text
             )
             assert f"training rank {rank} of 2" in text
-        history = pd.read_csv(tmp_path / f"results/megnet/pretrain/seed_0/sigma_{sigma}/history.csv")
+        history = pd.read_csv(tmp_path / f"results/megnet/pretrain/seed_0/sigma_{sigma}/pool_size_all/history.csv")
         assert history["epoch"].tolist() == [0, 1]
-        _rank_zero_checkpoints_only(tmp_path / f"results/megnet/checkpoints/pretrain/seed_0/sigma_{sigma}", history)
+        _rank_zero_checkpoints_only(
+            tmp_path / f"results/megnet/checkpoints/pretrain/seed_0/sigma_{sigma}/pool_size_all", history
+        )
 
 
 @pytest.mark.slurm
 def test_multi_rank_pretraining_killed_under_slurm_resumes_on_rerun(cluster, tmp_path):
     config = _config(tmp_path, sigma=0.5, epochs=60)
-    target = "results/megnet/pretrain/seed_0/sigma_0.5/selected.json"
+    target = "results/megnet/pretrain/seed_0/sigma_0.5/pool_size_all/selected.json"
     cmd = _snakemake(tmp_path, config, "--retries", "0", target)
-    log = tmp_path / "results/megnet/logs/pretrain/seed_0/sigma_0.5.log"
-    history = tmp_path / "results/megnet/pretrain/seed_0/sigma_0.5/history.csv"
+    log = tmp_path / "results/megnet/logs/pretrain/seed_0/sigma_0.5/pool_size_all.log"
+    history = tmp_path / "results/megnet/pretrain/seed_0/sigma_0.5/pool_size_all/history.csv"
     run = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and run.poll() is None:
@@ -189,5 +191,5 @@ def test_multi_rank_pretraining_killed_under_slurm_resumes_on_rerun(cluster, tmp
     pd.testing.assert_frame_equal(
         before.iloc[:done][same], after.iloc[:done][same], check_exact=True, check_dtype=False
     )
-    _rank_zero_checkpoints_only(tmp_path / "results/megnet/checkpoints/pretrain/seed_0/sigma_0.5", after)
+    _rank_zero_checkpoints_only(tmp_path / "results/megnet/checkpoints/pretrain/seed_0/sigma_0.5/pool_size_all", after)
     assert (tmp_path / target).exists()

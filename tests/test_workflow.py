@@ -79,7 +79,7 @@ def test_several_nodes_on_a_workstation_stop_the_pretraining_job_with_the_reason
     config["pretrain"].update(sigma=0.5, nodes=2, strategy="ddp")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     proc = snakemake(
-        "results/megnet/pretrain/seed_0/sigma_0.5/history.csv",
+        "results/megnet/pretrain/seed_0/sigma_0.5/pool_size_all/history.csv",
         "--cores",
         "1",
         "--configfile",
@@ -91,7 +91,7 @@ def test_several_nodes_on_a_workstation_stop_the_pretraining_job_with_the_reason
         check=False,
     )
     assert proc.returncode != 0
-    log = (tmp_path / "results/megnet/logs/pretrain/seed_0/sigma_0.5.log").read_text()
+    log = (tmp_path / "results/megnet/logs/pretrain/seed_0/sigma_0.5/pool_size_all.log").read_text()
     assert "pretrain.nodes=2 needs a SLURM allocation of 2 nodes" in log, log[-2000:]
 
 
@@ -147,7 +147,12 @@ def test_a_pretrain_seed_list_gives_each_seed_its_pretraining_and_ssl_cells(tmp_
     assert counts["finetune_ssl"] == 4 * 2 and counts["finetune"] == 2 * 2
     # Figure 3 and the probe: one job each, on the first seed's runs
     assert counts["probe"] == 1 and counts["figure3"] == 1
-    for run in ("seed_0/sigma_0.3", "seed_1/sigma_0.3", "seed_0/sigma_0.5", "seed_1/sigma_0.5"):
+    for run in (
+        "seed_0/sigma_0.3/pool_size_all",
+        "seed_1/sigma_0.3/pool_size_all",
+        "seed_0/sigma_0.5/pool_size_all",
+        "seed_1/sigma_0.5/pool_size_all",
+    ):
         assert f"results/test/megnet/pretrain/{run}/history.csv" in out, run
         assert f"results/test/megnet/finetune/dielectric/0.3/0/ssl/{run}/metrics.json" in out, run
     # one seed, bare or a list of one: the same paths, each naming the seed, so adding a
@@ -157,8 +162,32 @@ def test_a_pretrain_seed_list_gives_each_seed_its_pretraining_and_ssl_cells(tmp_
     one = tmp_path / "one.yaml"
     one.write_text((ROOT / "config/test.yaml").read_text().replace("  seed: 0\n", "  seed: [0]\n", 1))
     assert outputs(snakemake("-n", "--configfile", str(one), workdir=tmp_path).stdout) == outputs(bare)
-    assert "results/test/megnet/pretrain/seed_0/sigma_0.5/history.csv" in bare
+    assert "results/test/megnet/pretrain/seed_0/sigma_0.5/pool_size_all/history.csv" in bare
     assert set(outputs(bare)) <= set(outputs(out)) - {o for o in outputs(out) if "seed_1" in o}
+
+
+def test_a_pool_size_list_gives_each_size_its_pretraining_and_ssl_cells(tmp_path):
+    sized = tmp_path / "sized.yaml"
+    sized.write_text("pretrain: {pool_size: [40, 20], sigma: 0.5}\n")
+    out = snakemake("-n", "--configfile", str(ROOT / "config/test.yaml"), str(sized), workdir=tmp_path).stdout
+    counts = job_counts(out)
+    # one pretraining per size, each with its ssl cells and hybrids (2 fractions x 1 seed);
+    # sl and sl_large shared; Figure 3 and the probe take every size in one job
+    assert counts["pretrain"] == 2 and counts["select_checkpoint"] == 2 and counts["embed"] == 2
+    assert counts["finetune_ssl"] == 2 * 2 and counts["hybrid"] == 2 * 2 and counts["finetune"] == 2 * 2
+    assert counts["probe"] == 1 and counts["figure3"] == 1
+    for size in ("20", "40"):
+        run = f"seed_0/sigma_0.5/pool_size_{size}"
+        assert f"results/test/megnet/pretrain/{run}/history.csv" in out, run
+        assert f"results/test/megnet/finetune/dielectric/0.3/0/ssl/{run}/metrics.json" in out, run
+    # one size, bare or a list of one: the same paths, each naming the size
+    outputs = lambda text: sorted(re.findall(r"output: (.*)", text))  # noqa: E731
+    sized.write_text("pretrain: {pool_size: 40, sigma: 0.5}\n")
+    bare = snakemake("-n", "--configfile", str(ROOT / "config/test.yaml"), str(sized), workdir=tmp_path).stdout
+    sized.write_text("pretrain: {pool_size: [40], sigma: 0.5}\n")
+    one = snakemake("-n", "--configfile", str(ROOT / "config/test.yaml"), str(sized), workdir=tmp_path).stdout
+    assert outputs(one) == outputs(bare) and "pretrain/seed_0/sigma_0.5/pool_size_40/history.csv" in bare
+    assert set(outputs(bare)) <= set(outputs(out))  # a size added later moves nothing
 
 
 def test_sl_jobs_never_wait_for_pretraining(tmp_path):
@@ -241,14 +270,18 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
         assert (r / "graphs" / dataset / "graphs.pt").stat().st_size > 0
         assert (r / "graphs" / dataset / "skipped.csv").exists()
     for sigma in ("0.3", "0.5"):
-        selected = json.loads((net / f"pretrain/seed_0/sigma_{sigma}/selected.json").read_text())
-        assert (net / f"pretrain/seed_0/sigma_{sigma}/encoder/model.pt").exists() and selected["epoch"] in (0, 1)
+        selected = json.loads((net / f"pretrain/seed_0/sigma_{sigma}/pool_size_all/selected.json").read_text())
+        assert (net / f"pretrain/seed_0/sigma_{sigma}/pool_size_all/encoder/model.pt").exists() and selected[
+            "epoch"
+        ] in (0, 1)
     for fraction in ("0.3", "0.7"):
-        for cell in ("ssl/seed_0/sigma_0.3", "ssl/seed_0/sigma_0.5", "sl", "sl_large"):
+        for cell in ("ssl/seed_0/sigma_0.3/pool_size_all", "ssl/seed_0/sigma_0.5/pool_size_all", "sl", "sl_large"):
             d = net / "finetune/dielectric" / fraction / "0" / cell
             metrics = json.loads((d / "metrics.json").read_text())
             assert metrics["mode"] == cell.split("/")[0] and metrics["test_mae"] > 0
-            assert metrics["sigma"] == (float(cell.split("_")[-1]) if cell.startswith("ssl") else None)
+            assert metrics["sigma"] == (
+                float(cell.split("/")[2].removeprefix("sigma_")) if cell.startswith("ssl") else None
+            )
             assert (d / "predictions.csv").exists() and (d / "history.csv").exists()
             split = pd.read_csv(d / "split.csv")["split"].value_counts()
             assert (split["train"], split["val"], split["test"]) == tuple(
@@ -276,10 +309,12 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
     assert (base / "models/magpie_structure_boosting.skops").exists() and (base / "models/models.json").exists()
     # the hybrid of each encoder and its control, per seed, in one file
     for sigma in ("0.3", "0.5"):
-        hybrid = json.loads((net / f"finetune/dielectric/0.7/0/hybrid/seed_0/sigma_{sigma}/metrics.json").read_text())
+        hybrid = json.loads(
+            (net / f"finetune/dielectric/0.7/0/hybrid/seed_0/sigma_{sigma}/pool_size_all/metrics.json").read_text()
+        )
         assert [r["mode"] for r in hybrid["runs"]] == ["hybrid", "hybrid_random"]
         assert all(r["sigma"] == float(sigma) and r["test_mae"] > 0 for r in hybrid["runs"])
-        assert (net / f"embeddings/dielectric/seed_0/sigma_{sigma}.npz").exists()
+        assert (net / f"embeddings/dielectric/seed_0/sigma_{sigma}/pool_size_all.npz").exists()
     summary = json.loads((net / "analysis/summary.json").read_text())
     assert {h["model"]["sigma"] for h in summary["hybrid"]} == {0.3, 0.5}
     pairs = {(c["model"]["sigma"], c["other"]["family"]) for c in summary["comparisons"]}
@@ -287,13 +322,24 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
     assert (0.5, "chgnet_boosting") in pairs
     verdict = next(v for v in summary["verdict"] if v["model"]["sigma"] == 0.5)
     keys = {"family": "ssl", "backbone": "megnet", "sigma": 0.5, "budget": None, "pool": "dielectric_unlabelled"}
+    keys["pool_size"] = None  # the whole pool
     assert verdict["model"] == keys
     assert verdict["per_dataset"]["dielectric"]["strongest_without_pretraining"]
     # the runs table: one row per run with its keys, one per (split, baseline)
     runs = pd.read_csv(net / "analysis/jobs.csv")
-    assert {"dataset", "fraction", "seed", "pretrain_seed", "family", "backbone", "sigma", "budget", "pool"} <= set(
-        runs
-    )
+    keys = {
+        "dataset",
+        "fraction",
+        "seed",
+        "pretrain_seed",
+        "family",
+        "backbone",
+        "sigma",
+        "budget",
+        "pool",
+        "pool_size",
+    }
+    assert keys <= set(runs)
     assert len(runs[runs["family"] == "magpie_boosting"]) == 2 and set(runs["backbone"].dropna()) == {"megnet"}
     probe = pd.read_csv(net / "analysis/probe.csv")
     assert {"pretrained_sigma_0.3", "pretrained_sigma_0.5", "random_init", "element_fractions"} <= set(
@@ -319,7 +365,13 @@ def test_each_cell_names_its_best_model_and_every_saved_model_predicts_as_the_ru
     blend = json.loads((cell / "0/blend/metrics.json").read_text())
     assert [run["mode"] for run in blend["runs"]] == ["blend", "best"]
     labels = {c["label"] for c in blend["candidates"]}
-    assert {"sl", "sl_large", "ssl/seed_0/sigma_0.5", "hybrid_random/seed_0/sigma_0.3", "chgnet_boosting"} <= labels
+    assert {
+        "sl",
+        "sl_large",
+        "ssl/seed_0/sigma_0.5/pool_size_all",
+        "hybrid_random/seed_0/sigma_0.3/pool_size_all",
+        "chgnet_boosting",
+    } <= labels
     assert blend["chosen"] in labels | {"blend"} and abs(sum(blend["weights"].values()) - 1) < 1e-9
     summary = json.loads((r / "megnet/analysis/summary.json").read_text())
     (use,) = [f for f in summary["choice"]["per_dataset"]["dielectric"]["per_fraction"] if f["fraction"] == 0.7]
@@ -331,8 +383,8 @@ def test_each_cell_names_its_best_model_and_every_saved_model_predicts_as_the_ru
     )
     own = pd.read_csv(cell / "0/blend/predictions.csv").set_index("id")
     base = pd.read_csv(r / "baselines/dielectric/0.7/0/predictions.csv").set_index("id")
-    hybrid = pd.read_csv(cell / "0/hybrid/seed_0/sigma_0.3/predictions.csv").set_index("id")
-    ssl = pd.read_csv(cell / "0/ssl/seed_0/sigma_0.5/predictions.csv").set_index("id")
+    hybrid = pd.read_csv(cell / "0/hybrid/seed_0/sigma_0.3/pool_size_all/predictions.csv").set_index("id")
+    ssl = pd.read_csv(cell / "0/ssl/seed_0/sigma_0.5/pool_size_all/predictions.csv").set_index("id")
     table = read_table(r / "data/dielectric.json.gz").set_index("id").loc[own.index]
     crystals = tmp_path / "crystals.csv"
     cifs = [Structure.from_dict(s).to(fmt="cif") for s in table["structure"]]
@@ -340,11 +392,11 @@ def test_each_cell_names_its_best_model_and_every_saved_model_predicts_as_the_ru
     expected = {
         "best": own["best"],
         "blend": own["blend"],
-        "ssl/seed_0/sigma_0.5": ssl["prediction"],
+        "ssl/seed_0/sigma_0.5/pool_size_all": ssl["prediction"],
         "magpie_structure_boosting": base["magpie_structure_boosting"],
         "chgnet_ridge": base["chgnet_ridge"],
-        "hybrid/seed_0/sigma_0.3": hybrid["hybrid"],
-        "hybrid_random/seed_0/sigma_0.3": hybrid["hybrid_random"],
+        "hybrid/seed_0/sigma_0.3/pool_size_all": hybrid["hybrid"],
+        "hybrid_random/seed_0/sigma_0.3/pool_size_all": hybrid["hybrid_random"],
     }
     for model, values in expected.items():
         predictions, skipped = cdssl.predict([cell], [crystals], structure_column="cif", id_column="id", model=model)
@@ -434,9 +486,9 @@ def test_a_backbone_added_to_a_finished_run_trains_only_the_new_one(tiny_run, tm
 
 def _to_old_layout(results: Path) -> None:
     """The layout before every path named every axis, for a one-backbone, one-seed MEGNet
-    run: the backbone's folders directly in ``results``, no seed folder. The hybrid's
-    files (embeddings, hybrid cells, their logs) came after that layout: an old run has
-    none."""
+    run: the backbone's folders directly in ``results``, no seed folder, no pool size.
+    The hybrid's files (embeddings, hybrid cells, their logs) came after that layout: an
+    old run has none."""
     for path in sorted(p for p in (results / "megnet").rglob("*") if p.is_file()):
         if {"embeddings", "hybrid", "embed", "blend"} & set(path.relative_to(results / "megnet").parts):
             path.unlink()
@@ -444,7 +496,8 @@ def _to_old_layout(results: Path) -> None:
         if path.name == "predictions.csv":  # test rows only, no split column
             table = pd.read_csv(path)
             table[table["split"] == "test"].drop(columns="split").to_csv(path, index=False)
-        old = results / str(path.relative_to(results / "megnet")).replace("seed_0/sigma_", "sigma_")
+        relative = str(path.relative_to(results / "megnet")).replace("/pool_size_all", "")
+        old = results / relative.replace("seed_0/sigma_", "sigma_")
         old.parent.mkdir(parents=True, exist_ok=True)
         path.rename(old)
     shutil.rmtree(results / "megnet")
@@ -520,6 +573,38 @@ def test_a_results_folder_of_the_old_layout_moves_and_reruns_only_the_documents(
     assert again.stdout.splitlines()[-1].startswith("moved 0 file(s)")
 
 
+def test_a_results_folder_from_before_pool_sizes_moves_below_the_whole_pool_and_retrains_nothing(tiny_run, tmp_path):
+    """The layout of every axis but the pool size (seed_0/sigma_0.5/...): the tool moves
+    each run below pool_size_all, keeping its files and times; the rerun trains nothing."""
+    import os
+
+    work, args = tiny_run
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, symlinks=True)
+    r = copy / "results"
+    for path in sorted(p for p in r.rglob("*") if p.is_file() and "pool_size_all" in str(p)):
+        os.renames(path, Path(str(path).replace("/pool_size_all", "")))
+    assert (r / "megnet/pretrain/seed_0/sigma_0.5/history.csv").exists()
+    assert (r / "megnet/logs/pretrain/seed_0/sigma_0.5.log").exists()
+    before = {p.relative_to(r): p.stat().st_mtime_ns for p in r.rglob("*.ckpt")}
+    assert before
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools/migrate_results.py"), str(r)], capture_output=True, text=True, check=True
+    )
+    assert int(proc.stdout.splitlines()[-1].split()[1]) > 0
+    assert not list(r.rglob("sigma_0.5.log")) and (r / "megnet/pretrain/seed_0/sigma_0.5/pool_size_all").is_dir()
+    moved = {
+        Path(
+            str(p).replace("sigma_0.5/", "sigma_0.5/pool_size_all/").replace("sigma_0.3/", "sigma_0.3/pool_size_all/")
+        ): t
+        for p, t in before.items()
+    }
+    assert {p.relative_to(r): p.stat().st_mtime_ns for p in r.rglob("*.ckpt")} == moved
+    counts = job_counts(snakemake("-n", *args, workdir=copy).stdout)
+    trained = {"pretrain", "select_checkpoint", "finetune", "finetune_ssl", "embed", "hybrid", "baselines", "features"}
+    assert counts and not trained & set(counts), counts
+
+
 def test_changed_metrics_rerun_only_aggregation_and_figures(tiny_run):
     work, args = tiny_run
     assert job_counts(snakemake("-n", *args, workdir=work).stdout) == {}
@@ -577,8 +662,11 @@ def test_a_budget_list_gives_one_pretraining_and_a_selection_and_ssl_cells_per_b
     assert counts["finetune_ssl"] == 2 * 2 and counts["finetune"] == 2 * 2
     assert counts["budget_table"] == counts["figure_budget"] == counts["probe"] == 1
     for budget in ("1", "2"):
-        assert f"results/test/megnet/pretrain/seed_0/sigma_0.5/budget_{budget}/encoder" in out
-        assert f"results/test/megnet/finetune/dielectric/0.3/0/ssl/seed_0/sigma_0.5/budget_{budget}/metrics.json" in out
+        assert f"results/test/megnet/pretrain/seed_0/sigma_0.5/pool_size_all/budget_{budget}/encoder" in out
+        assert (
+            f"results/test/megnet/finetune/dielectric/0.3/0/ssl/seed_0/sigma_0.5/pool_size_all/budget_{budget}/metrics.json"
+            in out
+        )
     # without the list: no budget anywhere, the rules of before
     out = snakemake("-n", "--configfile", str(ROOT / "config/test.yaml"), workdir=tmp_path).stdout
     assert "/budget_" not in out and "select_budget" not in out and "figure_budget" not in out
@@ -594,9 +682,9 @@ def test_budgets_added_or_a_raised_cap_after_a_finished_run_retrain_nothing_done
     args = ["--cores", "2", "--config", "results_dir=results", f"data_dir={ROOT / 'data/matminer'}"]
     r = tmp_path / "results/megnet"
     snakemake(*args, "--configfile", str(_budget_config(tmp_path, "[2]")), workdir=tmp_path)
-    cell = r / "finetune/dielectric/0.3/0/ssl/seed_0/sigma_0.5"
+    cell = r / "finetune/dielectric/0.3/0/ssl/seed_0/sigma_0.5/pool_size_all"
     before = json.loads((cell / "budget_2/metrics.json").read_text())
-    history = pd.read_csv(r / "pretrain/seed_0/sigma_0.5/history.csv")
+    history = pd.read_csv(r / "pretrain/seed_0/sigma_0.5/pool_size_all/history.csv")
     budget = pd.read_csv(r / "analysis/budget.csv", dtype={"fraction": str})
     assert budget["budget"].unique().tolist() == [2] and (r / "analysis/fig_budget.png").stat().st_size > 0
     assert "### Pretraining budget" in (r / "analysis/results.md").read_text()
@@ -610,12 +698,12 @@ def test_budgets_added_or_a_raised_cap_after_a_finished_run_retrain_nothing_done
 
     raised = _budget_config(tmp_path, "[1, 2, 3]", epochs=3)
     snakemake(*args, "--configfile", str(raised), workdir=tmp_path)
-    longer = pd.read_csv(r / "pretrain/seed_0/sigma_0.5/history.csv")
+    longer = pd.read_csv(r / "pretrain/seed_0/sigma_0.5/pool_size_all/history.csv")
     assert longer["epoch"].tolist() == [0, 1, 2]
     # resumed: the first two rows are those the first run wrote, epoch times included
     cols = ["epoch", "train_loss", "val_loss", "epoch_seconds"]
     pd.testing.assert_frame_equal(longer[cols].iloc[:2], history[cols])
-    assert "resuming from" in (r / "logs/pretrain/seed_0/sigma_0.5.log").read_text()
+    assert "resuming from" in (r / "logs/pretrain/seed_0/sigma_0.5/pool_size_all.log").read_text()
     after = json.loads((cell / "budget_2/metrics.json").read_text())
     # the cell resumed from its final checkpoint: the same numbers (its wall time aside)
     assert {k: v for k, v in after.items() if k != "wall_seconds"} == {
@@ -628,14 +716,14 @@ def test_budgets_added_or_a_raised_cap_after_a_finished_run_retrain_nothing_done
     lowered = _budget_config(tmp_path, "[2]")
     log = snakemake(*args, "--configfile", str(lowered), workdir=tmp_path)
     assert "Nothing to be done" not in log.stdout + log.stderr
-    cut = pd.read_csv(r / "pretrain/seed_0/sigma_0.5/history.csv")
+    cut = pd.read_csv(r / "pretrain/seed_0/sigma_0.5/pool_size_all/history.csv")
     pd.testing.assert_frame_equal(cut[cols[:-1]], history[cols[:-1]])
-    assert "below the 3 epochs this run trained" in (r / "logs/pretrain/seed_0/sigma_0.5.log").read_text()
+    assert "below the 3 epochs this run trained" in (r / "logs/pretrain/seed_0/sigma_0.5/pool_size_all.log").read_text()
     final = json.loads((cell / "budget_2/metrics.json").read_text())
     assert {k: v for k, v in final.items() if k != "wall_seconds"} == {
         k: v for k, v in before.items() if k != "wall_seconds"
     }
-    assert json.loads((r / "pretrain/seed_0/sigma_0.5/selected.json").read_text())["epochs_trained"] == 2
+    assert json.loads((r / "pretrain/seed_0/sigma_0.5/pool_size_all/selected.json").read_text())["epochs_trained"] == 2
 
 
 def _backbone_config(tmp_path: Path, backbone: str) -> Path:
@@ -656,7 +744,7 @@ def test_a_backbone_list_gives_each_backbone_its_networks_and_analysis_on_shared
     assert counts["aggregate"] == counts["probe"] == counts["figure3"] == counts["results"] == 2
     assert counts["data"] == counts["graphs"] == 2 and counts["baselines"] == 2 and counts["backbone_table"] == 1
     for backbone in ("megnet", "m3gnet"):
-        assert f"results/test/{backbone}/pretrain/seed_0/sigma_0.5/history.csv" in out
+        assert f"results/test/{backbone}/pretrain/seed_0/sigma_0.5/pool_size_all/history.csv" in out
         assert f"results/test/{backbone}/finetune/dielectric/0.3/0/sl_large/metrics.json" in out
         assert f"results/test/{backbone}/analysis/summary.json" in out
     assert "results/test/baselines/dielectric/0.3/0/metrics.json" in out
@@ -683,15 +771,15 @@ def test_a_tiny_run_with_two_backbones_writes_each_one_s_cells_probe_and_the_com
     r = tmp_path / "results"
     for backbone, cls in (("tensornet", "TensorNet"), ("m3gnet", "M3GNet")):
         net = r / backbone
-        encoder = json.loads((net / "pretrain/seed_0/sigma_0.5/encoder/model.json").read_text())
+        encoder = json.loads((net / "pretrain/seed_0/sigma_0.5/pool_size_all/encoder/model.json").read_text())
         assert encoder["@class"] == cls
         for fraction in ("0.3", "0.7"):
-            for cell in ("ssl/seed_0/sigma_0.5", "sl", "sl_large"):
+            for cell in ("ssl/seed_0/sigma_0.5/pool_size_all", "sl", "sl_large"):
                 metrics = json.loads((net / "finetune/dielectric" / fraction / "0" / cell / "metrics.json").read_text())
                 assert metrics["test_mae"] > 0
         probe = pd.read_csv(net / "analysis/probe.csv")
         assert {"pretrained", "random_init", "element_fractions"} <= set(probe["features"])
-        reference = json.loads((net / "pretrain/seed_0/sigma_0.5/reference.json").read_text())
+        reference = json.loads((net / "pretrain/seed_0/sigma_0.5/pool_size_all/reference.json").read_text())
         assert reference["val_loss_lookup_element_pair"] > 0
     table = pd.read_csv(r / "analysis/backbones.csv", dtype={"fraction": str})
     assert sorted(table["backbone"].unique()) == ["m3gnet", "tensornet"]

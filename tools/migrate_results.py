@@ -1,11 +1,14 @@
-"""Move a results folder of the earlier layout to the one where every path names every axis.
+"""Move a results folder of an earlier layout to the one where every path names every axis.
 
-Before, a path named an axis only when its list had more than one value: one backbone
+At first a path named an axis only when its list had more than one value: one backbone
 kept its networks directly under the results folder (``results/pretrain/sigma_0.5``),
 one pretraining seed had no seed folder, and several seeds sat below their sigma
-(``sigma_0.5/seed_1``). Now every network path names its backbone and every pretraining
-run its seed, then its sigma (``results/megnet/pretrain/seed_0/sigma_0.5``), whatever
-the lengths of the lists, so adding a value never moves a finished result.
+(``sigma_0.5/seed_1``). Then every network path named its backbone and every
+pretraining run its seed, then its sigma (``results/megnet/pretrain/seed_0/sigma_0.5``).
+Now a run also names its pretraining pool size, ``pool_size_all`` for the whole
+pretraining dataset, the only pool before ``pretrain.pool_size`` existed
+(``results/megnet/pretrain/seed_0/sigma_0.5/pool_size_all``). Adding a value to any
+list never moves a finished result. Either earlier layout moves in one step.
 
 Every file keeps its content and modification time (renamed, never copied), so the
 checkpoints, trained models and metrics are reused as they are: after the move, a dry
@@ -50,9 +53,30 @@ REBUILT = ("jobs.csv", "cells.csv", "summary.json", "results.md", "fig4_finetune
 REBUILT += ("fig_budget.png", "backbones.csv", "backbones.md")
 SIGMA = re.compile(r"^sigma_[0-9]+(?:\.[0-9]+)?")
 SEED = re.compile(r"^seed_([0-9]+)")
+# the pool of every run from before the pool-size axis: the whole pretraining dataset
+WHOLE_POOL = "pool_size_all"
 
 
 def new_parts(parts: list[str], pretrain_seed: int) -> list[str]:
+    """A path's parts with its pretraining run as ``seed_<s>/sigma_<x>/pool_size_<n>``."""
+    return with_pool_size(seed_first(parts, pretrain_seed))
+
+
+def with_pool_size(parts: list[str]) -> list[str]:
+    """A run's sigma part followed by its pool size: a sigma folder gets
+    :data:`WHOLE_POOL` below it, a file named by its sigma becomes one in a sigma folder
+    (``sigma_0.5.log`` -> ``sigma_0.5/pool_size_all.log``)."""
+    for i, part in enumerate(parts):
+        sigma = SIGMA.match(part)
+        if sigma is None or i + 1 < len(parts) and parts[i + 1].startswith("pool_size_"):
+            continue
+        if part == sigma.group(0):
+            return [*parts[: i + 1], WHOLE_POOL, *parts[i + 1 :]]
+        return [*parts[:i], sigma.group(0), WHOLE_POOL + part[sigma.end() :], *parts[i + 1 :]]
+    return parts
+
+
+def seed_first(parts: list[str], pretrain_seed: int) -> list[str]:
     """A path's parts with its pretraining run as ``seed_<s>/sigma_<x>``: a sigma with
     a seed below it swaps with it, a sigma without one gets ``pretrain_seed``'s. A
     suffix stays on the last part (``sigma_0.5/seed_1.log`` -> ``seed_1/sigma_0.5.log``)."""
@@ -87,7 +111,8 @@ def plan(results: Path, backbone: str, pretrain_seed: int) -> tuple[list[tuple[P
             roots += [(results / kind / stage, results / backbone / kind / stage) for stage in NETWORK_STAGES]
     # the folders of a list of backbones stay; only their runs change shape
     for name in BACKBONES:
-        roots += [(results / name / part, results / name / part) for part in (*NETWORK_PARTS, "logs", "benchmarks")]
+        parts = (*NETWORK_PARTS, "logs", "benchmarks", "embeddings")
+        roots += [(results / name / part, results / name / part) for part in parts]
     moves, stale = [], []
     for old_root, new_root in roots:
         if not old_root.is_dir():

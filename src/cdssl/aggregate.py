@@ -22,11 +22,12 @@ def write_aggregates(
     *,
     backbone: str | None = None,
     pool: str | None = None,
+    run_keys: dict | None = None,
 ) -> dict:
     """jobs.csv (one row per run: :func:`cdssl.runs.collect_runs`), cells.csv (one row
     per cell and model: :func:`cdssl.statistics.cell_table`) and summary.json (the
     comparisons and verdicts: :func:`cdssl.verdicts.summarise`)."""
-    runs = collect_runs(metric_files, baseline_files, backbone=backbone, pool=pool)
+    runs = collect_runs(metric_files, baseline_files, backbone=backbone, pool=pool, run_keys=run_keys)
     cells = cell_table(runs, min_prediction_spread)
     for frame, path in ((runs, jobs_csv), (cells, cells_csv)):
         with atomic_path(path) as tmp:

@@ -150,7 +150,7 @@ def run_blend(
     """Rule blend: for one (dataset, fraction) of a backbone, seed by seed, the blend of
     the cell's candidates and the best model (module docstring). ``candidates`` are dicts
     with ``seed``, ``label``, ``kind`` (network, features, hybrid), the model's keys
-    (``family``, ``sigma``, ``budget``, ``pretrain_seed``), ``predictions`` (a CSV with
+    (``family``, ``sigma``, ``budget``, ``pretrain_seed``, ``pool_size``), ``predictions`` (a CSV with
     ``id``, ``split``, ``target`` and ``column``) and ``model`` (what cdssl-predict loads;
     stored relative to the blend's folder). A baselines file's ``mean_predictor`` column
     is the floor a candidate must beat."""
@@ -188,7 +188,7 @@ def run_blend(
         folder = Path(out).parent.resolve()
         described = [
             {
-                **{k: c.get(k) for k in ("label", "kind", "family", "sigma", "budget", "pretrain_seed")},
+                **{k: c.get(k) for k in ("label", "kind", "family", "sigma", "budget", "pretrain_seed", "pool_size")},
                 "model": os.path.relpath(Path(c["model"]).resolve(), folder),
                 **next(r for r in result["candidates"] if r["label"] == c["label"]),
             }

@@ -1,6 +1,6 @@
 """``cdssl-finetune``: fine-tune an exported CDSSL encoder on your own labelled file.
 
-    cdssl-finetune --encoder results/megnet/pretrain/seed_0/sigma_0.5/encoder --data mine.csv \\
+    cdssl-finetune --encoder results/megnet/pretrain/seed_0/sigma_0.5/pool_size_all/encoder --data mine.csv \\
         --structure-column cif --target band_gap --units eV --fraction 0.7 --seed 0 --out runs/mine
 
 Runs the same data stage, graph stage and fine-tuning code as the workflow's rules; for

@@ -250,6 +250,24 @@ def budgets(config: dict) -> list[int]:
     return sorted(int(k) for k in config["pretrain"].get("export_epochs") or [])
 
 
+def pool_sizes(config: dict) -> list[int | None]:
+    """``pretrain.pool_size`` as an ascending list; ``[None]`` (the whole dataset) when unset."""
+    size = config["pretrain"].get("pool_size")
+    if size is None:
+        return [None]
+    return sorted(int(n) for n in (size if isinstance(size, list) else [size]))
+
+
+def fmt_pool_size(size: int | None) -> str:
+    """The spelling of a pool size in paths and wildcards: ``1000``, or ``all`` (unset)."""
+    return "all" if size is None else str(int(size))
+
+
+def parse_pool_size(text: str) -> int | None:
+    """:func:`fmt_pool_size` read back from a wildcard."""
+    return None if text == "all" else int(text)
+
+
 def fmt_sigma(sigma: float) -> str:
     """The spelling of a sigma in paths and wildcards: ``0.5``, ``1``."""
     return f"{float(sigma):g}"
@@ -288,10 +306,13 @@ class PretrainSettings:
     patience: int | None = field(default=None, metadata=RECIPE)
     min_delta: float = field(default=0.0, metadata=RECIPE)
     min_steps: int = field(default=0, metadata=RECIPE)
+    # a nested subset of the pretraining dataset (cdssl.pretrain.nested_split); None, the
+    # whole dataset, keeps the identity of the runs from before the pool-size axis
+    pool_size: int | None = field(default=None, metadata=RECIPE)
 
     def declared(self) -> dict[str, Any]:
         """The rule's params and the identity's settings. ``nodes`` only when above 1, and
-        the stopping keys only when set: they came after results existed, and those keep
+        the stopping keys and the pool size only when set: they came after results existed, and those keep
         their identity."""
         values = {
             f.name: getattr(self, f.name)
@@ -356,20 +377,30 @@ FINETUNE_FIELDS = {f.name: f for f in fields(FinetuneSettings)}
 
 
 def pretrain_settings(
-    config: dict, sigma: float | None = None, seed: int | None = None, backbone: str | None = None
+    config: dict,
+    sigma: float | None = None,
+    seed: int | None = None,
+    backbone: str | None = None,
+    pool_size: int | str | None = None,
 ) -> dict[str, Any]:
-    """One pretraining's settings; ``sigma``, ``seed`` and ``backbone`` pick one value of a
-    ``pretrain.sigma``, ``pretrain.seed`` or ``models.backbone`` list (default: the only
-    one). Every other field is the ``pretrain`` section's key of that name."""
+    """One pretraining's settings; ``sigma``, ``seed``, ``backbone`` and ``pool_size`` (a
+    size, or its wildcard spelling) pick one value of a ``pretrain.sigma``,
+    ``pretrain.seed``, ``models.backbone`` or ``pretrain.pool_size`` list (default: the
+    only one). Every other field is the ``pretrain`` section's key of that name."""
     if sigma is None:
         (sigma,) = sigmas(config)
     if seed is None:
         (seed,) = pretrain_seeds(config)
+    if pool_size is None:
+        (pool_size,) = pool_sizes(config)
+    elif isinstance(pool_size, str):
+        pool_size = parse_pool_size(pool_size)
     values = {
         "sizes": sizes(config, "large", backbone),
         "cutoff": float(config["graph"]["cutoff"]),
         "sigma": float(sigma),
         "seed": int(seed),
+        "pool_size": pool_size,
     }
     values.update({f.name: config["pretrain"][f.name] for f in fields(PretrainSettings) if f.name not in values})
     return PretrainSettings(**values).declared()

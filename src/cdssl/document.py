@@ -91,7 +91,12 @@ def pretraining_markdown(selected: list[str | Path], references: list[str | Path
         run = Path(sel_path).parent
         rows.append(
             [
-                "/".join(p for p in run.parts[-2:] if p.startswith(("sigma_", "seed_"))),
+                # the run's folders (a pool of the whole dataset needs no word)
+                "/".join(
+                    p
+                    for p in run.parts[-3:]
+                    if p.startswith(("sigma_", "seed_", "pool_size_")) and p != "pool_size_all"
+                ),
                 sel["epochs_trained"],
                 sel.get("stop") or "-",
                 sel["epoch"],
@@ -117,7 +122,8 @@ def probe_label(row: dict) -> str:
     ``pretrained encoder (sigma 0.5 A, 100 epochs)``."""
     if pd.isna(row.get("sigma", np.nan)):
         return PROBE_LABELS.get(row["features"], row["features"])
-    tags = encoder_tags(Model.of({**row, "family": "ssl"}), ("sigma", "budget"))
+    varying = ("sigma", "budget") + (() if pd.isna(row.get("pool_size", np.nan)) else ("pool_size",))
+    tags = encoder_tags(Model.of({**row, "family": "ssl"}), varying)
     return PROBE_LABELS["pretrained"] + (f" ({', '.join(tags)})" if tags else "")
 
 

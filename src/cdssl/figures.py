@@ -74,21 +74,31 @@ REFERENCES = [
 ]
 
 
-def figure3(history_csvs, selected_jsons, reference_jsons, out_png, sigmas: list | None = None) -> None:
-    """Pretraining curves, one colour per noise scale (lists in the order of ``sigmas``),
-    each beside its own references that need no learning."""
+def _run_tag(sigma, size, sigmas: list, pool_sizes: list) -> str:
+    """A pretraining curve's words among several: its sigma and, with several pool sizes, its pool."""
+    words = [f"sigma {sigma} A"] if len(set(sigmas)) > 1 or len(set(pool_sizes)) == 1 else []
+    words += [f"pool of {size}"] if len(set(pool_sizes)) > 1 else []
+    return f"{', '.join(words)}: "
+
+
+def figure3(
+    history_csvs, selected_jsons, reference_jsons, out_png, sigmas: list | None = None, pool_sizes: list | None = None
+) -> None:
+    """Pretraining curves, one colour per run (noise scale ``sigmas`` and ``pool_sizes``,
+    lists in the order of the files), each beside its own references that need no learning."""
     plt = _plt()
     paths = [history_csvs] if isinstance(history_csvs, (str, Path)) else list(history_csvs)
     selected = [selected_jsons] if isinstance(selected_jsons, (str, Path)) else list(selected_jsons)
     refs = [reference_jsons] if isinstance(reference_jsons, (str, Path)) else list(reference_jsons)
     sigmas = list(sigmas) if sigmas is not None else [None] * len(paths)
+    pool_sizes = list(pool_sizes) if pool_sizes is not None else [None] * len(paths)
     sweep = len(paths) > 1
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for k, (path, sel, ref_path, sigma) in enumerate(zip(paths, selected, refs, sigmas, strict=True)):
+    for k, (path, sel, ref_path, sigma, size) in enumerate(zip(paths, selected, refs, sigmas, pool_sizes, strict=True)):
         h = pd.read_csv(path)
         best = json.loads(Path(sel).read_text())["epoch"]
         ref = json.loads(Path(ref_path).read_text())
-        tag = f"sigma {sigma} A: " if sweep else ""
+        tag = _run_tag(sigma, size, sigmas, pool_sizes) if sweep else ""
         colour = f"C{k}"
         if sweep:
             axes[0].plot(h["epoch"], h["val_loss"], color=colour, label=f"{tag}validation")

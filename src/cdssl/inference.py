@@ -175,8 +175,8 @@ def predict(
     chose (cdssl.blend), or every fine-tuned network where the runs hold no blend (a
     cdssl-finetune folder, a run made before blends); ``blend``, each seed's blend;
     ``networks``, every fine-tuned network under the runs; or a model's label in the
-    blend files (``sl``, ``ssl/seed_0/sigma_0.5``, ``magpie_structure_boosting``,
-    ``hybrid/seed_0/sigma_0.5``), that model of each seed.
+    blend files (``sl``, ``ssl/seed_0/sigma_0.5/pool_size_all``, ``magpie_structure_boosting``,
+    ``hybrid/seed_0/sigma_0.5/pool_size_all``), that model of each seed.
 
     Returns (predictions, skipped). predictions has one row per crystal: ``id``,
     ``prediction`` (the mean over the models or seeds, in the dataset's units), ``std``
@@ -276,7 +276,7 @@ def predict_parser() -> argparse.ArgumentParser:
         default="best",
         help="best (default: each seed's validation choice, a model or a blend; every network where the run "
         "has no blend), blend, networks, or a model's label in the run's blend/metrics.json "
-        "(sl, ssl/seed_0/sigma_0.5, magpie_structure_boosting, hybrid/seed_0/sigma_0.5, ...)",
+        "(sl, ssl/seed_0/sigma_0.5/pool_size_all, magpie_structure_boosting, ...)",
     )
     ap.add_argument("--threads", type=int, default=1)
     return ap

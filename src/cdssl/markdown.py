@@ -169,7 +169,7 @@ def choice_lines(choice: dict) -> list[str]:
 
 
 def _model_words(chosen: str, family: str) -> str:
-    """A chosen model in words: its family's, and the run it came from (``ssl/seed_0/sigma_0.5``)."""
+    """A chosen model in words: its family's, and the run it came from (``ssl/seed_0/sigma_0.5/pool_size_all``)."""
     words = label(Model(family))
     return words if chosen == family else f"{words} [{chosen}]"
 

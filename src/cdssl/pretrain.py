@@ -127,6 +127,37 @@ def pretrain_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, 
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def nested_split(n: int, pool_size: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The train/validation split of a pool of ``pool_size`` of the ``n`` pretraining
+    graphs: the first ``pool_size`` of one seeded permutation, position ``i`` of which is
+    a validation crystal where ``floor((i + 1) * val_fraction)`` steps up. Both parts of a
+    smaller pool are therefore subsets of the same parts of a larger one (same seed), so
+    the pool-size axis changes how much data a run trains on and nothing else, and the
+    largest pool's validation crystals were never trained on by any smaller pool."""
+    if not 2 <= pool_size <= n:
+        raise ValueError(f"pretrain.pool_size {pool_size} is outside 2..{n}, the pretraining dataset's {n} graphs")
+    order = np.random.default_rng(seed).permutation(n)[:pool_size]
+    position = np.arange(pool_size)
+    is_val = np.floor((position + 1) * val_fraction) > np.floor(position * val_fraction)
+    if not is_val.any() or is_val.all():
+        raise ValueError(
+            f"pretrain.pool_size {pool_size} at val_fraction {val_fraction} leaves no train or no val graph"
+        )
+    return np.sort(order[~is_val]), np.sort(order[is_val])
+
+
+def job_split(n: int, job: PretrainSettings) -> tuple[np.ndarray, np.ndarray]:
+    """A pretraining job's train/validation split of its ``n`` graphs: the whole dataset
+    (:func:`pretrain_split`) or its pool (:func:`nested_split`)."""
+    if job.pool_size is None:
+        train, val = pretrain_split(n, job.val_fraction, job.seed)
+    else:
+        train, val = nested_split(n, job.pool_size, job.val_fraction, job.seed)
+    pool = "the whole dataset" if job.pool_size is None else f"a pool of {job.pool_size} of its {n}"
+    LOG.info("pretraining on %d graphs, validating on %d (seed %d; %s)", len(train), len(val), job.seed, pool)
+    return train, val
+
+
 def loaders(cache: GraphCache, train: np.ndarray, val: np.ndarray, batch_size: int, seed: int):
     train_list = train.tolist()
     return (
@@ -158,8 +189,7 @@ def run_pretraining(
     # memory-mapped: the ranks on a node share one copy of the cache's pages instead of
     # each holding its own (at 132,752 structures, 2.1 GB per rank; docs/scale.md)
     cache = GraphCache.load(graphs, job.cutoff, mmap=True)
-    train, val = pretrain_split(len(cache), job.val_fraction, job.seed)
-    LOG.info("pretraining on %d graphs, validating on %d (seed %d)", len(train), len(val), job.seed)
+    train, val = job_split(len(cache), job)
     # one writer: with ranks started by srun every rank runs this function, and only
     # rank 0 writes the split, the references and the checkpoint folder's stamp
     rank = rank_zero_only.rank
@@ -241,7 +271,10 @@ def cut_to_cap(resume: str | Path, epochs: int, history_csv: str | Path | None) 
 
 
 def write_split(cache: GraphCache, train: np.ndarray, val: np.ndarray, path: str | Path) -> None:
-    split = np.array(["train"] * len(cache), dtype=object)
+    """Every graph of the cache, in its order, as ``train``, ``val`` or (outside a
+    smaller pool) ``unused``."""
+    split = np.array(["unused"] * len(cache), dtype=object)
+    split[train] = "train"
     split[val] = "val"
     with atomic_path(path) as tmp:
         pd.DataFrame({"id": cache.ids, "split": split}).to_csv(tmp, index=False)

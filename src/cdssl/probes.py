@@ -121,12 +121,19 @@ def probe_structures(
     return [(c, idx, k) for k, (c, idx) in enumerate(parts) if len(idx)]
 
 
-def encoder_names(sigmas: list, budgets: list) -> list[str]:
-    """``pretrained``, plus ``_sigma_<s>`` in a noise-scale sweep and ``_budget_<k>`` with budgets."""
+def encoder_names(sigmas: list, budgets: list, pool_sizes: list | None = None) -> list[str]:
+    """``pretrained``, plus ``_sigma_<s>`` in a noise-scale sweep, ``_budget_<k>`` with
+    budgets and ``_pool_<n>`` with several pool sizes: row ids only (the keys travel in
+    their own columns)."""
     sweep = len(set(sigmas)) > 1
+    pool_sizes = [None] * len(sigmas) if pool_sizes is None else list(pool_sizes)
+    pools = len(set(pool_sizes)) > 1
     return [
-        "pretrained" + (f"_sigma_{float(s):g}" if sweep else "") + (f"_budget_{int(b)}" if b is not None else "")
-        for s, b in zip(sigmas, budgets, strict=True)
+        "pretrained"
+        + (f"_sigma_{float(s):g}" if sweep else "")
+        + (f"_budget_{int(b)}" if b is not None else "")
+        + (f"_pool_{n}" if pools else "")
+        for s, b, n in zip(sigmas, budgets, pool_sizes, strict=True)
     ]
 
 
@@ -134,17 +141,17 @@ def probe_table(
     features: dict[str, np.ndarray], targets: dict[str, np.ndarray], rows: list[str], labels: dict, repeats: int
 ) -> pd.DataFrame:
     """One row per (feature set, target): :func:`repeated_probe`'s R^2; a pretrained
-    encoder's row carries its sigma (and its budget, when any encoder has one)."""
-    budgets = any(label["budget"] is not None for label in labels.values())
+    encoder's row carries its sigma (and its budget or pool size, when any encoder has one)."""
+    optional = [k for k in ("budget", "pool_size") if any(label.get(k) is not None for label in labels.values())]
     out = []
     for name in rows:
-        label = labels.get(name, {"sigma": None, "budget": None})
+        label = labels.get(name, {})
         for target, y in targets.items():
             out.append(
                 {
                     "features": name,
-                    "sigma": label["sigma"],
-                    **({"budget": label["budget"]} if budgets else {}),
+                    "sigma": label.get("sigma"),
+                    **{k: label.get(k) for k in optional},
                     "target": target,
                     **repeated_probe(features[name], y, repeats),
                     "n_structures": len(y),
@@ -169,9 +176,10 @@ def run_probes(
     embeddings_npz,
     sigmas: list | None = None,
     budgets: list | None = None,
+    pool_sizes: list | None = None,
 ) -> pd.DataFrame:
-    """Probe every pretrained encoder (one per noise scale ``sigmas`` and pretraining
-    budget ``budgets``, parallel lists in the order of ``encoder_dirs``) and the
+    """Probe every pretrained encoder (one per noise scale ``sigmas``, pretraining
+    budget ``budgets`` and ``pool_sizes``, parallel lists in the order of ``encoder_dirs``) and the
     references on the same crystals; ``feature_files`` gives, for the pretraining graphs
     and then each of ``other_graphs``, ``{featurizer: npz}`` (cdssl.features), each a row
     per probe row. ``embeddings_npz`` holds the embeddings of the first sigma's encoder
@@ -199,9 +207,8 @@ def run_probes(
         "log_volume_per_atom": np.log(volume / atoms),
     }
     L.seed_everything(0, verbose=False)
-    sigmas = list(sigmas) if sigmas is not None else [None] * len(dirs)
-    budgets = list(budgets) if budgets is not None else [None] * len(dirs)
-    names = encoder_names(sigmas, budgets)
+    sigmas, budgets, pool_sizes = ([None] * len(dirs) if k is None else list(k) for k in (sigmas, budgets, pool_sizes))
+    names = encoder_names(sigmas, budgets, pool_sizes)
     encoders = {name: folder.build() for name, folder in zip(names, folders, strict=True)}
     encoders["random_init"] = build_network(sizes, cutoff)
     fractions = stack(lambda c, idx: element_fractions(c, idx, n_types))
@@ -217,15 +224,20 @@ def run_probes(
         features[featurizer] = np.concatenate(
             [read_features(feature_files[k][featurizer], c)[idx] for c, idx, k in sources]
         )
-    labels = {name: {"sigma": s, "budget": b} for name, s, b in zip(names, sigmas, budgets, strict=True)}
+    labels = {
+        name: {"sigma": s, "budget": b, "pool_size": n}
+        for name, s, b, n in zip(names, sigmas, budgets, pool_sizes, strict=True)
+    }
     table = probe_table(features, targets, names + list(FEATURES[1:]) + featurizers, labels, repeats)
     LOG.info("linear probes:\n%s", table.to_string(index=False))
     with atomic_path(probe_csv) as tmp:
         table.to_csv(tmp, index=False)
     ids = stack(lambda c, idx: np.array(c.ids)[idx])
     with atomic_path(embeddings_npz) as tmp:
-        # the first sigma's longest-pretrained encoder: budgets ascend within a sigma
-        shown = max((i for i, s in enumerate(sigmas) if s == sigmas[0]), key=lambda i: budgets[i] or 0)
+        # the first sigma's longest-pretrained encoder of the largest pool
+        shown = max(
+            (i for i, s in enumerate(sigmas) if s == sigmas[0]), key=lambda i: (pool_sizes[i] or 0, budgets[i] or 0)
+        )
         # and the random-init encoder's on the same crystals: what pretraining added
         np.savez(tmp, z=features[names[shown]], z_random=features["random_init"], density=density, ids=ids)
     return table

@@ -9,8 +9,9 @@ built from them:
 - the run within the cell: ``seed`` (fine-tuning) and ``pretrain_seed`` (the pretraining
   run an ssl network started from; a bootstrap level, pooled within a model);
 - the model (:data:`MODEL_KEYS`): ``family`` (``ssl``, ``sl``, ``sl_large`` or a
-  baseline's name), ``backbone``, and for ssl the encoder's ``sigma``, ``budget`` and
-  pretraining ``pool``; a key that does not apply is empty.
+  baseline's name), ``backbone``, and for ssl the encoder's ``sigma``, ``budget``,
+  pretraining ``pool`` (the dataset) and ``pool_size`` (crystals; empty: all of it); a
+  key that does not apply is empty.
 
 Cells, comparisons, figures and documents group and select by these columns
 (:func:`model_mask`); the words shown for a model come from :func:`label` alone. A new
@@ -30,7 +31,7 @@ import pandas as pd
 
 CELL_KEYS = ("dataset", "fraction")
 RUN_KEYS = ("seed", "pretrain_seed")
-MODEL_KEYS = ("family", "backbone", "sigma", "budget", "pool")
+MODEL_KEYS = ("family", "backbone", "sigma", "budget", "pool", "pool_size")
 KEYS = (*CELL_KEYS, *RUN_KEYS, *MODEL_KEYS)
 
 # the networks of ours, in the order tables show them
@@ -50,7 +51,7 @@ BASELINES = {
 }
 # what a frozen encoder adds to the strongest descriptors (cdssl.hybrid), and its control
 HYBRIDS = ("hybrid", "hybrid_random")
-# the families whose model is keyed by an encoder (its sigma, budget, pool, pretrain_seed)
+# the families whose model is keyed by an encoder (its sigma, budget, pool, pool size, pretrain_seed)
 ENCODED = ("ssl", *HYBRIDS)
 # what a user should take (cdssl.blend): the validation-best of a cell's models or their
 # blend; both draw on every other family, so no comparison counts them as rivals
@@ -74,7 +75,7 @@ WORDS = {
     "blend": "Blend (validation weights)",
 }
 # the ssl axes a label names when they tell one model of a table from another
-SSL_AXES = ("sigma", "budget", "pool")
+SSL_AXES = ("sigma", "budget", "pool", "pool_size")
 
 
 def _value(value: Any) -> Any:
@@ -95,14 +96,14 @@ class Model:
     sigma: float | None = None
     budget: int | None = None
     pool: str | None = None
+    pool_size: int | None = None
 
     @classmethod
     def of(cls, row: Mapping) -> Model:
         values = {f.name: _value(row.get(f.name)) for f in fields(cls)}
-        if values["sigma"] is not None:
-            values["sigma"] = float(values["sigma"])
-        if values["budget"] is not None:
-            values["budget"] = int(values["budget"])
+        for key, kind in (("sigma", float), ("budget", int), ("pool_size", int)):
+            if values[key] is not None:
+                values[key] = kind(values[key])
         return cls(**values)
 
     def keys(self) -> dict[str, Any]:
@@ -111,7 +112,7 @@ class Model:
     def order(self) -> tuple:
         """Tables' order: the families as :data:`FAMILIES` lists them, then sigma, budget, pool."""
         rank = FAMILIES.index(self.family) if self.family in FAMILIES else len(FAMILIES)
-        return (rank, self.family, self.sigma or 0.0, self.budget or 0, self.pool or "")
+        return (rank, self.family, self.sigma or 0.0, self.budget or 0, self.pool or "", self.pool_size or 0)
 
 
 def label(model: Model, varying: Iterable[str] = ()) -> str:
@@ -129,14 +130,13 @@ def encoder_tags(model: Model, varying: Iterable[str]) -> list[str]:
     """What tells a pretrained encoder from the others beside it: the axes among
     ``varying`` that it has (``["sigma 0.3 A", "100 epochs"]``)."""
     varying = set(varying)
-    tags = []
-    if "sigma" in varying and model.sigma is not None:
-        tags.append(f"sigma {model.sigma:g} A")
-    if "budget" in varying and model.budget is not None:
-        tags.append(f"{model.budget} epochs")
-    if "pool" in varying and model.pool is not None:
-        tags.append(f"pool {model.pool}")
-    return tags
+    words = {
+        "sigma": model.sigma is not None and f"sigma {model.sigma:g} A",
+        "budget": model.budget is not None and f"{model.budget} epochs",
+        "pool": model.pool is not None and f"pool {model.pool}",
+        "pool_size": "the whole pool" if model.pool_size is None else f"pool of {model.pool_size}",
+    }
+    return [words[axis] for axis in SSL_AXES if axis in varying and words[axis]]
 
 
 def varying_axes(models: Iterable[Model]) -> tuple[str, ...]:
@@ -186,10 +186,11 @@ def runs_table(
     runs["backbone"] = backbone
     encoded = runs["family"].isin(ENCODED)
     runs["pool"] = np.where(encoded, pool, None) if pool is not None else None
-    for key in ("sigma", "budget", "pretrain_seed"):
+    encoder_keys = ["sigma", "budget", "pretrain_seed", "pool_size"]
+    for key in encoder_keys:
         if key not in runs:
             runs[key] = np.nan
-    runs.loc[~encoded, ["sigma", "budget", "pretrain_seed"]] = np.nan
+    runs.loc[~encoded, encoder_keys] = np.nan
     split = list(CELL_KEYS) + ["seed"]
     units = runs.groupby("dataset")["units"].first() if "units" in runs else None
     # one value per split: the first network run of it states the answers scored on it
@@ -231,13 +232,14 @@ def collect_runs(
     *,
     backbone: str | None = None,
     pool: str | None = None,
+    run_keys: Mapping[str, Mapping] | None = None,
 ) -> pd.DataFrame:
-    """:func:`runs_table` from metrics.json files."""
+    """:func:`runs_table` from metrics.json files; ``run_keys``: per file path, keys its runs lack."""
     read = []
     for f in metric_files:
         metrics = json.loads(Path(f).read_text())
         # a hybrid or blend job's file holds one run per family (cdssl.hybrid, cdssl.blend)
-        read.extend(metrics["runs"] if "runs" in metrics else [metrics])
+        read.extend(run | dict((run_keys or {}).get(str(f), {})) for run in metrics.get("runs", [metrics]))
     base = [json.loads(Path(f).read_text()) for f in baseline_files]
     return runs_table(read, base, backbone=backbone, pool=pool)
 

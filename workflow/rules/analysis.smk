@@ -25,6 +25,7 @@ rule aggregate:
         # the keys of the runs that are not in their metrics (cdssl.runs)
         backbone=lambda wc: wc.backbone,
         pool=PRE,
+        run_keys=lambda wc: run_keys(wc.backbone),
     log:
         f"{NET}/logs/analysis/aggregate.log",
     benchmark:
@@ -69,8 +70,8 @@ rule results:
 
 rule figure3:
     input:
-        # one curve per noise scale, in the order of pretrain.sigma (the first
-        # pretraining seed's runs)
+        # one curve per noise scale and pool size, in the order of pretrain.sigma and
+        # pretrain.pool_size (the first pretraining seed's runs)
         history=pretrain_runs(f"{PT}/history.csv", first_seed=True),
         selected=pretrain_runs(f"{PT}/selected.json", first_seed=True),
         reference=pretrain_runs(f"{PT}/reference.json", first_seed=True),
@@ -81,7 +82,9 @@ rule figure3:
             category="Figures",
         ),
     params:
-        sigmas=SIGMAS,
+        # the curves' keys, in the order of the files (sigma by sigma, pool size by pool size)
+        sigmas=[s for s in SIGMAS for _ in POOL_SIZES],
+        pool_sizes=[parse_pool_size(n) for _ in SIGMAS for n in POOL_SIZES],
     log:
         f"{NET}/logs/analysis/figure3.log",
     benchmark:
@@ -127,7 +130,11 @@ rule probe:
         # val_fraction only, so every sigma of that seed shares it
         encoders=lambda wc: [e["path"] for e in probe_encoders(wc)],
         graphs=f"{R}/graphs/{PRE}/graphs.pt",
-        split=pretrain_runs(f"{PT}/split.csv", first_seed=True)[0],
+        # (the largest pool's: a smaller pool's crystals are a subset of its own, so its
+        # validation crystals are unseen by every pool size's encoder)
+        split=pretrain_runs(
+            f"{PT}/split.csv", first_seed=True, pool_size=POOL_SIZES[-1]
+        )[0],
         # crystals pretraining never saw, beside its validation split: the fine-tuning
         # sets, when the pretraining pool left them out
         finetune_graphs=[
@@ -150,7 +157,7 @@ rule probe:
         embeddings=f"{NET}/analysis/embeddings.npz",
     params:
         settings=lambda wc: probe_settings(config, wc.backbone),
-        # each encoder's path with its sigma and budget
+        # each encoder's path with its sigma, budget and pool size
         encoders=probe_encoders,
         # {dataset: {featurizer: file}}: the inputs' features, by name
         features={

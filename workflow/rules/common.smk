@@ -13,10 +13,13 @@ from cdssl.config import (
     data_settings,
     excluded_datasets,
     finetune_settings,
+    fmt_pool_size,
     fmt_sigma,
     graph_settings,
     pretrain_resources,
     pretrain_seeds,
+    parse_pool_size,
+    pool_sizes,
     pretrain_settings,
     probe_settings,
     schema_backbones,
@@ -64,6 +67,7 @@ wildcard_constraints:
     sigma="[0-9.]+",
     pretrain_seed="[0-9]+",
     budget="[0-9]+",
+    pool_size="all|[0-9]+",
     backbone="|".join(BACKBONE_NAMES),
 
 
@@ -75,13 +79,14 @@ PRE = config["pretrain"]["dataset"]
 # Every path names every axis, whatever the length of its list, so that adding a value
 # never moves a finished result: the data, graphs, features and feature baselines are
 # shared under R; each backbone's networks and analysis live under NET; a pretraining run
-# is one (pretraining seed, sigma) below it. tools/migrate_results.py moves a results
-# folder of the layout before this one.
+# is one (pretraining seed, sigma, pool size) below it. tools/migrate_results.py moves a
+# results folder of the layouts before this one.
 BACKBONES = backbones(config)
 NET = f"{R}/{{backbone}}"
 SIGMAS = [fmt_sigma(s) for s in sigmas(config)]
 PSEEDS = [str(s) for s in pretrain_seeds(config)]
-RUN = "seed_{pretrain_seed}/sigma_{sigma}"
+POOL_SIZES = [fmt_pool_size(n) for n in pool_sizes(config)]
+RUN = "seed_{pretrain_seed}/sigma_{sigma}/pool_size_{pool_size}"
 PT = f"{NET}/pretrain/{RUN}"
 # pretraining budgets (pretrain.export_epochs): the best encoder of the first {budget}
 # epochs of a run, in a folder below the run's; without them an ssl cell loads the run's
@@ -97,14 +102,16 @@ def net(wildcards):
     return NET.format(backbone=wildcards.backbone)
 
 
-def pretrain_runs(pattern, first_seed=False, backbone=None):
-    """``pattern`` for every pretraining run, sigma by sigma, then seed by seed (then
-    budget by budget where the pattern has one), or for the first seed's runs only
-    (Figure 3 and the probe); with ``backbone``, that backbone's."""
+def pretrain_runs(pattern, first_seed=False, backbone=None, pool_size=None):
+    """``pattern`` for every pretraining run, sigma by sigma, then seed by seed, then pool
+    size by pool size (then budget by budget where the pattern has one), or for the first
+    seed's runs only (Figure 3 and the probe); with ``backbone`` or ``pool_size``, that
+    one's."""
     return expand(
         pattern,
         sigma=SIGMAS,
         pretrain_seed=PSEEDS[:1] if first_seed else PSEEDS,
+        pool_size=[pool_size] if pool_size else POOL_SIZES,
         **({"budget": BUDGETS} if "{budget}" in pattern else {}),
         **({"backbone": backbone} if backbone else {}),
         allow_missing=True,
@@ -112,8 +119,8 @@ def pretrain_runs(pattern, first_seed=False, backbone=None):
 
 
 def probe_encoders(wildcards):
-    """The probe's encoders (the first pretraining seed's, sigma by sigma, then budget by
-    budget), each as its path and the keys that name it."""
+    """The probe's encoders (the first pretraining seed's, sigma by sigma, then pool size
+    by pool size, then budget by budget), each as its path and the keys that name it."""
     return [
         {
             "path": expand(
@@ -121,12 +128,15 @@ def probe_encoders(wildcards):
                 backbone=wildcards.backbone,
                 sigma=s,
                 pretrain_seed=PSEEDS[0],
+                pool_size=n,
                 budget=b or "",
             )[0],
             "sigma": float(s),
             "budget": b and int(b),
+            "pool_size": parse_pool_size(n),
         }
         for s in SIGMAS
+        for n in POOL_SIZES
         for b in BUDGETS or [None]
     ]
 
@@ -197,6 +207,26 @@ def hybrid_metrics(backbone="{backbone}"):
     ]
 
 
+def run_keys(backbone):
+    """Per ssl and hybrid metrics file of ``backbone``, the key its runs do not hold: the
+    pool size of its encoder's pretraining (cdssl.runs fills the column from it)."""
+    grid = dict(
+        dataset=FT["datasets"],
+        fraction=[fmt_fraction(f) for f in FT["fractions"]],
+        seed=FT["seeds"],
+        backbone=backbone,
+    )
+    patterns = [f"{SSL_CELL}/metrics.json"] if "ssl" in FT["modes"] else []
+    patterns += [f"{HYBRID_CELL}/metrics.json"] if HYBRID else []
+    return {
+        f: {"pool_size": parse_pool_size(n)}
+        for n in POOL_SIZES
+        for pattern in patterns
+        for run in pretrain_runs(pattern, pool_size=n)
+        for f in expand(run, **grid)
+    }
+
+
 # the validation-chosen model of each cell and the blend of its models (cdssl.blend)
 BLEND_CELL = f"{CELL}/blend"
 
@@ -211,9 +241,10 @@ def blend_candidates(wildcards):
         fraction=wildcards.fraction,
     )
     runs = [
-        {"sigma": s, "pretrain_seed": p, "budget": b}
+        {"sigma": s, "pretrain_seed": p, "pool_size": n, "budget": b}
         for s in SIGMAS
         for p in PSEEDS
+        for n in POOL_SIZES
         for b in BUDGETS or [None]
     ]
     out = []
@@ -222,10 +253,14 @@ def blend_candidates(wildcards):
         base = BASELINE_CELL.format(seed=seed, **cell_keys)
 
         def add(label, kind, predictions, column, model, family, run=None):
-            keys = {k: run and run[k] for k in ("sigma", "pretrain_seed", "budget")}
+            keys = {
+                k: run and run[k]
+                for k in ("sigma", "pretrain_seed", "budget", "pool_size")
+            }
             keys["sigma"] = keys["sigma"] and float(keys["sigma"])
             keys["pretrain_seed"] = keys["pretrain_seed"] and int(keys["pretrain_seed"])
             keys["budget"] = keys["budget"] and int(keys["budget"])
+            keys["pool_size"] = keys["pool_size"] and parse_pool_size(keys["pool_size"])
             out.append(
                 dict(
                     seed=seed,

@@ -10,7 +10,7 @@ rule pretrain:
         # or a killed pretraining could not resume.
         ckpt_dir=f"{NET}/checkpoints/pretrain/{RUN}",
         settings=lambda wc: pretrain_settings(
-            config, float(wc.sigma), int(wc.pretrain_seed), wc.backbone
+            config, float(wc.sigma), int(wc.pretrain_seed), wc.backbone, wc.pool_size
         ),
         accelerator=config["accelerator"],
         nodes=config["pretrain"]["nodes"],

@@ -16,6 +16,7 @@ summary = write_aggregates(
     min_prediction_spread=snakemake.params.min_prediction_spread,
     backbone=snakemake.params.backbone,
     pool=snakemake.params.pool,
+    run_keys=snakemake.params.run_keys,
 )
 # the console line: per task, SSL against the strongest answer without pretraining
 finish(verdict_line(summary) or f"see {snakemake.output.summary}")

@@ -6,4 +6,11 @@ start(snakemake)
 from cdssl.figures import figure3
 
 inp = snakemake.input
-figure3(inp.history, inp.selected, inp.reference, snakemake.output.png, snakemake.params.sigmas)
+figure3(
+    inp.history,
+    inp.selected,
+    inp.reference,
+    snakemake.output.png,
+    snakemake.params.sigmas,
+    snakemake.params.pool_sizes,
+)

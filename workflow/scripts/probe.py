@@ -16,6 +16,7 @@ run_probes(
     **snakemake.params.settings,
     sigmas=[e["sigma"] for e in encoders],
     budgets=[e["budget"] for e in encoders],
+    pool_sizes=[e["pool_size"] for e in encoders],
     probe_csv=snakemake.output.probe,
     embeddings_npz=snakemake.output.embeddings,
 )
