@@ -9,7 +9,7 @@ import yaml
 from cdssl.config import ConfigError, load_config, model_kwargs, validate_config
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "test.yaml", "study.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "test.yaml", "study.yaml", "map.yaml"])
 def test_shipped_configs_declare_only_datasets_they_use_and_the_papers_model_sizes(root, name):
     # load_config checks that every name used is declared; this is the converse, which it
     # does not check: an entry no stage reads is a dataset a user would think was run
@@ -293,3 +293,32 @@ def test_a_pool_size_is_a_setting_of_its_pretraining_and_unset_keeps_the_earlier
     assert pretrain_settings(config, pool_size="all") == unset
     assert [fmt_pool_size(n) for n in (None, 40)] == ["all", "40"]
     assert [parse_pool_size(t) for t in ("all", "40")] == [None, 40]
+
+
+def test_a_pool_excluding_listed_datasets_is_the_same_pool_whichever_of_them_a_config_fine_tunes(root):
+    """exclude_finetune as a list (the map's configs): the union's data job gets the same
+    settings, so the same pool and pretraining, whether a config fine-tunes on one of the
+    listed datasets or on all; a list that misses a fine-tuning dataset, or names an
+    unknown one, is refused."""
+    from cdssl.config import data_settings
+
+    config = load_config(root / "config/oqmd.yaml")
+    listed = ["dielectric_constant", "elastic_log_kvrh", "mp_gap"]
+    config["datasets"]["pretrain_pool"]["exclude_finetune"] = listed
+    settings = []
+    for tasks in (["mp_gap"], listed):
+        config["finetune"]["datasets"] = tasks
+        validate_config(config, "map.yaml")
+        settings.append(data_settings(config, "pretrain_pool"))
+    assert settings[0] == settings[1] and settings[0]["exclude"] == sorted(listed)
+    config["datasets"]["pretrain_pool"]["exclude_finetune"] = True
+    assert data_settings(config, "pretrain_pool")["exclude"] == sorted(listed)
+    config["finetune"]["datasets"] = ["mp_gap"]
+    assert data_settings(config, "pretrain_pool")["exclude"] == ["mp_gap"]
+    config["datasets"]["pretrain_pool"]["exclude_finetune"] = ["mp_gap"]
+    config["finetune"]["datasets"] = ["mp_gap", "oqmd_gap"]
+    with pytest.raises(ConfigError, match="leaves out fine-tuning dataset.*oqmd_gap"):
+        validate_config(config, "map.yaml")
+    config["datasets"]["pretrain_pool"]["exclude_finetune"] = ["mp_gap", "oqmd_gap", "nope"]
+    with pytest.raises(ConfigError, match="'nope', not under 'datasets'"):
+        validate_config(config, "map.yaml")

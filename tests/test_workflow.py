@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -120,6 +121,44 @@ def test_the_oqmd_config_plans_its_built_source_the_pool_and_seven_tasks(tmp_pat
     assert counts["baselines"] == 7 * 3
 
 
+def test_the_map_config_plans_three_pool_sizes_and_a_share_of_it_the_same_pretraining(tmp_path):
+    """config/map.yaml dry: 3 pool sizes x 2 pretraining seeds, one map job; its first
+    share (one task) plans the same pretraining runs and pool, a subset of the whole's
+    outputs, so the shares add up to the whole without retraining."""
+    config = yaml.safe_load((ROOT / "config/map.yaml").read_text())
+    config["data_dir"] = str(tmp_path / "data")
+    (tmp_path / "data").mkdir()
+    shutil.copy(ROOT / "data/matminer/mp_2018.json.gz", tmp_path / "data")
+    path = tmp_path / "map.yaml"
+    path.write_text(yaml.safe_dump(config))
+    whole = snakemake("-n", "--configfile", str(path), workdir=tmp_path).stdout
+    share = snakemake(
+        "-n", "--configfile", str(path), str(ROOT / "config/overlays/map_share_1.yaml"), workdir=tmp_path
+    ).stdout
+    counts = job_counts(whole)
+    assert counts["pretrain"] == 3 * 2 and counts["map"] == 1
+    # 5 tasks x 3 fractions, one job per (cell, encoder): 3 pool sizes x 2 pretraining seeds
+    assert counts["finetune_ssl"] == 5 * 3 * 6 and counts["finetune"] == 5 * 3
+    assert job_counts(share)["finetune_ssl"] == 3 * 6
+    outputs = lambda text: set(re.findall(r"output: (.*)", text))  # noqa: E731
+    pretraining = lambda text: {o for o in outputs(text) if "/pretrain/" in o or "data/pretrain_pool" in o}  # noqa: E731
+    # the pool, then per run its pretraining and its checkpoint selection
+    assert pretraining(share) == pretraining(whole) and len(pretraining(whole)) == 1 + 6 + 6
+    assert "pool_size_16000" in " ".join(pretraining(whole))
+    share_cells = {o for o in outputs(share) if "/finetune/" in o}
+    assert share_cells and share_cells <= outputs(whole)
+    # same paths are not enough: the pool's and each pretraining's declared settings (their
+    # identity) must not depend on the tasks a share fine-tunes
+    from cdssl.config import data_settings, pretrain_settings, validate_config
+
+    shared = copy.deepcopy(config)
+    shared["finetune"].update(yaml.safe_load((ROOT / "config/overlays/map_share_1.yaml").read_text())["finetune"])
+    for c in (config, shared):
+        validate_config(c, "map.yaml")
+    assert data_settings(shared, "pretrain_pool") == data_settings(config, "pretrain_pool")
+    assert pretrain_settings(shared, seed=1, pool_size="1000") == pretrain_settings(config, seed=1, pool_size="1000")
+
+
 def test_a_sigma_list_gives_each_noise_scale_its_pretraining_and_ssl_cells(tmp_path):
     from cdssl.config import load_config
 
@@ -175,8 +214,10 @@ def test_a_pool_size_list_gives_each_size_its_pretraining_and_ssl_cells(tmp_path
     # sl and sl_large shared; Figure 3 and the probe take every size in one job
     assert counts["pretrain"] == 2 and counts["select_checkpoint"] == 2 and counts["embed"] == 2
     assert counts["finetune_ssl"] == 2 * 2 and counts["hybrid"] == 2 * 2 and counts["finetune"] == 2 * 2
-    assert counts["probe"] == 1 and counts["figure3"] == 1
+    # the map takes every size's pretraining (selected loss, lookups, pool) in one job
+    assert counts["probe"] == 1 and counts["figure3"] == 1 and counts["map"] == 1
     for size in ("20", "40"):
+        assert f"pretrain/seed_0/sigma_0.5/pool_size_{size}/split.csv" in out, size
         run = f"seed_0/sigma_0.5/pool_size_{size}"
         assert f"results/test/megnet/pretrain/{run}/history.csv" in out, run
         assert f"results/test/megnet/finetune/dielectric/0.3/0/ssl/{run}/metrics.json" in out, run
@@ -298,6 +339,7 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
         "fig4_finetune.png",
         "fig5_umap.png",
         "fig4/dielectric.png",
+        "map.png",
     ):
         assert (net / "analysis" / name).stat().st_size > 0, name
         baselines = json.loads((r / "baselines/dielectric" / fraction / "0/metrics.json").read_text())
@@ -325,6 +367,16 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
     keys["pool_size"] = None  # the whole pool
     assert verdict["model"] == keys
     assert verdict["per_dataset"]["dielectric"]["strongest_without_pretraining"]
+    # the map: one row per task and encoder, with the verdict's own interval, its hybrid's
+    # control difference and its pretraining's pool (the unlabelled crystals, train + val)
+    atlas = pd.read_csv(net / "analysis/map.csv").set_index("sigma")
+    assert set(atlas.index) == {0.3, 0.5} and set(atlas["dataset"]) == {"dielectric"}
+    gap = verdict["per_dataset"]["dielectric"]["ssl_minus_strongest"]
+    assert atlas.loc[0.5, "ssl_minus_strongest_low"] == pytest.approx(gap["ci_low"])
+    assert atlas["hybrid_minus_random_init"].notna().all()
+    split = pd.read_csv(net / "pretrain/seed_0/sigma_0.5/pool_size_all/split.csv")
+    assert atlas.loc[0.5, "pool_crystals"] == split["split"].isin(["train", "val"]).sum()
+    assert "### The map" in (net / "analysis/results.md").read_text()
     # the runs table: one row per run with its keys, one per (split, baseline)
     runs = pd.read_csv(net / "analysis/jobs.csv")
     keys = {

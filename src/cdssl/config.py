@@ -148,6 +148,20 @@ def _check_references(config: dict, source: str) -> None:
             raise ConfigError(
                 f"invalid configuration in {source}: 'datasets.{name}.exclude_finetune' applies only to a 'union' entry"
             )
+        listed = entry.get("exclude_finetune")
+        if isinstance(listed, list):
+            unknown = [d for d in listed if d not in datasets]
+            if unknown:
+                raise ConfigError(
+                    f"invalid configuration in {source}: 'datasets.{name}.exclude_finetune' names "
+                    f"{', '.join(map(repr, unknown))}, not under 'datasets'"
+                )
+            missing = [d for d in ft["datasets"] if d not in listed and d != name]
+            if missing:
+                raise ConfigError(
+                    f"invalid configuration in {source}: 'datasets.{name}.exclude_finetune' leaves out "
+                    f"fine-tuning dataset(s) {', '.join(map(repr, missing))}: pretraining would see their test crystals"
+                )
     pools: dict[str, tuple] = {}
     for name, entry in datasets.items():
         pool = entry.get("pool")
@@ -224,9 +238,13 @@ def data_settings(config: dict, dataset: str) -> dict[str, Any]:
 
 
 def excluded_datasets(config: dict, dataset: str) -> list[str]:
-    if not config["datasets"][dataset].get("exclude_finetune"):
+    """The datasets whose crystals a union leaves out: the run's fine-tuning datasets
+    (``exclude_finetune: true``) or the ones it lists."""
+    exclude = config["datasets"][dataset].get("exclude_finetune")
+    if not exclude:
         return []
-    return sorted(d for d in config["finetune"]["datasets"] if d != dataset)
+    names = exclude if isinstance(exclude, list) else config["finetune"]["datasets"]
+    return sorted(set(names) - {dataset})
 
 
 def graph_settings(config: dict) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import pandas as pd
 from .budget import budget_markdown
 from .lookups import pretext_learned
 from .markdown import results_markdown, table
+from .pretraining_map import map_markdown
 from .runs import Model, encoder_tags, read_table
 from .utils import atomic_path
 
@@ -153,6 +154,14 @@ def probe_markdown(probe: pd.DataFrame) -> str:
     return head + table(["features", *(t.replace("_", " ") for t in targets)], rows)
 
 
+def _read(path: str | Path | None) -> pd.DataFrame:
+    """A table that may be empty (a CSV with no columns at all)."""
+    try:
+        return pd.read_csv(path) if path is not None else pd.DataFrame()
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
 def write_results_document(
     cells_csv: str | Path,
     summary_json: str | Path,
@@ -165,6 +174,8 @@ def write_results_document(
     configfiles: list[str] = (),
     benchmarks_dir: str | Path | None = None,
     budget_csv: str | Path | None = None,
+    map_csv: str | Path | None = None,
+    trend_csv: str | Path | None = None,
 ) -> str:
     """Write ``results_md``: the metadata line, pretraining, fine-tuning, probes and,
     with pretrain.export_epochs, the budget table."""
@@ -177,6 +188,8 @@ def write_results_document(
     ]
     if probe_csv is not None:
         parts.append(probe_markdown(pd.read_csv(probe_csv)))
+    if map_csv is not None:
+        parts.append(map_markdown(_read(map_csv), _read(trend_csv)))
     if budget_csv is not None:
         parts.append(budget_markdown(pd.read_csv(budget_csv, dtype={"fraction": str})))
     text = "\n".join(p.rstrip() + "\n" for p in parts if p)

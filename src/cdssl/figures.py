@@ -74,6 +74,14 @@ REFERENCES = [
 ]
 
 
+def _save(plt, fig, out_png) -> None:
+    """Lay out, write (whole or not at all) and close a figure."""
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def _run_tag(sigma, size, sigmas: list, pool_sizes: list) -> str:
     """A pretraining curve's words among several: its sigma and, with several pool sizes, its pool."""
     words = [f"sigma {sigma} A"] if len(set(sigmas)) > 1 or len(set(pool_sizes)) == 1 else []
@@ -425,7 +433,77 @@ def figure_budget(budget_csv, history_csv, reference_json, out_png) -> None:
         "(SSL: mean and 95% interval over seeds; bands: 95% intervals of the references)",
         fontsize=10,
     )
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _save(plt, fig, out_png)
+
+
+def _map_panel(ax, table: pd.DataFrame, column: str, title: str) -> None:
+    """Tasks x pool sizes, coloured by ``column`` relative to the strongest answer's MAE
+    (tasks have different units), each cell annotated with the difference and its 95%
+    interval; a ring marks an interval that excludes zero."""
+    rows = list(dict.fromkeys(table["row"]))
+    sizes = sorted(table["pool_crystals"].dropna().unique())
+    grid = np.full((len(rows), len(sizes)), np.nan)
+    for r in table.itertuples():
+        if np.isnan(getattr(r, column)) or np.isnan(r.pool_crystals):
+            continue
+        i, j = rows.index(r.row), sizes.index(r.pool_crystals)
+        grid[i, j] = 100 * getattr(r, column) / r.strongest_mae
+        low, high = getattr(r, f"{column}_low"), getattr(r, f"{column}_high")
+        ring = low > 0 or high < 0
+        text = f"{getattr(r, column):+.3g}\n[{low:+.2g}, {high:+.2g}]"
+        ax.text(j, i, text, ha="center", va="center", fontsize=6.5, fontweight="bold" if ring else "normal")
+        if ring:
+            ax.add_patch(_plt().Rectangle((j - 0.48, i - 0.48), 0.96, 0.96, fill=False, lw=1.5, ec="k"))
+    bound = max(5.0, float(np.nanmax(np.abs(grid)))) if np.isfinite(grid).any() else 5.0
+    image = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+    ax.set_xticks(range(len(sizes)), [f"{int(s):,}" for s in sizes])
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_xlabel("pretraining pool (crystals)")
+    ax.set_title(title, fontsize=9)
+    _plt().colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of the strongest answer's MAE")
+
+
+def figure_map(map_csv, out_png) -> None:
+    """The map (cdssl.pretraining_map): SSL minus the strongest answer without pretraining,
+    the hybrid minus its random-init control, each per task and pool size with its 95%
+    hierarchical interval, and the pretext validation loss per pool size beside the lower
+    lookup reference."""
+    plt = _plt()
+    try:
+        table = pd.read_csv(map_csv)
+    except pd.errors.EmptyDataError:
+        table = pd.DataFrame()
+    if table.empty:
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.text(0.5, 0.5, "no SSL model with a verdict", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        settings = [k for k in ("backbone", "sigma", "budget") if table[k].nunique(dropna=False) > 1]
+        table["row"] = [", ".join([r["dataset"], *(f"{k} {r[k]}" for k in settings)]) for r in table.to_dict("records")]
+        n = table["row"].nunique()
+        fig, axes = plt.subplots(1, 3, figsize=(15, 1.2 + 0.55 * n + 1.5), width_ratios=[1.2, 1.2, 1.0])
+        _map_panel(axes[0], table, "ssl_minus_strongest", "SSL minus the strongest answer without pretraining")
+        _map_panel(axes[1], table, "hybrid_minus_random_init", "hybrid (pretrained) minus hybrid (random init)")
+        ax = axes[2]
+        pretext = table.drop_duplicates(["backbone", "sigma", "budget", "pool_crystals"]).sort_values("pool_crystals")
+        for k, (key, part) in enumerate(pretext.groupby(["backbone", "sigma", "budget"], dropna=False, sort=False)):
+            words = ", ".join(
+                f"{name} {value}" for name, value in zip(("", "sigma", "budget"), key, strict=True) if value == value
+            )
+            ax.plot(
+                part["pool_crystals"], part["pretext_val_loss"], "o-", color=f"C{k}", label=f"{words.strip()}: selected"
+            )
+            ax.plot(
+                part["pool_crystals"], part["lookup_val_loss"], "x--", color=f"C{k}", alpha=0.7, label="lower lookup"
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("pretraining pool (crystals)")
+        ax.set_ylabel("pretext validation loss (MSE)")
+        ax.set_title("pretext: below its lookup = learned beyond a table", fontsize=9)
+        ax.legend(fontsize=6)
+        fig.suptitle(
+            "Where pretraining pays: test MAE differences per task (below 0: the first model better;\n"
+            "bold with a box: the 95% hierarchical interval excludes 0)",
+            fontsize=10,
+        )
+    _save(plt, fig, out_png)

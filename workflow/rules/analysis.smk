@@ -36,6 +36,39 @@ rule aggregate:
         "../scripts/aggregate.py"
 
 
+# the map: SSL against the strongest answer without pretraining, and the hybrid against
+# its random-init control, per task and pretraining pool size (cdssl.pretraining_map)
+rule map:
+    input:
+        summary=f"{NET}/analysis/summary.json",
+        selected=lambda wc: [r["selected"] for r in pretraining_files(wc)],
+        reference=lambda wc: [r["reference"] for r in pretraining_files(wc)],
+        split=lambda wc: [r["split"] for r in pretraining_files(wc)],
+    output:
+        map=report(
+            f"{NET}/analysis/map.csv",
+            caption="../report/map.rst",
+            category="Tables",
+        ),
+        trend=f"{NET}/analysis/map_trend.csv",
+        png=report(
+            f"{NET}/analysis/map.png",
+            caption="../report/map.rst",
+            category="Figures",
+        ),
+    params:
+        # the keys of each file above, in their order
+        run_keys=lambda wc: [r["keys"] for r in pretraining_files(wc)],
+    log:
+        f"{NET}/logs/analysis/map.log",
+    benchmark:
+        f"{NET}/benchmarks/analysis/map.tsv"
+    conda:
+        "../../envs/cdssl.yaml"
+    script:
+        "../scripts/map.py"
+
+
 # the run's tables in one Markdown file under a metadata line (machine, versions,
 # commit, config): what docs/results.md quotes (tools/results_doc.py)
 rule results:
@@ -45,6 +78,8 @@ rule results:
         selected=pretrain_runs(f"{PT}/selected.json"),
         reference=pretrain_runs(f"{PT}/reference.json"),
         probe=f"{NET}/analysis/probe.csv",
+        map=f"{NET}/analysis/map.csv",
+        trend=f"{NET}/analysis/map_trend.csv",
         # with pretrain.export_epochs: the budget table
         budget=[f"{NET}/analysis/budget.csv"] if BUDGETED else [],
     output:

@@ -141,6 +141,38 @@ def probe_encoders(wildcards):
     ]
 
 
+def pretraining_files(wildcards):
+    """Every pretraining run's encoder (each budget's, with budgets): its selected
+    checkpoint, the run's lookup references and pool split, and the keys that name it
+    (the map's pretext column)."""
+    runs = []
+    for s in SIGMAS:
+        for p in PSEEDS:
+            for n in POOL_SIZES:
+                for b in BUDGETS or [None]:
+                    at = dict(
+                        backbone=wildcards.backbone,
+                        sigma=s,
+                        pretrain_seed=p,
+                        pool_size=n,
+                        budget=b or "",
+                    )
+                    runs.append(
+                        {
+                            "selected": expand(f"{SEL}/selected.json", **at)[0],
+                            "reference": expand(f"{PT}/reference.json", **at)[0],
+                            "split": expand(f"{PT}/split.csv", **at)[0],
+                            "keys": {
+                                "sigma": float(s),
+                                "budget": b and int(b),
+                                "pool_size": parse_pool_size(n),
+                                "pretrain_seed": int(p),
+                            },
+                        }
+                    )
+    return runs
+
+
 def fmt_fraction(fraction):
     return f"{float(fraction):g}"
 
@@ -391,6 +423,7 @@ def analysis_targets():
             f"{NET}/analysis/fig4_finetune.png",
             f"{NET}/analysis/fig4",
             f"{NET}/analysis/probe.csv",
+            f"{NET}/analysis/map.png",
         ]
         + ([f"{NET}/analysis/fig5_umap.png"] if config["analysis"]["umap"] else [])
         + ([f"{NET}/analysis/fig_budget.png"] if BUDGETED else [])
