@@ -443,18 +443,21 @@ def _map_panel(ax, table: pd.DataFrame, column: str, title: str) -> None:
     rows = list(dict.fromkeys(table["row"]))
     sizes = sorted(table["pool_crystals"].dropna().unique())
     grid = np.full((len(rows), len(sizes)), np.nan)
-    for r in table.itertuples():
-        if np.isnan(getattr(r, column)) or np.isnan(r.pool_crystals):
-            continue
+    shown = table.dropna(subset=[column, "pool_crystals"])
+    for r in shown.itertuples():
+        grid[rows.index(r.row), sizes.index(r.pool_crystals)] = 100 * getattr(r, column) / r.strongest_mae
+    bound = max(5.0, float(np.nanmax(np.abs(grid)))) if np.isfinite(grid).any() else 5.0
+    for r in shown.itertuples():
         i, j = rows.index(r.row), sizes.index(r.pool_crystals)
-        grid[i, j] = 100 * getattr(r, column) / r.strongest_mae
         low, high = getattr(r, f"{column}_low"), getattr(r, f"{column}_high")
         ring = low > 0 or high < 0
         text = f"{getattr(r, column):+.3g}\n[{low:+.2g}, {high:+.2g}]"
-        ax.text(j, i, text, ha="center", va="center", fontsize=6.5, fontweight="bold" if ring else "normal")
+        # light text on the dark ends of the colour scale
+        colour = "white" if abs(grid[i, j]) > 0.6 * bound else "black"
+        weight = "bold" if ring else "normal"
+        ax.text(j, i, text, ha="center", va="center", fontsize=6.5, fontweight=weight, color=colour)
         if ring:
-            ax.add_patch(_plt().Rectangle((j - 0.48, i - 0.48), 0.96, 0.96, fill=False, lw=1.5, ec="k"))
-    bound = max(5.0, float(np.nanmax(np.abs(grid)))) if np.isfinite(grid).any() else 5.0
+            ax.add_patch(_plt().Rectangle((j - 0.48, i - 0.48), 0.96, 0.96, fill=False, lw=1.5, ec=colour))
     image = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
     ax.set_xticks(range(len(sizes)), [f"{int(s):,}" for s in sizes])
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
