@@ -10,13 +10,11 @@ backbone's layers.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from matgl.graph._compute import compute_pair_vector_and_distance, compute_theta_and_phi, create_line_graph
-from matgl.layers._activations import SoftPlus2
 from matgl.models import M3GNet, MEGNet, TensorNet
 from matgl.models._tensornet import decompose_tensor, tensor_norm
 from matgl.utils.cutoff import polynomial_cutoff
@@ -26,7 +24,6 @@ from .config import model_kwargs, network_sizes, schema_backbones
 from .graphs import GraphBatch, element_types
 
 GAUSS_WIDTH = 0.5
-LOG2 = math.log(2.0)
 # the schema's list: what a config may name is what build_network can build
 BACKBONES = schema_backbones()
 
@@ -91,37 +88,6 @@ def _sum_into(x: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
     return x.new_zeros((size, *x.shape[1:])).index_add(0, index, x)
 
 
-def _run(module: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """``module(h)``, by ``_mlp`` where the module is a MatGL ``MLP`` (a block without dense
-    layers has an ``Identity`` instead)."""
-    return _mlp(module.layers, h) if hasattr(module, "layers") else module(h)
-
-
-def _mlp(layers, h: torch.Tensor) -> torch.Tensor:
-    """A MatGL ``MLP``'s layers on ``h``, each SoftPlus2's ``- log 2`` folded into the next
-    Linear's bias.
-
-    W (softplus(x) - log 2) + b = W softplus(x) + (b - log 2 * W 1): the subtraction, a
-    full pass over an edge-sized tensor per activation (7% of a MEGNet step in the
-    profile), becomes a bias change per batch; autograd carries the gradient through the
-    folded bias. A trailing SoftPlus2 subtracts in place (softplus keeps its input, not its
-    output, for the backward pass). Same weights, same values to float32 precision.
-    """
-    pending = False
-    for layer in layers:
-        if isinstance(layer, nn.Linear) and pending:
-            shift = LOG2 * layer.weight.sum(1)
-            bias = -shift if layer.bias is None else layer.bias - shift
-            h, pending = torch.addmm(bias, h, layer.weight.T), False
-        elif isinstance(layer, SoftPlus2):
-            h = nn.functional.softplus(h if not pending else h - LOG2)
-            pending = True
-        else:
-            h = layer(h - LOG2 if pending else h)
-            pending = False
-    return h.sub_(LOG2) if pending else h
-
-
 def _edge_update(
     conv,
     edge_index: torch.Tensor,
@@ -142,13 +108,15 @@ def _edge_update(
     src, dst = edge_index
     h = torch.addmm(_gather(state @ w_state.T + first.bias, edge_batch), edge, w_edge.T)
     h = h + _gather(node @ w_src.T, src) + _gather(node @ w_dst.T, dst)
-    return _mlp(rest, h)
+    for layer in rest:
+        h = layer(h)
+    return h
 
 
 def _block(block, batch: GraphBatch, edge, node, state, edge_batch):
     """``MEGNetBlock.forward`` calling MatGL's own layers, with the split edge update."""
     inputs = (edge, node, state)
-    edge, node, state = _run(block.edge_func, edge), block.node_func(node), block.state_func(state)
+    edge, node, state = block.edge_func(edge), block.node_func(node), block.state_func(state)
     conv = block.conv
     edge = _edge_update(conv, batch.edge_index, edge, node, state, edge_batch)
     node = conv.node_update_(batch.edge_index, edge, node, state[batch.batch], node.shape[0])
@@ -174,7 +142,7 @@ def encode_megnet(
     _, dist = compute_pair_vector_and_distance(pos, batch.edge_index, batch.pbc_offshift)
     edge_attr = model.bond_expansion(dist)
     node, edge, state = model.embedding(batch.node_type, edge_attr, state_attr(batch, model))
-    edge = _run(model.edge_encoder, edge)
+    edge = model.edge_encoder(edge)
     node = model.node_encoder(node)
     state = model.state_encoder(state).reshape(batch.num_graphs, -1)
     edge_batch = batch.edge_batch
