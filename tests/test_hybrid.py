@@ -146,3 +146,29 @@ def test_the_summary_says_what_the_pretrained_encoder_adds_beyond_the_descriptor
     assert "what pretraining adds, A: Hybrid (Magpie+structure + pretrained PCs)" in text
     assert "minus its random-init control -0.1" in text
     json.dumps(summary)  # summary.json is plain JSON
+
+
+def test_with_two_pool_sizes_each_hybrid_meets_its_own_control_and_ssl():
+    """The encoder's keys include its pool size: a hybrid is set against the random-init
+    control and the ssl network of its own pool, never another size's."""
+    from cdssl.statistics import cell_table
+    from cdssl.verdicts import summarise
+
+    runs = _hybrid_runs()
+    encoded = runs[runs["family"].isin(["ssl", "hybrid", "hybrid_random"])].copy()
+    encoded["pool_size"] = 100
+    encoded["test_mae"] += encoded["family"].map({"ssl": 0.5, "hybrid": 0.0, "hybrid_random": 0.3})
+    runs = pd.concat([runs, encoded], ignore_index=True)
+    summary = summarise(runs, cell_table(runs))
+    found = {h["model"]["pool_size"]: h["per_dataset"]["A"] for h in summary["hybrid"]}
+    assert set(found) == {None, 100}
+    assert found[None]["hybrid_minus_random_init"]["mean"] == pytest.approx(-0.1)
+    assert found[100]["hybrid_minus_random_init"]["mean"] == pytest.approx(-0.4)
+    assert found[None]["ssl_minus_hybrid"]["mean"] == pytest.approx(0.3)
+    assert found[100]["ssl_minus_hybrid"]["mean"] == pytest.approx(0.8)
+    pairs = {
+        (c["model"]["pool_size"], c["other"]["pool_size"])
+        for c in summary["comparisons"]
+        if c["other"]["family"] in ("hybrid", "hybrid_random")
+    }
+    assert pairs == {(None, None), (100, 100)}

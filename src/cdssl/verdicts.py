@@ -117,7 +117,7 @@ def verdict(cells: pd.DataFrame, runs: pd.DataFrame, ssl: Model) -> dict:
 
 
 def _same_encoder(a: Model, b: Model) -> bool:
-    return (a.backbone, a.sigma, a.budget, a.pool) == (b.backbone, b.sigma, b.budget, b.pool)
+    return (a.backbone, a.sigma, a.budget, a.pool, a.pool_size) == (b.backbone, b.sigma, b.budget, b.pool, b.pool_size)
 
 
 def hybrid_verdict(cells: pd.DataFrame, runs: pd.DataFrame, hybrid: Model) -> dict:
