@@ -29,7 +29,8 @@ demo: $(STAMP)
 # Test tiers (markers in pyproject.toml): lint first and the fast tier next, so a lint or
 # unit failure stops within minutes; then the slow tier (real workflows, kills and
 # resumes), its files spread over TEST_WORKERS processes (pytest-xdist; a file's tests
-# stay in one process, which builds its shared runs once). The fast tier stays in one
+# stay in one process, which builds its shared runs once; the 25 slowest are listed, to
+# see which file bounds the tier against CI's limit). The fast tier stays in one
 # process: two workers each paying the imports and fixtures made it slower (150 s, not 105). The SLURM tests take the
 # machine's SLURM over and run only when asked: CDSSL_SLURM_TESTS=1 (make test-slurm, or
 # CI on its throwaway machine); they run last, alone, as a SLURM client without a
@@ -41,7 +42,7 @@ XDIST = -n $(TEST_WORKERS) --dist loadfile
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m lint
 	$(BIN)/python -m pytest -q -m "$(FAST) and not lint"
-	$(BIN)/python -m pytest -q $(XDIST) -m "not ($(FAST)) and not lint and not slurm"
+	$(BIN)/python -m pytest -q $(XDIST) --durations=25 -m "not ($(FAST)) and not lint and not slurm"
 	$(BIN)/python -m pytest -q -m slurm
 
 test-fast: $(STAMP)
