@@ -96,6 +96,12 @@ def test_each_task_and_pool_size_is_one_row_with_its_own_interval_pretext_loss_a
     assert np.isnan(rows.loc[("dielectric", 400), "hybrid_minus_random_init"])
     # the word follows the interval: excludes zero above (loses), below (wins), or not (ties)
     assert list(rows["verdict"]) == ["loses", "wins", "ties", "ties"]
+    nan = {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+    summary["verdict"][0]["per_dataset"]["band_gap"]["ssl_minus_strongest"] = nan
+    pretext = pd.DataFrame(
+        [r["keys"] | {"pool_crystals": 1, "pretext_val_loss": 0.3, "lookup_val_loss": 0.35} for r in runs]
+    )
+    assert map_table(summary, pretext)["verdict"].iloc[0] == "not counted"
     assert pd.read_csv(tmp_path / "map.csv").shape == table.shape
 
 

@@ -104,7 +104,10 @@ def _same(column: pd.Series, value) -> pd.Series:
 
 def _word(row) -> str:
     """SSL against the strongest answer without pretraining: ``wins`` or ``loses`` where
-    the interval excludes zero, else ``ties``."""
+    the interval excludes zero, ``ties`` where it holds zero, ``not counted`` where no
+    cell had both models learn (no interval)."""
+    if row.ssl_minus_strongest_low != row.ssl_minus_strongest_low:
+        return "not counted"
     if row.ssl_minus_strongest_high < 0:
         return "wins"
     if row.ssl_minus_strongest_low > 0:
