@@ -28,16 +28,17 @@ demo: $(STAMP)
 
 # Test tiers (markers in pyproject.toml): lint first and the fast tier next, so a lint or
 # unit failure stops within minutes; then the slow tier (real workflows, kills and
-# resumes), its files spread over TEST_WORKERS processes (pytest-xdist; a file's tests
-# stay in one process, which builds its shared runs once; the 25 slowest are listed, to
-# see which file bounds the tier against CI's limit). The fast tier stays in one
-# process: two workers each paying the imports and fixtures made it slower (150 s, not 105). The SLURM tests take the
-# machine's SLURM over and run only when asked: CDSSL_SLURM_TESTS=1 (make test-slurm, or
+# resumes), its tests spread over TEST_WORKERS processes (pytest-xdist; the tests that
+# share a module's run stay in one process, which builds that run once, and the rest go
+# to whichever process is free: tests/conftest.py; the 25 slowest are listed, to see
+# what bounds the tier against CI's limit). The fast tier stays in one process: two
+# workers each paying the imports and fixtures made it slower (150 s, not 105). The
+# SLURM tests take the machine's SLURM over and run only when asked: CDSSL_SLURM_TESTS=1 (make test-slurm, or
 # CI on its throwaway machine); they run last, alone, as a SLURM client without a
 # controller would slow every later Snakemake start.
 FAST := not slow and not network and not slurm
 TEST_WORKERS ?= 2
-XDIST = -n $(TEST_WORKERS) --dist loadfile
+XDIST = -n $(TEST_WORKERS) --dist loadgroup
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m lint

@@ -12,11 +12,40 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "data" / "matminer"
 
 
+def _shares_a_module_fixture(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(d.scope in ("module", "class") for defs in info.name2fixturedefs.values() for d in defs)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """``CDSSL_TEST_ORDER=reverse`` runs the tests back to front: no test may depend on
+    """Two orderings.
+
+    The slow tier runs with ``pytest-xdist --dist loadgroup``: a test that uses a fixture
+    built once per module (a finished tiny run, a base run to change) joins its module's
+    group, so one worker builds that fixture once and runs its tests; every other test goes
+    to whichever worker is free. The groups hold the longest work, so they are sent first
+    and then the single tests marked ``long`` (whole workflows); the short ones fill the
+    gaps (longest first keeps the two workers' ends close).
+    This runs before xdist's own hook, which reads the group marks.
+
+    ``CDSSL_TEST_ORDER=reverse`` then runs the tests back to front: no test may depend on
     state (files, installed tools) that an earlier one leaves behind."""
     import os
 
+    groups: dict[str, list] = {}
+    single, long = [], []
+    for item in items:
+        if _shares_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+            groups.setdefault(item.module.__name__, []).append(item)
+        else:
+            (long if item.get_closest_marker("long") else single).append(item)
+    # a group's test count stands in for its length; then the single tests marked long
+    ordered = sorted(groups.values(), key=len, reverse=True)
+    items[:] = [item for group in ordered for item in group] + long + single
     if os.environ.get("CDSSL_TEST_ORDER") == "reverse":
         items.reverse()
 

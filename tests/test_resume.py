@@ -72,6 +72,7 @@ def _pretrain_kwargs(config, cache, out) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
 def test_pretraining_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, small_cache_path, config, sig):
     epochs = 6
@@ -100,6 +101,7 @@ def test_pretraining_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, sm
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("recipe", ["paper", "ssl_recipe"])
 def test_finetuning_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, small_cache_path, config, recipe):
     config["finetune"].update(epochs=8, batch_size=4)
