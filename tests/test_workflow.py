@@ -379,6 +379,7 @@ def test_tiny_end_to_end_run_writes_every_output(tiny_run):
         assert atlas.loc[h["model"]["sigma"], "hybrid_minus_random_init"] == pytest.approx(control, nan_ok=True)
     split = pd.read_csv(net / "pretrain/seed_0/sigma_0.5/pool_size_all/split.csv")
     assert atlas.loc[0.5, "pool_crystals"] == split["split"].isin(["train", "val"]).sum()
+    assert "### The map" in (net / "analysis/results.md").read_text()
     # the runs table: one row per run with its keys, one per (split, baseline)
     runs = pd.read_csv(net / "analysis/jobs.csv")
     keys = {

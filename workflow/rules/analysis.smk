@@ -78,6 +78,8 @@ rule results:
         selected=pretrain_runs(f"{PT}/selected.json"),
         reference=pretrain_runs(f"{PT}/reference.json"),
         probe=f"{NET}/analysis/probe.csv",
+        map=f"{NET}/analysis/map.csv",
+        trend=f"{NET}/analysis/map_trend.csv",
         # with pretrain.export_epochs: the budget table
         budget=[f"{NET}/analysis/budget.csv"] if BUDGETED else [],
     output:

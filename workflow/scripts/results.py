@@ -15,6 +15,8 @@ write_results_document(
     workflow_dir=snakemake.scriptdir,
     configfiles=snakemake.params.configfiles,
     benchmarks_dir=snakemake.params.benchmarks,
+    map_csv=snakemake.input.map,
+    trend_csv=snakemake.input.trend,
     budget_csv=snakemake.input.budget[0] if snakemake.input.budget else None,
 )
 finish(snakemake.output.results)
