@@ -45,7 +45,12 @@ def cluster():
     if reason:
         pytest.skip(reason)
     subprocess.run([str(CLUSTER), "install"], check=True)
-    subprocess.run([str(CLUSTER), "start"], check=True)
+    try:
+        subprocess.run([str(CLUSTER), "start"], check=True)
+    except subprocess.CalledProcessError:
+        # a failed start leaves the daemons it did start: stop them, as after the tests
+        subprocess.run([str(CLUSTER), "stop"], check=False)
+        raise
     yield
     subprocess.run([str(CLUSTER), "stop"], check=False)
 

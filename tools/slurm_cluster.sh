@@ -62,7 +62,16 @@ CONF
   fi
   chown -R munge:munge /etc/munge /run/munge
   chmod 0400 /etc/munge/munge.key
-  pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
+  # a munged left from before a reinstall (the package's removal took its socket) runs but
+  # serves nobody: the socket, not the process, says whether munge is up
+  if [ ! -S /run/munge/munge.socket.2 ]; then
+    pkill -x munged 2>/dev/null || true
+    for _ in $(seq 1 20); do
+      pgrep -x munged >/dev/null || break
+      sleep 0.5
+    done
+    runuser -u munge -- /usr/sbin/munged
+  fi
   slurmctld -c
   slurmd -c
   for _ in $(seq 1 60); do
