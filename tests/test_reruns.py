@@ -230,13 +230,10 @@ def test_rerun_after_a_change_equals_a_clean_run(base, tmp_path, changes):
 
 PRETRAIN_FILES = ("history.csv", "split.csv", "reference.json")
 POOL = "results/graphs/dielectric_unlabelled/graphs.pt"
-TRAINING_LOGS = (
-    "results/megnet/logs/pretrain/seed_0/sigma_0.5/pool_size_all.log",
-    *(
-        f"results/megnet/logs/finetune/labelled/0.5/{m}.log"
-        for m in ("ssl/seed_0/sigma_0.5/pool_size_all", "sl", "sl_large")
-    ),
-)
+PRETRAIN_LOG = "results/megnet/logs/pretrain/seed_0/sigma_0.5/pool_size_all.log"
+SSL_LOG = "results/megnet/logs/finetune/labelled/0.5/ssl/seed_0/sigma_0.5/pool_size_all.log"
+# the networks trained on the labelled set's cache
+FINETUNE_LOGS = (SSL_LOG, *(f"results/megnet/logs/finetune/labelled/0.5/{m}.log" for m in ("sl", "sl_large")))
 
 
 def _same_results(work: Path, metrics: dict) -> None:
@@ -262,11 +259,11 @@ def test_a_rebuilt_cache_with_equal_content_keeps_every_checkpoint(base, tmp_pat
     work, config = changed(base, tmp_path, lambda c, w: None)
     labelled = "results/graphs/labelled/graphs.pt"
     before = (work / labelled).read_bytes()
-    for log in TRAINING_LOGS[1:]:
+    for log in FINETUNE_LOGS:
         (work / log).unlink()
     snakemake(work, "--cores", "2", "--forcerun", labelled, *TARGETS)
     assert (work / labelled).read_bytes() == before
-    _resumed(work, TRAINING_LOGS[1:])
+    _resumed(work, FINETUNE_LOGS)
     _same_results(work, base[2])
 
 
@@ -276,19 +273,19 @@ def test_a_corrupt_cache_names_the_command_that_recovers_every_output(base, tmp_
     before = cache.read_bytes()
     cache.write_bytes(before[:5000])
     out = snakemake(work, "--cores", "2", *TARGETS, ok=False)
-    log = (work / TRAINING_LOGS[0]).read_text()
+    log = (work / PRETRAIN_LOG).read_text()
     assert f"graph cache {POOL} cannot be read" in log, out
     # the failed pretraining job's outputs are gone: the command the error names must bring them back
     assert not any(
         (work / "results/megnet/pretrain/seed_0/sigma_0.5/pool_size_all" / f).exists() for f in PRETRAIN_FILES
     )
     named = re.search(r"--forcerun (\S+)`", log).group(1)
-    (work / TRAINING_LOGS[1]).unlink()
+    (work / SSL_LOG).unlink()
     snakemake(work, "--cores", "2", "--forcerun", named, *TARGETS)
     # the rebuilt cache equals the one before; pretraining and the ssl cell resumed from
     # the checkpoints the failed run left
     assert cache.read_bytes() == before
-    _resumed(work, TRAINING_LOGS[:2])
+    _resumed(work, (PRETRAIN_LOG, SSL_LOG))
     for name in PRETRAIN_FILES:
         assert (work / "results/megnet/pretrain/seed_0/sigma_0.5/pool_size_all" / name).read_bytes() == (
             base[0] / "results/megnet/pretrain/seed_0/sigma_0.5/pool_size_all" / name
