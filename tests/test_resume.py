@@ -217,3 +217,34 @@ def test_several_nodes_without_slurm_stop_with_a_clear_error(monkeypatch, tmp_pa
     monkeypatch.setenv("SLURM_NTASKS", "8")
     monkeypatch.setenv("SLURM_NNODES", "2")
     assert not needs_srun(2, 4)
+
+
+def test_ranks_whose_meeting_node_does_not_resolve_stop_at_once(monkeypatch):
+    import socket
+
+    from cdssl.distributed import check_meeting_node
+
+    for var in ("MASTER_ADDR", "SLURM_JOB_NODELIST"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_NODELIST", "localhost")
+    check_meeting_node()  # a name that resolves: the ranks go on
+    looked_up = []
+
+    def unknown(host, *args, **kwargs):
+        looked_up.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    # the lookup fails as on a machine whose name is in neither DNS nor /etc/hosts
+    monkeypatch.setattr(socket, "getaddrinfo", unknown)
+    monkeypatch.setenv("SLURM_NODELIST", "gpu[07-08]")
+    with pytest.raises(RuntimeError, match=r"meet at node 'gpu07'.*cannot resolve that name"):
+        check_meeting_node()
+    assert looked_up == ["gpu07"]
+    # one rank meets nobody, and a MASTER_ADDR the user set is theirs to get right
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    check_meeting_node()
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    check_meeting_node()
+    assert looked_up == ["gpu07"]

@@ -45,12 +45,14 @@ def cluster():
     if reason:
         pytest.skip(reason)
     subprocess.run([str(CLUSTER), "install"], check=True)
-    try:
-        subprocess.run([str(CLUSTER), "start"], check=True)
-    except subprocess.CalledProcessError:
-        # a failed start leaves the daemons it did start: stop them, as after the tests
+    started = subprocess.run([str(CLUSTER), "start"], capture_output=True, text=True)
+    if started.returncode != 0:
+        # a failed start leaves the daemons it did start: stop them, as after the tests;
+        # the tool's own words (the daemons' last log lines) go into the failure, which is
+        # all a CI log shows of a machine that is gone afterwards
         subprocess.run([str(CLUSTER), "stop"], check=False)
-        raise
+        said = started.stdout + started.stderr
+        pytest.fail(f"tools/slurm_cluster.sh start failed (exit {started.returncode}):\n{said}")
     yield
     subprocess.run([str(CLUSTER), "stop"], check=False)
 

@@ -34,7 +34,7 @@ start() {
   mkdir -p "$STATE"/{ctld,d} /etc/slurm /run/munge /var/log/slurm
   cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=cdssl
-SlurmctldHost=${HOST}
+SlurmctldHost=${HOST}(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
 ProctrackType=proctrack/linuxproc
@@ -62,27 +62,59 @@ CONF
   fi
   chown -R munge:munge /etc/munge /run/munge
   chmod 0400 /etc/munge/munge.key
-  # a munged left from before a reinstall (the package's removal took its socket) runs but
-  # serves nobody: the socket, not the process, says whether munge is up
-  if [ ! -S /run/munge/munge.socket.2 ]; then
-    pkill -x munged 2>/dev/null || true
-    for _ in $(seq 1 20); do
-      pgrep -x munged >/dev/null || break
-      sleep 0.5
-    done
-    runuser -u munge -- /usr/sbin/munged
-  fi
+  resolve_host
+  start_munge
   slurmctld -c
   slurmd -c
-  for _ in $(seq 1 60); do
-    if sinfo -h -o %t 2>/dev/null | grep -q -E '^idle'; then
+  # a deadline, not a count of tries: a client that cannot reach the controller waits in
+  # each call (10 s or more when a name does not resolve), so 60 tries could take an hour
+  local deadline=$((SECONDS + 120))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    if timeout 15 sinfo -h -o %t 2>/dev/null | grep -q -E '^idle'; then
       echo "slurm up: $(sinfo -h -o '%N %t %c CPUs')"
       return 0
     fi
     sleep 1
   done
-  echo "slurm did not become idle; see ${STATE}/*.log" >&2
-  sinfo >&2 || true
+  echo "slurm did not become idle within 120 s; the daemons' last lines:" >&2
+  for log in "$STATE"/slurmctld.log "$STATE"/slurmd.log; do
+    echo "== $log" >&2
+    tail -n 12 "$log" >&2 2>/dev/null || true
+  done
+  return 1
+}
+
+# the node's name must resolve: slurmd and srun look the controller and the node up by it,
+# and the ranks of a multi-rank job meet at the first name of SLURM_NODELIST (a throwaway
+# machine's name is not always in its /etc/hosts, and without DNS each lookup fails slowly)
+resolve_host() {
+  if ! timeout 10 getent hosts "$HOST" >/dev/null; then
+    echo "127.0.0.1 $HOST  # tools/slurm_cluster.sh: the SLURM node's name" >> /etc/hosts
+    echo "added $HOST to /etc/hosts (it did not resolve)"
+  fi
+}
+
+munge_works() {
+  timeout 10 munge -n 2>/dev/null | timeout 10 unmunge >/dev/null 2>&1
+}
+
+# munged must answer, not merely exist: a munged left from before a reinstall runs without
+# its socket, and a socket file can outlive its munged (a machine restored from a snapshot
+# keeps /run/munge), so only a credential encoded and decoded says munge is up
+start_munge() {
+  munge_works && return 0
+  pkill -x munged 2>/dev/null || true
+  for _ in $(seq 1 20); do
+    pgrep -x munged >/dev/null || break
+    sleep 0.5
+  done
+  rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock /run/munge/munged.pid
+  runuser -u munge -- /usr/sbin/munged
+  for _ in $(seq 1 20); do
+    munge_works && return 0
+    sleep 0.5
+  done
+  echo "munged started but does not answer: munge -n | unmunge fails" >&2
   return 1
 }
 

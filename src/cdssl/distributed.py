@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,28 @@ def launch(
     LOG.info("all %d ranks finished", world_size(nodes, devices))
 
 
+def check_meeting_node() -> None:
+    """Stop at once when the ranks' meeting node does not resolve here.
+
+    Lightning's SLURM environment has every rank meet at the first node of
+    ``SLURM_NODELIST``; a name this machine cannot look up leaves the ranks retrying until
+    torch's rendezvous gives up (30 minutes), with nothing in the log but socket warnings.
+    """
+    nodelist = os.environ.get("SLURM_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
+    if not nodelist or os.environ.get("MASTER_ADDR") or int(os.environ.get("SLURM_NTASKS", "1")) < 2:
+        return
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    node = SLURMEnvironment.resolve_root_node_address(nodelist)
+    try:
+        socket.getaddrinfo(node, None)
+    except socket.gaierror as err:
+        raise RuntimeError(
+            f"the ranks meet at node {node!r}, the first of SLURM_NODELIST={nodelist}, but {platform.node()} "
+            f"cannot resolve that name ({err}); give the node a DNS or /etc/hosts entry"
+        ) from err
+
+
 def _function(target: str):
     module_name, func_name = target.split(":")
     return getattr(importlib.import_module(module_name), func_name)
@@ -156,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(spec.get("threads", 1))
     log.info("%s", rank_line())
     try:
+        check_meeting_node()
         _function(spec["target"])(**spec["kwargs"])
     except Exception:
         log.exception("%s failed on %s", spec["target"], rank_line())
