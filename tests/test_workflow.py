@@ -231,6 +231,64 @@ def test_a_pool_size_list_gives_each_size_its_pretraining_and_ssl_cells(tmp_path
     assert set(outputs(bare)) <= set(outputs(out))  # a size added later moves nothing
 
 
+# the rules that train or compute what a later config could reuse; the others (the blend,
+# which weighs every model of a cell, the probe, figures, tables, the map, the documents)
+# read every run and are rewritten when a run joins
+TRAINING_RULES = {
+    "data", "graphs", "features", "baselines", "pretrain", "select_checkpoint", "embed",
+    "finetune", "finetune_ssl", "hybrid",
+}  # fmt: skip
+
+
+def planned_outputs(dry_run: str) -> dict[str, set[str]]:
+    """Each rule's planned output files in a dry run's job blocks."""
+    planned: dict[str, set[str]] = {}
+    rule = None
+    for line in dry_run.splitlines():
+        if m := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
+            rule = m.group(1)
+        elif rule and line.strip().startswith("output:"):
+            planned.setdefault(rule, set()).update(o.strip() for o in line.split(":", 1)[1].split(","))
+            rule = None
+    return planned
+
+
+@pytest.mark.long
+def test_a_pool_size_and_a_task_added_to_a_finished_run_train_only_what_is_new(tmp_path):
+    """A finished run with one pool size and one task, then the config with a second size
+    and a second task (a map share after the one before): the dry run plans every new
+    size's and task's jobs, and no job that trains or computes anything finished."""
+    first = tmp_path / "first.yaml"
+    first.write_text(
+        "pretrain: {pool_size: [20], sigma: 0.5}\n"
+        "finetune: {fractions: [0.7], modes: [ssl, sl_large]}\n"
+        "analysis: {umap: false, featurizers: [magpie, magpie_structure]}\n"
+    )
+    args = ["--configfile", str(ROOT / "config/test.yaml"), str(first)]
+    args += ["--config", "results_dir=results", f"data_dir={ROOT / 'data/matminer'}"]
+    snakemake("--cores", "2", *args, workdir=tmp_path)
+    finished = {str(p.relative_to(tmp_path)) for p in (tmp_path / "results").rglob("*") if p.is_file()}
+    assert any("pool_size_20/encoder" in f for f in finished)
+    larger = tmp_path / "larger.yaml"
+    larger.write_text(
+        first.read_text()
+        .replace("pool_size: [20]", "pool_size: [20, 40]")
+        .replace("finetune: {", "finetune: {datasets: [dielectric, dielectric_constant], ")
+        + "datasets:\n  dielectric_constant: {matminer: dielectric_constant, id_column: material_id, "
+        "target: poly_total, transform: log10, max_sites: 8}\n"
+    )
+    args[2] = str(larger)
+    planned = planned_outputs(snakemake("-n", *args, workdir=tmp_path).stdout)
+    retrained = {rule: outs & finished for rule, outs in planned.items() if rule in TRAINING_RULES and outs & finished}
+    assert not retrained, f"finished outputs planned again: {retrained}"
+    new = " ".join(o for rule in TRAINING_RULES for o in planned.get(rule, ()))
+    assert "pretrain/seed_0/sigma_0.5/pool_size_40/history.csv" in new
+    assert "finetune/dielectric/0.7/0/ssl/seed_0/sigma_0.5/pool_size_40/metrics.json" in new
+    for cell in ("ssl/seed_0/sigma_0.5/pool_size_20", "ssl/seed_0/sigma_0.5/pool_size_40", "sl_large"):
+        assert f"finetune/dielectric_constant/0.7/0/{cell}/metrics.json" in new, cell
+    assert "map" in planned and "aggregate" in planned
+
+
 def test_sl_jobs_never_wait_for_pretraining(tmp_path):
     from cdssl.config import load_config
 
