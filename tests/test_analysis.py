@@ -486,8 +486,8 @@ def test_boosting_uses_the_jobs_threads_not_the_machines(monkeypatch):
 
 def test_chgnet_features_load_offline_and_carry_what_chgnet_knows(dielectric, tmp_path, monkeypatch):
     """The frozen foundation model's features: read from the weights inside the wheel with
-    every socket refused; the same crystals give the same features; rebuilt crystals are the
-    cache's; and a target that is a function of the 64 features is recovered from them,
+    every socket refused; the same crystals give the same features, in one call or in chunks;
+    rebuilt crystals are the cache's; and a target that is a function of the 64 features is recovered from them,
     row for row, far better than by the mean or by composition alone."""
     import socket
 
@@ -515,6 +515,11 @@ def test_chgnet_features_load_offline_and_carry_what_chgnet_knows(dielectric, tm
     assert x.shape == (len(graphs), 64) and len(labels) == 64 and np.isfinite(x).all()
     again, _ = chgnet_features(GraphCache({**cache}))
     assert np.array_equal(x, again)
+    # fed to CHGNet in chunks of whole batches (memory of one chunk), row for row the same
+    chunked, _ = chgnet_features(graphs, chunk_size=64)
+    assert len(graphs) % 64 and np.array_equal(x, chunked)
+    with pytest.raises(ValueError, match="multiple of batch_size"):
+        chgnet_features(graphs, chunk_size=48)
     # the target: a fixed linear read-out of CHGNet's features, which composition alone
     # cannot give (polymorphs share a composition, not a CHGNet feature)
     weights = np.random.default_rng(0).normal(size=64)
