@@ -112,6 +112,28 @@ def test_m3gnet_pretext_features_take_shaken_lengths_and_angles_on_the_clean_tri
     assert torch.allclose(edge_features(model, batch, nudged), model.feature_dict["gc_3"]["edge_feat"], atol=1e-5)
 
 
+@pytest.mark.parametrize("network", ["megnet", "m3gnet"])
+def test_the_edge_loss_path_skips_only_what_the_edges_do_not_read(small_cache_path, test_config, network):
+    """edge_features (the pretext head's input) skips the last block's node (and state)
+    update; at shaken positions its edges are the full encoder's, values and gradients."""
+    from cdssl.models import edge_features, encode_m3gnet, encode_megnet
+    from cdssl.pretext import perturb
+
+    torch.manual_seed(0)
+    model = build_model(_backbone(test_config, network), "ssl")
+    batch = GraphCache.load(small_cache_path, 5.0).collate(list(range(24)))
+    pos = perturb(batch.pos, 0.5, torch.Generator().manual_seed(0))
+    params = [p for p in model.parameters() if p.requires_grad]
+    full = (encode_megnet if network == "megnet" else encode_m3gnet)(model, batch, pos)[1]
+    ours = edge_features(model, batch, pos)
+    assert torch.allclose(ours, full, atol=1e-6)
+    g_full = torch.autograd.grad((full**2).sum(), params, allow_unused=True)
+    g_ours = torch.autograd.grad((ours**2).sum(), params, allow_unused=True)
+    for a, b in zip(g_full, g_ours, strict=True):
+        assert (a is None) == (b is None)
+        assert a is None or torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("backbone", ["megnet", "m3gnet", "tensornet"])
 def test_pretraining_trains_exactly_the_parameters_the_edge_loss_reaches(small_cache_path, test_config, backbone):
     """pretext_unused freezes what the edge loss never reaches and nothing else: with every

@@ -107,18 +107,26 @@ def _edge_update(
     w_src, w_dst, w_edge, w_state = first.weight.split([d_node, d_node, d_edge, state.shape[1]], dim=1)
     src, dst = edge_index
     h = torch.addmm(_gather(state @ w_state.T + first.bias, edge_batch), edge, w_edge.T)
-    h = h + _gather(node @ w_src.T, src) + _gather(node @ w_dst.T, dst)
+    # in place: no backward reads the sum, so the two gathered blocks are added without an
+    # edge-sized temporary each
+    h.add_(_gather(node @ w_src.T, src)).add_(_gather(node @ w_dst.T, dst))
     for layer in rest:
         h = layer(h)
     return h
 
 
-def _block(block, batch: GraphBatch, edge, node, state, edge_batch):
-    """``MEGNetBlock.forward`` calling MatGL's own layers, with the split edge update."""
+def _block(block, batch: GraphBatch, edge, node, state, edge_batch, nodes_needed: bool = True):
+    """``MEGNetBlock.forward`` calling MatGL's own layers, with the split edge update; the
+    node and state updates are skipped where nothing reads them (the last block under the
+    edge loss), and the block's input node and state are returned instead."""
     inputs = (edge, node, state)
     edge, node, state = block.edge_func(edge), block.node_func(node), block.state_func(state)
     conv = block.conv
     edge = _edge_update(conv, batch.edge_index, edge, node, state, edge_batch)
+    if not nodes_needed:
+        if block.dropout is not None:
+            edge = block.dropout(edge)
+        return (edge + inputs[0] if block.skip else edge), inputs[1], inputs[2]
     node = conv.node_update_(batch.edge_index, edge, node, state[batch.batch], node.shape[0])
     state = conv.state_update_(edge, node, state, edge_batch, batch.batch, batch.num_graphs)
     state = state.reshape(batch.num_graphs, -1)
@@ -130,13 +138,15 @@ def _block(block, batch: GraphBatch, edge, node, state, edge_batch):
 
 
 def encode_megnet(
-    model: MEGNet, batch: GraphBatch, pos: torch.Tensor | None = None
+    model: MEGNet, batch: GraphBatch, pos: torch.Tensor | None = None, nodes_needed: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Node, edge and state features of the last MEGNet block, at positions ``pos``.
 
     The sequence of ``MEGNet.forward`` up to the readout (which the pretext task never
     uses), on MatGL's own modules and weights; ``pos`` lets the caller feed perturbed
     positions with the original edges. Tests hold it equal to ``MEGNet.forward``.
+    ``nodes_needed=False`` (the edge loss) skips the last block's node and state updates
+    and returns the node and state before it.
     """
     pos = batch.pos if pos is None else pos
     _, dist = compute_pair_vector_and_distance(pos, batch.edge_index, batch.pbc_offshift)
@@ -146,8 +156,9 @@ def encode_megnet(
     node = model.node_encoder(node)
     state = model.state_encoder(state).reshape(batch.num_graphs, -1)
     edge_batch = batch.edge_batch
-    for block in model.blocks:
-        edge, node, state = _block(block, batch, edge, node, state, edge_batch)
+    last = len(model.blocks) - 1
+    for i, block in enumerate(model.blocks):
+        edge, node, state = _block(block, batch, edge, node, state, edge_batch, nodes_needed or i < last)
     return node, edge, state
 
 
@@ -180,7 +191,7 @@ def _gated_mlp_split(mlp, node: torch.Tensor, edge: torch.Tensor, edge_index: to
         h = edge @ w_edge.T
     else:
         h = torch.addmm(torch.cat([first_l.bias, first_g.bias]), edge, w_edge.T)
-    h = h + _gather(node @ w_src.T, src) + _gather(node @ w_dst.T, dst)
+    h.add_(_gather(node @ w_src.T, src)).add_(_gather(node @ w_dst.T, dst))  # as in _edge_update
     start = 1
     if isinstance(mlp.layers[1], nn.SiLU) and isinstance(mlp.gates[1], nn.SiLU):
         # both branches' first activation, as one pass over the joint tensor
@@ -297,7 +308,7 @@ def edge_features(model: nn.Module, batch: GraphBatch, pos: torch.Tensor) -> tor
     """
     backbone = backbone_of(model)
     if backbone == "megnet":
-        return encode_megnet(model, batch, pos)[1]
+        return encode_megnet(model, batch, pos, nodes_needed=False)[1]
     if backbone == "m3gnet":
         return encode_m3gnet(model, batch, pos, nodes_needed=False)[1]
     node = encode_tensornet(model, batch, pos)
