@@ -37,6 +37,17 @@ def _backbone(test_config, backbone: str) -> dict:
     return config
 
 
+def _assert_same_values_and_gradients(ours, ref, params, atol: float, rtol: float) -> None:
+    """``ours`` equals ``ref``, and so does the gradient of its squared sum with respect to
+    every parameter (a parameter that one side does not reach, neither does the other)."""
+    assert torch.allclose(ours, ref, atol=atol)
+    g_ref = torch.autograd.grad((ref**2).sum(), params, allow_unused=True)
+    g_ours = torch.autograd.grad((ours**2).sum(), params, allow_unused=True)
+    for a, b in zip(g_ref, g_ours, strict=True):
+        assert (a is None) == (b is None)
+        assert a is None or torch.allclose(a, b, atol=atol, rtol=rtol)
+
+
 @pytest.mark.parametrize("backbone", ["m3gnet", "tensornet"])
 @pytest.mark.parametrize("mode", ["ssl", "sl"])
 def test_backbone_encoders_equal_matgl_s_forward_values_and_gradients(small_cache_path, test_config, backbone, mode):
@@ -56,12 +67,7 @@ def test_backbone_encoders_equal_matgl_s_forward_values_and_gradients(small_cach
     else:
         ref = model.forward_features(batch)["readout"]
         ours = encode_tensornet(model, batch)
-    assert torch.allclose(ours, ref, atol=1e-5)
-    g_ref = torch.autograd.grad((ref**2).sum(), params, allow_unused=True)
-    g_ours = torch.autograd.grad((ours**2).sum(), params, allow_unused=True)
-    for a, b in zip(g_ref, g_ours, strict=True):
-        assert (a is None) == (b is None)
-        assert a is None or torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    _assert_same_values_and_gradients(ours, ref, params, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("backbone", ["megnet", "m3gnet", "tensornet"])
@@ -126,12 +132,7 @@ def test_the_edge_loss_path_skips_only_what_the_edges_do_not_read(small_cache_pa
     params = [p for p in model.parameters() if p.requires_grad]
     full = (encode_megnet if network == "megnet" else encode_m3gnet)(model, batch, pos)[1]
     ours = edge_features(model, batch, pos)
-    assert torch.allclose(ours, full, atol=1e-6)
-    g_full = torch.autograd.grad((full**2).sum(), params, allow_unused=True)
-    g_ours = torch.autograd.grad((ours**2).sum(), params, allow_unused=True)
-    for a, b in zip(g_full, g_ours, strict=True):
-        assert (a is None) == (b is None)
-        assert a is None or torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    _assert_same_values_and_gradients(ours, full, params, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backbone", ["megnet", "m3gnet", "tensornet"])
