@@ -15,6 +15,9 @@ def test_shipped_configs_declare_only_datasets_they_use_and_the_papers_model_siz
     # does not check: an entry no stage reads is a dataset a user would think was run
     config = load_config(root / "config" / name)
     used = {config["pretrain"]["dataset"], *config["finetune"]["datasets"]}
+    for entry in config["datasets"].values():  # a pool's listed exclusions are read by its data job
+        if isinstance(entry.get("exclude_finetune"), list):
+            used |= set(entry["exclude_finetune"])
     assert set(config["datasets"]) == used
     # the sizes are the schema's defaults (written once), not a copy in the config file
     assert "models" not in yaml.safe_load((root / "config" / name).read_text())
@@ -321,4 +324,15 @@ def test_a_pool_excluding_listed_datasets_is_the_same_pool_whichever_of_them_a_c
         validate_config(config, "map.yaml")
     config["datasets"]["pretrain_pool"]["exclude_finetune"] = ["mp_gap", "oqmd_gap", "nope"]
     with pytest.raises(ConfigError, match="'nope', not under 'datasets'"):
+        validate_config(config, "map.yaml")
+    # a seeded draw of a listed dataset (the same entry plus `pool`) holds a subset of its
+    # crystals: fine-tuning on it keeps the list, and so the pool; another target does not
+    config["datasets"]["pretrain_pool"]["exclude_finetune"] = ["mp_gap"]
+    draw = {**config["datasets"]["mp_gap"], "pool": {"seed": 0, "sizes": {"map": 10}, "take": "map"}}
+    config["datasets"]["mp_gap_draw"] = draw
+    config["finetune"]["datasets"] = ["mp_gap_draw"]
+    validate_config(config, "map.yaml")
+    assert data_settings(config, "pretrain_pool")["exclude"] == ["mp_gap"]
+    config["datasets"]["mp_gap_draw"] = {**draw, "target": "e_form"}
+    with pytest.raises(ConfigError, match="leaves out fine-tuning dataset.*mp_gap_draw"):
         validate_config(config, "map.yaml")

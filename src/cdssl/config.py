@@ -156,7 +156,11 @@ def _check_references(config: dict, source: str) -> None:
                     f"invalid configuration in {source}: 'datasets.{name}.exclude_finetune' names "
                     f"{', '.join(map(repr, unknown))}, not under 'datasets'"
                 )
-            missing = [d for d in ft["datasets"] if d not in listed and d != name]
+            missing = [
+                d
+                for d in ft["datasets"]
+                if d not in listed and d != name and not any(_drawn_from(datasets[d], datasets[x]) for x in listed)
+            ]
             if missing:
                 raise ConfigError(
                     f"invalid configuration in {source}: 'datasets.{name}.exclude_finetune' leaves out "
@@ -179,6 +183,13 @@ def _check_references(config: dict, source: str) -> None:
                 f"invalid configuration in {source}: 'datasets.{name}.pool' disagrees with another "
                 f"entry on source {src!r}: pools of one source need the same seed, sizes and max_sites"
             )
+
+
+def _drawn_from(entry: dict, listed: dict) -> bool:
+    """Whether ``entry`` is ``listed`` plus a seeded draw (``pool``): its crystals are then
+    a subset of ``listed``'s, so a union that leaves out ``listed`` leaves them out too, and
+    a config can fine-tune on the draw without changing the union (and its pretrainings)."""
+    return bool(entry.get("pool")) and not listed.get("pool") and {**entry, "pool": None} == {**listed, "pool": None}
 
 
 def load_config(path: str | Path) -> dict:
