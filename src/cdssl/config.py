@@ -148,24 +148,8 @@ def _check_references(config: dict, source: str) -> None:
             raise ConfigError(
                 f"invalid configuration in {source}: 'datasets.{name}.exclude_finetune' applies only to a 'union' entry"
             )
-        listed = entry.get("exclude_finetune")
-        if isinstance(listed, list):
-            unknown = [d for d in listed if d not in datasets]
-            if unknown:
-                raise ConfigError(
-                    f"invalid configuration in {source}: 'datasets.{name}.exclude_finetune' names "
-                    f"{', '.join(map(repr, unknown))}, not under 'datasets'"
-                )
-            missing = [
-                d
-                for d in ft["datasets"]
-                if d not in listed and d != name and not any(_drawn_from(datasets[d], datasets[x]) for x in listed)
-            ]
-            if missing:
-                raise ConfigError(
-                    f"invalid configuration in {source}: 'datasets.{name}.exclude_finetune' leaves out "
-                    f"fine-tuning dataset(s) {', '.join(map(repr, missing))}: pretraining would see their test crystals"
-                )
+        if isinstance(entry.get("exclude_finetune"), list):
+            _check_exclude_list(source, datasets, name, ft["datasets"])
     pools: dict[str, tuple] = {}
     for name, entry in datasets.items():
         pool = entry.get("pool")
@@ -183,6 +167,28 @@ def _check_references(config: dict, source: str) -> None:
                 f"invalid configuration in {source}: 'datasets.{name}.pool' disagrees with another "
                 f"entry on source {src!r}: pools of one source need the same seed, sizes and max_sites"
             )
+
+
+def _check_exclude_list(source: str, datasets: dict, name: str, tasks: list[str]) -> None:
+    """A union's listed ``exclude_finetune``: every name is a dataset, and every fine-tuning
+    dataset is listed or drawn from a listed one (``_drawn_from``)."""
+    listed = datasets[name]["exclude_finetune"]
+    unknown = [d for d in listed if d not in datasets]
+    if unknown:
+        raise ConfigError(
+            f"invalid configuration in {source}: 'datasets.{name}.exclude_finetune' names "
+            f"{', '.join(map(repr, unknown))}, not under 'datasets'"
+        )
+    missing = [
+        d
+        for d in tasks
+        if d not in listed and d != name and not any(_drawn_from(datasets[d], datasets[x]) for x in listed)
+    ]
+    if missing:
+        raise ConfigError(
+            f"invalid configuration in {source}: 'datasets.{name}.exclude_finetune' leaves out "
+            f"fine-tuning dataset(s) {', '.join(map(repr, missing))}: pretraining would see their test crystals"
+        )
 
 
 def _drawn_from(entry: dict, listed: dict) -> bool:
