@@ -158,10 +158,12 @@ def test_probe_recovers_a_linear_relation_and_not_noise():
     assert ridge_probe(z, rng.normal(size=400))["r2"] < 0.1
 
 
-def test_figures_are_written(tmp_path):
+# one task, and five: Figure 4's grid of 3 columns then has an empty sixth panel
+@pytest.mark.parametrize("datasets", [["A"], ["A", "B", "C", "D", "E"]])
+def test_figures_are_written(tmp_path, datasets):
     files = []
     for i, (dataset, fraction, mode) in enumerate(
-        [("A", 0.1, "ssl"), ("A", 0.1, "sl"), ("A", 0.2, "ssl"), ("A", 0.2, "sl")]
+        (d, f, m) for d in datasets for f in (0.1, 0.2) for m in ("ssl", "sl")
     ):
         for seed in range(2):
             path = tmp_path / f"m{i}{seed}.json"
@@ -179,11 +181,11 @@ def test_figures_are_written(tmp_path):
             )
             files.append(path)
     summary = write_aggregates(files, tmp_path / "jobs.csv", tmp_path / "cells.csv", tmp_path / "s.json")
-    assert summary["n_jobs"] == 8
+    assert summary["n_jobs"] == 8 * len(datasets)
     out = figure4(
         tmp_path / "jobs.csv", tmp_path / "cells.csv", ["ssl", "sl"], tmp_path / "fig4.png", tmp_path / "fig4"
     )
-    assert [p.name for p in out] == ["A.png"]
+    assert [p.name for p in out] == [f"{d}.png" for d in datasets]
     pd.DataFrame(
         {
             "epoch": [0, 1, 2],

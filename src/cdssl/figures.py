@@ -277,9 +277,11 @@ def figure4(jobs_csv, cells_csv, modes: list[str], out_png, per_dataset_dir) -> 
     ncols = min(3, len(datasets))
     nrows = int(np.ceil(len(datasets) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(max(8, 5 * ncols), 3.8 * nrows + 0.6), squeeze=False)
-    for ax, dataset in zip(axes.flat, datasets, strict=True):
+    # the grid has ncols x nrows panels, one per dataset and the last row's spare ones hidden
+    panels = list(axes.flat)
+    for ax, dataset in zip(panels[: len(datasets)], datasets, strict=True):
         _panel(ax, runs, cells[cells["dataset"] == dataset], dataset, models)
-    for ax in list(axes.flat)[len(datasets) :]:
+    for ax in panels[len(datasets) :]:
         ax.set_visible(False)
     head = (
         "Figure 4: test MAE, mean and standard error over seeds\n"
