@@ -276,6 +276,30 @@ def test_a_key_of_several_forms_reports_the_error_of_the_form_given(root, sectio
     assert str(err.value) == f"invalid configuration in mine.yaml: {message}"
 
 
+def test_later_pretraining_seeds_run_at_the_listed_pool_sizes_and_a_size_not_listed_stops(test_config):
+    """pretrain.later_seeds_at: the first seed at every pool size, the later ones at the
+    listed sizes only (unset: every size); a size that is not a pool size, or a list with
+    no pool sizes at all, stops the check naming the key and the sizes."""
+    from cdssl.config import pretraining_runs
+
+    config = copy.deepcopy(test_config)
+    config["pretrain"].update(seed=[0, 1, 2], pool_size=[40, 20])
+    validate_config(config, "mine.yaml")
+    assert pretraining_runs(config) == [(s, n) for s in (0, 1, 2) for n in (20, 40)]
+    config["pretrain"]["later_seeds_at"] = [40]
+    validate_config(config, "mine.yaml")
+    assert pretraining_runs(config) == [(0, 20), (0, 40), (1, 40), (2, 40)]
+    config["pretrain"]["later_seeds_at"] = [40, 30]
+    with pytest.raises(ConfigError) as err:
+        validate_config(config, "mine.yaml")
+    assert "'pretrain.later_seeds_at.1' = 30 is not one of 'pretrain.pool_size' ([20, 40])" in str(err.value)
+    del config["pretrain"]["pool_size"]
+    config["pretrain"]["later_seeds_at"] = [40]
+    unset = r"'pretrain.later_seeds_at.0' = 40 is not one of 'pretrain.pool_size' \(unset\)"
+    with pytest.raises(ConfigError, match=unset):
+        validate_config(config, "mine.yaml")
+
+
 def test_a_pool_size_is_a_setting_of_its_pretraining_and_unset_keeps_the_earlier_identity(test_config):
     """pretrain.pool_size: a bare value and a list of one are the same run; each size of a
     list is its own job's setting; unset, the declared settings and the identity are those

@@ -122,7 +122,7 @@ def test_the_oqmd_config_plans_its_built_source_the_pool_and_seven_tasks(tmp_pat
 
 
 def test_the_map_config_plans_three_pool_sizes_and_a_share_of_it_the_same_pretraining(tmp_path):
-    """config/map.yaml dry: 3 pool sizes x 2 pretraining seeds, one map job; its first
+    """config/map.yaml dry: 3 pool sizes, a second pretraining seed at the largest, one map job; its first
     share (one task) plans the same pretraining runs and pool, a subset of the whole's
     outputs, so the shares add up to the whole without retraining."""
     config = yaml.safe_load((ROOT / "config/map.yaml").read_text())
@@ -136,15 +136,16 @@ def test_the_map_config_plans_three_pool_sizes_and_a_share_of_it_the_same_pretra
         "-n", "--configfile", str(path), str(ROOT / "config/overlays/map_share_1.yaml"), workdir=tmp_path
     ).stdout
     counts = job_counts(whole)
-    assert counts["pretrain"] == 3 * 2 and counts["map"] == 1
-    # 5 tasks x 3 fractions, one job per (cell, encoder): 3 pool sizes x 2 pretraining seeds
-    assert counts["finetune_ssl"] == 5 * 3 * 6 and counts["finetune"] == 5 * 3
-    assert job_counts(share)["finetune_ssl"] == 3 * 6
+    # 3 pool sizes with the first pretraining seed, the largest with the second too
+    assert counts["pretrain"] == 3 + 1 and counts["map"] == 1
+    # 5 tasks x 3 fractions, one job per (cell, encoder)
+    assert counts["finetune_ssl"] == 5 * 3 * 4 and counts["finetune"] == 5 * 3
+    assert job_counts(share)["finetune_ssl"] == 3 * 4
     outputs = lambda text: set(re.findall(r"output: (.*)", text))  # noqa: E731
     pretraining = lambda text: {o for o in outputs(text) if "/pretrain/" in o or "data/pretrain_pool" in o}  # noqa: E731
     # the pool, then per run its pretraining and its checkpoint selection
-    assert pretraining(share) == pretraining(whole) and len(pretraining(whole)) == 1 + 6 + 6
-    assert "pool_size_16000" in " ".join(pretraining(whole))
+    assert pretraining(share) == pretraining(whole) and len(pretraining(whole)) == 1 + 4 + 4
+    assert "seed_1/sigma_0.5/pool_size_16000" in " ".join(pretraining(whole))
     share_cells = {o for o in outputs(share) if "/finetune/" in o}
     assert share_cells and share_cells <= outputs(whole)
     # same paths are not enough: the pool's and each pretraining's declared settings (their
@@ -229,6 +230,29 @@ def test_a_pool_size_list_gives_each_size_its_pretraining_and_ssl_cells(tmp_path
     one = snakemake("-n", "--configfile", str(ROOT / "config/test.yaml"), str(sized), workdir=tmp_path).stdout
     assert outputs(one) == outputs(bare) and "pretrain/seed_0/sigma_0.5/pool_size_40/history.csv" in bare
     assert set(outputs(bare)) <= set(outputs(out))  # a size added later moves nothing
+
+
+def test_later_pretraining_seeds_pretrain_and_fine_tune_at_the_listed_pool_sizes_only(tmp_path):
+    """pretrain.later_seeds_at: the first seed at every pool size, the second at 40 only; the
+    plan is the full grid's less the second seed's runs at 20, under the same paths."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("pretrain: {pool_size: [20, 40], sigma: 0.5, seed: [0, 1]}\n")
+    later = tmp_path / "later.yaml"
+    later.write_text("pretrain: {pool_size: [20, 40], sigma: 0.5, seed: [0, 1], later_seeds_at: [40]}\n")
+    test = str(ROOT / "config/test.yaml")
+    full = snakemake("-n", "--configfile", test, str(grid), workdir=tmp_path).stdout
+    out = snakemake("-n", "--configfile", test, str(later), workdir=tmp_path).stdout
+    counts = job_counts(out)
+    # 3 runs (seed 0 at 20 and 40, seed 1 at 40), each with its ssl cells and hybrids
+    # (2 fractions x 1 seed); the map, the probe and Figure 3 take them in one job each
+    assert counts["pretrain"] == 3 and counts["select_checkpoint"] == 3 and counts["embed"] == 3
+    assert counts["finetune_ssl"] == 3 * 2 and counts["hybrid"] == 3 * 2 and counts["finetune"] == 2 * 2
+    assert counts["map"] == 1 and counts["blend"] == 2
+    outputs = lambda text: set(re.findall(r"output: (.*)", text))  # noqa: E731
+    dropped = {o for o in outputs(full) if "seed_1/sigma_0.5/pool_size_20" in o}
+    assert dropped and outputs(out) == outputs(full) - dropped
+    for run in ("seed_0/sigma_0.5/pool_size_20", "seed_0/sigma_0.5/pool_size_40", "seed_1/sigma_0.5/pool_size_40"):
+        assert f"results/test/megnet/finetune/dielectric/0.3/0/ssl/{run}/metrics.json" in out, run
 
 
 # the rules that train or compute what a later config could reuse; the others (the blend,

@@ -99,7 +99,7 @@ def _message(err: jsonschema.ValidationError) -> str:
     return err.message
 
 
-def _check_references(config: dict, source: str) -> None:
+def _check_pretrain(config: dict, source: str) -> None:
     pc = config["pretrain"]
     if pc["nodes"] * pc["devices"] > 1 and pc["strategy"] != "ddp":
         raise ConfigError(
@@ -112,6 +112,18 @@ def _check_references(config: dict, source: str) -> None:
                 f"invalid configuration in {source}: 'pretrain.export_epochs.{i}' = {k} exceeds "
                 f"'pretrain.epochs' = {pc['epochs']}: a budget is a number of epochs of the one run"
             )
+    sizes = pool_sizes(config)
+    for i, n in enumerate(pc.get("later_seeds_at") or []):
+        if n not in sizes:
+            listed = "unset" if sizes == [None] else f"{sizes}"
+            raise ConfigError(
+                f"invalid configuration in {source}: 'pretrain.later_seeds_at.{i}' = {n} is not "
+                f"one of 'pretrain.pool_size' ({listed}): the later seeds repeat listed pool sizes"
+            )
+
+
+def _check_references(config: dict, source: str) -> None:
+    _check_pretrain(config, source)
     datasets = config["datasets"]
     pre = config["pretrain"]["dataset"]
     if pre not in datasets:
@@ -278,6 +290,17 @@ def pretrain_seeds(config: dict) -> list[int]:
     """``pretrain.seed`` as a list: one pretraining (per sigma) and one set of ssl cells per value."""
     seed = config["pretrain"]["seed"]
     return [int(s) for s in (seed if isinstance(seed, list) else [seed])]
+
+
+def pretraining_runs(config: dict) -> list[tuple[int, int | None]]:
+    """The (pretraining seed, pool size) of every pretraining per sigma, seed by seed, then
+    pool size by pool size: the first seed at every ``pretrain.pool_size``, each later seed
+    at those of ``pretrain.later_seeds_at`` (unset: every size). A second seed where the
+    interval needs it most (the largest pool) costs a fraction of one at every size."""
+    seeds, sizes = pretrain_seeds(config), pool_sizes(config)
+    later = config["pretrain"].get("later_seeds_at")
+    later_sizes = sizes if later is None else [n for n in sizes if n in later]
+    return [(seed, n) for i, seed in enumerate(seeds) for n in (later_sizes if i else sizes)]
 
 
 def budgets(config: dict) -> list[int]:

@@ -18,6 +18,7 @@ from cdssl.config import (
     graph_settings,
     pretrain_resources,
     pretrain_seeds,
+    pretraining_runs,
     parse_pool_size,
     pool_sizes,
     pretrain_settings,
@@ -86,6 +87,9 @@ NET = f"{R}/{{backbone}}"
 SIGMAS = [fmt_sigma(s) for s in sigmas(config)]
 PSEEDS = [str(s) for s in pretrain_seeds(config)]
 POOL_SIZES = [fmt_pool_size(n) for n in pool_sizes(config)]
+# the (pretraining seed, pool size) of each run per sigma: every seed at every size, or the
+# later seeds at pretrain.later_seeds_at's sizes only
+SEED_SIZES = [(str(p), fmt_pool_size(n)) for p, n in pretraining_runs(config)]
 RUN = "seed_{pretrain_seed}/sigma_{sigma}/pool_size_{pool_size}"
 PT = f"{NET}/pretrain/{RUN}"
 # pretraining budgets (pretrain.export_epochs): the best encoder of the first {budget}
@@ -107,15 +111,25 @@ def pretrain_runs(pattern, first_seed=False, backbone=None, pool_size=None):
     size by pool size (then budget by budget where the pattern has one), or for the first
     seed's runs only (Figure 3 and the probe); with ``backbone`` or ``pool_size``, that
     one's."""
-    return expand(
-        pattern,
-        sigma=SIGMAS,
-        pretrain_seed=PSEEDS[:1] if first_seed else PSEEDS,
-        pool_size=[pool_size] if pool_size else POOL_SIZES,
-        **({"budget": BUDGETS} if "{budget}" in pattern else {}),
-        **({"backbone": backbone} if backbone else {}),
-        allow_missing=True,
-    )
+    runs = [
+        (p, n)
+        for p, n in SEED_SIZES
+        if (p == PSEEDS[0] or not first_seed) and n == (pool_size or n)
+    ]
+    return [
+        f
+        for s in SIGMAS
+        for p, n in runs
+        for f in expand(
+            pattern,
+            sigma=[s],
+            pretrain_seed=[p],
+            pool_size=[n],
+            **({"budget": BUDGETS} if "{budget}" in pattern else {}),
+            **({"backbone": backbone} if backbone else {}),
+            allow_missing=True,
+        )
+    ]
 
 
 def probe_encoders(wildcards):
@@ -147,29 +161,28 @@ def pretraining_files(wildcards):
     (the map's pretext column)."""
     runs = []
     for s in SIGMAS:
-        for p in PSEEDS:
-            for n in POOL_SIZES:
-                for b in BUDGETS or [None]:
-                    at = dict(
-                        backbone=wildcards.backbone,
-                        sigma=s,
-                        pretrain_seed=p,
-                        pool_size=n,
-                        budget=b or "",
-                    )
-                    runs.append(
-                        {
-                            "selected": expand(f"{SEL}/selected.json", **at)[0],
-                            "reference": expand(f"{PT}/reference.json", **at)[0],
-                            "split": expand(f"{PT}/split.csv", **at)[0],
-                            "keys": {
-                                "sigma": float(s),
-                                "budget": b and int(b),
-                                "pool_size": parse_pool_size(n),
-                                "pretrain_seed": int(p),
-                            },
-                        }
-                    )
+        for p, n in SEED_SIZES:
+            for b in BUDGETS or [None]:
+                at = dict(
+                    backbone=wildcards.backbone,
+                    sigma=s,
+                    pretrain_seed=p,
+                    pool_size=n,
+                    budget=b or "",
+                )
+                runs.append(
+                    {
+                        "selected": expand(f"{SEL}/selected.json", **at)[0],
+                        "reference": expand(f"{PT}/reference.json", **at)[0],
+                        "split": expand(f"{PT}/split.csv", **at)[0],
+                        "keys": {
+                            "sigma": float(s),
+                            "budget": b and int(b),
+                            "pool_size": parse_pool_size(n),
+                            "pretrain_seed": int(p),
+                        },
+                    }
+                )
     return runs
 
 
@@ -275,8 +288,7 @@ def blend_candidates(wildcards):
     runs = [
         {"sigma": s, "pretrain_seed": p, "pool_size": n, "budget": b}
         for s in SIGMAS
-        for p in PSEEDS
-        for n in POOL_SIZES
+        for p, n in SEED_SIZES
         for b in BUDGETS or [None]
     ]
     out = []
