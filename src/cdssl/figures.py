@@ -236,7 +236,10 @@ def _title(dataset: str, cells: pd.DataFrame, models: list[Model]) -> str:
         for other in scratch:
             won, counted = wins(cells, ssl, other)
             parts.append(f"{who}{won}/{counted} vs {WORDS[other.family].split(' (')[0]}")
-    text = f"{dataset}: SSL lower in " + ", ".join(parts) if parts else dataset
+    # one comparison per line where there are several (pool sizes, sigmas): in one line
+    # they run into the next panel's title
+    sep = "\n" if len(parts) > 1 else " "
+    text = f"{dataset}: SSL lower in{sep}" + f",{sep}".join(parts) if parts else dataset
     return text + "\n(hollow bars: did not learn, cell not counted)"
 
 
