@@ -20,6 +20,8 @@ import math
 import statistics
 import time
 
+from _common import report
+
 LOG2 = math.log(2.0)
 
 
@@ -86,10 +88,7 @@ def main() -> None:
                 chain(act)
             times.append((time.perf_counter() - start) / 10)
         rows.append((name, 1.0 / statistics.median(times)))
-    base = rows[0][1]
-    print(f"{'path':<32} {'chains/s':>10} {'ratio':>7}")
-    for name, rate in rows:
-        print(f"{name:<32} {rate:>10.2f} {rate / base:>7.2f}x")
+    report(rows, "MatGL SoftPlus2", "chains/s")
 
 
 if __name__ == "__main__":
