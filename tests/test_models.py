@@ -194,3 +194,39 @@ def test_m3gnet_without_triplets_gives_matgl_s_prediction(small_cache_path, test
     model = build_network(sizes, 5.0)
     batch = GraphCache.load(small_cache_path, 5.0).collate(list(range(6)))
     assert torch.allclose(predict(model, batch), model(batch).reshape(-1), atol=1e-5)
+
+
+def test_softplus2_is_matgl_s_to_float32_rounding_with_its_gradient_exactly():
+    """The log form of SoftPlus2 gives MatGL's values to float32 rounding and MatGL's
+    gradients exactly, far into both tails; an input beyond the exp bound (where exp
+    overflows float32) takes MatGL's own form, so no value turns infinite."""
+    from matgl.layers._activations import SoftPlus2
+
+    from cdssl.models import _SoftPlus2
+
+    torch.manual_seed(0)
+    body = torch.cat([torch.randn(4096) * 6, torch.tensor([0.0, -30.0, -100.0, 19.9, 20.1, 79.0])])
+    for x in (body, torch.cat([body, torch.tensor([85.0, 100.0])])):
+        x = x.reshape(-1, 2).requires_grad_(True)
+        ours, ref = _SoftPlus2.apply(x), SoftPlus2()(x)
+        assert torch.isfinite(ours).all()
+        assert torch.allclose(ours, ref, rtol=0, atol=4e-6)
+        grad = torch.randn_like(ref)
+        assert torch.equal(*(torch.autograd.grad(y, x, grad)[0] for y in (ours, ref)))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_the_gathered_sum_is_the_sum_of_the_gathers_values_and_gradients(dtype):
+    """One embedding_bag over the stacked tables equals gathering each table by its own
+    index and adding, forward and backward (the split edge updates rely on it)."""
+    from cdssl.models import _bag_index, _gathered_sum
+
+    torch.manual_seed(0)
+    tables = [torch.randn(n, 8, requires_grad=True) for n in (7, 7, 3)]
+    indices = [torch.randint(0, t.shape[0], (50,), dtype=dtype) for t in tables]
+    ours = _gathered_sum(tables, _bag_index(indices, [t.shape[0] for t in tables]))
+    ref = sum(t[i.long()] for t, i in zip(tables, indices, strict=True))
+    assert torch.allclose(ours, ref, atol=1e-6)
+    grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(ours, tables, grad), torch.autograd.grad(ref, tables, grad), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
