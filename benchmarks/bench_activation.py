@@ -1,4 +1,4 @@
-"""MEGNet's SoftPlus2 on edge-sized tensors: MatGL's module against one autograd function.
+"""MEGNet's SoftPlus2 on edge-sized tensors: MatGL's module against cdssl's log form and others.
 
     .venv/bin/python benchmarks/bench_activation.py --threads 1
 
@@ -6,11 +6,13 @@ After the split edge update, a MEGNet training step's largest cost beside its ma
 SoftPlus2 (``softplus(x) - log 2``) on every edge-sized hidden layer (docs/benchmarks.md).
 MatGL's module runs it as two ops, a softplus and a subtraction into a new tensor. One
 autograd function can shift the softplus in place and hand its backward straight to
-torch's softplus backward (same values and gradients, one edge-sized tensor fewer). This
-times a chain of Linear + SoftPlus2 layers at the shape of one pretraining batch's edges
+torch's softplus backward (same values and gradients, one edge-sized tensor fewer).
+cdssl's training path (``cdssl.models._SoftPlus2``) computes it as ``log(1/2 + exp(x)/2)``
+with the same backward. This times a chain of Linear + SoftPlus2 layers at the shape of one pretraining batch's edges
 (forward, then backward of the sum of squares), each way, after checking that the outputs
 and every gradient agree; ``--compile`` adds ``torch.compile`` of SoftPlus2 alone.
-Reported in chains per second (forward + backward), the median of ``--passes``.
+Reported in chains per second (forward + backward), the median of ``--passes``; then each
+activation alone, forward and backward on one edge-sized tensor, in calls per second.
 """
 
 from __future__ import annotations
@@ -58,7 +60,13 @@ def main() -> None:
     print(f"# {args.layers} x (Linear {args.width} -> {args.width} + SoftPlus2) on {args.rows} rows")
     linears = [nn.Linear(args.width, args.width) for _ in range(args.layers)]
     module = SoftPlus2()
-    variants = {"MatGL SoftPlus2": module, "one autograd function": ShiftedSoftplus.apply}
+    from cdssl.models import _SoftPlus2
+
+    variants = {
+        "MatGL SoftPlus2": module,
+        "one autograd function": ShiftedSoftplus.apply,
+        "cdssl log form": _SoftPlus2.apply,
+    }
     if args.compile:
         variants["torch.compile(SoftPlus2)"] = torch.compile(module.forward, dynamic=True)
     x0 = torch.randn(args.rows, args.width)
@@ -79,16 +87,28 @@ def main() -> None:
         o, g = chain(act)
         worst = max((a - b).abs().max().item() / b.abs().max().item() for a, b in zip(g, grads, strict=True))
         print(f"# {name}: max |output difference| {(o - out).abs().max().item():.1e}, gradients {worst:.1e} (relative)")
-    rows = []
-    for name, act in variants.items():
+
+    def per_second(call) -> float:
+        """Calls per second of ``call()``: the median of ``--passes`` passes of 10 calls."""
         times = []
         for _ in range(args.passes):
             start = time.perf_counter()
             for _ in range(10):
-                chain(act)
+                call()
             times.append((time.perf_counter() - start) / 10)
-        rows.append((name, 1.0 / statistics.median(times)))
-    report(rows, "MatGL SoftPlus2", "chains/s")
+        return 1.0 / statistics.median(times)
+
+    report(
+        [(name, per_second(lambda a=act: chain(a))) for name, act in variants.items()], "MatGL SoftPlus2", "chains/s"
+    )
+
+    x, grad = torch.randn(args.rows, args.width) * 3, torch.randn(args.rows, args.width)
+    rows = [
+        (name, per_second(lambda a=act: a(x.detach().requires_grad_(True)).backward(grad)))
+        for name, act in variants.items()
+    ]
+    print(f"\n# the activation alone on {args.rows} x {args.width}, forward + backward")
+    report(rows, "MatGL SoftPlus2", "calls/s")
 
 
 if __name__ == "__main__":

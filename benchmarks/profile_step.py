@@ -23,10 +23,11 @@ from collections import defaultdict
 from _common import backbone_sizes, device, environment, matgl_loader, parser, plain_pretext_loss, table
 
 KINDS = {
-    "dense matmul": r"^aten::(mm|addmm|bmm|matmul|linear|baddbmm|addmv|mv|dot)$",
+    "dense matmul": r"^aten::(mm|addmm_?|bmm|matmul|linear|baddbmm|addmv|mv|dot)$",
     "gather / scatter": r"^aten::(index|index_select|index_add_?|scatter_add_?|scatter_|_index_put_impl_|index_put_"
-    r"|gather|scatter|scatter_reduce|embedding.*|segment_reduce|_segment_reduce.*)$",
-    "activations": r"^aten::(silu|sigmoid|softplus|tanh|exp)(_backward)?_?$",
+    r"|gather|scatter|scatter_reduce|_?embedding.*|segment_reduce|_segment_reduce.*)$",
+    # exp and log: SoftPlus2's log form (cdssl.models._SoftPlus2) is exp, a multiply-add, log
+    "activations": r"^aten::(silu|sigmoid|softplus|tanh|exp|log)(_backward)?_?$",
     "copies, fills, allocation": r"^aten::(copy_|fill_|zero_|zeros|empty.*|cat|clone|contiguous|to|_to_copy|stack)$",
 }
 

@@ -88,8 +88,8 @@ class _SoftPlus2(torch.autograd.Function):
     """MatGL's ``SoftPlus2``, ``softplus(x) - log 2``, computed on the CPU as
     ``log(1/2 + exp(x)/2)``: the same function in three passes over the tensor (exp into a
     new tensor, then a multiply-add and a log in place) instead of torch's softplus, whose
-    CPU kernel evaluates log1p, and a subtraction into a second new tensor; about a third
-    of the time on an edge-sized tensor (benchmarks/bench_activation.py). Values agree
+    CPU kernel evaluates log1p, and a subtraction into a second new tensor; forward and
+    backward 1.33x MatGL's on an edge-sized tensor (benchmarks/bench_activation.py). Values agree
     with MatGL's to float32 rounding; the backward is torch's softplus backward on the
     saved input, so gradients are computed exactly as MatGL's are. Elsewhere (a GPU, where
     the bound's check would synchronise, or an input beyond the bound) it is MatGL's."""
@@ -144,7 +144,7 @@ def _gathered_sum(tables: list[torch.Tensor], bag: torch.Tensor) -> torch.Tensor
     """``sum_k tables[k][index_k]`` per edge (``bag`` from ``_bag_index``), as one
     ``embedding_bag`` sum over the stacked tables: one pass writing an edge-sized tensor,
     where a gather and an add per table would each be a pass (and the gathers' backward an
-    ``index_add`` each); 2 to 3 times faster forward and backward on the CPU here."""
+    ``index_add`` each); its gain is measured in the step benchmarks (docs/benchmarks.md)."""
     return nn.functional.embedding_bag(bag, torch.cat(tables), mode="sum")
 
 
