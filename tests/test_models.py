@@ -199,7 +199,8 @@ def test_m3gnet_without_triplets_gives_matgl_s_prediction(small_cache_path, test
 def test_softplus2_is_matgl_s_to_float32_rounding_with_its_gradient_exactly():
     """The log form of SoftPlus2 gives MatGL's values to float32 rounding and MatGL's
     gradients exactly, far into both tails; an input beyond the exp bound (where exp
-    overflows float32) takes MatGL's own form, so no value turns infinite."""
+    overflows float32), or in half precision, takes MatGL's own form, so no value turns
+    infinite."""
     from matgl.layers._activations import SoftPlus2
 
     from cdssl.models import _SoftPlus2
@@ -213,6 +214,9 @@ def test_softplus2_is_matgl_s_to_float32_rounding_with_its_gradient_exactly():
         assert torch.allclose(ours, ref, rtol=0, atol=4e-6)
         grad = torch.randn_like(ref)
         assert torch.equal(*(torch.autograd.grad(y, x, grad)[0] for y in (ours, ref)))
+    # float16's exp overflows above 11: half precision takes MatGL's form
+    half = torch.tensor([12.0, 30.0, -3.0, 0.5], dtype=torch.float16)
+    assert torch.equal(_SoftPlus2.apply(half), SoftPlus2()(half))
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])

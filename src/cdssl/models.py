@@ -80,8 +80,11 @@ def state_attr(batch: GraphBatch, model: MEGNet) -> torch.Tensor:
 
 
 LOG2 = math.log(2.0)
-# exp overflows float32 above about 88.7; beyond this bound the log form below is not used
+# exp overflows float32 (and float64's range is wider) above about 88.7: beyond this
+# bound, and in the half-precision types whose exp overflows far sooner, the log form
+# below is not used
 _EXP_BOUND = 80.0
+_LOG_FORM_DTYPES = (torch.float32, torch.float64)
 
 
 class _SoftPlus2(torch.autograd.Function):
@@ -92,12 +95,13 @@ class _SoftPlus2(torch.autograd.Function):
     backward 1.33x MatGL's on an edge-sized tensor (benchmarks/bench_activation.py). Values agree
     with MatGL's to float32 rounding; the backward is torch's softplus backward on the
     saved input, so gradients are computed exactly as MatGL's are. Elsewhere (a GPU, where
-    the bound's check would synchronise, or an input beyond the bound) it is MatGL's."""
+    the bound's check would synchronise, half precision, or an input beyond the bound) it
+    is MatGL's."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
-        if x.device.type != "cpu" or x.numel() == 0 or x.amax() > _EXP_BOUND:
+        if x.device.type != "cpu" or x.dtype not in _LOG_FORM_DTYPES or x.numel() == 0 or x.amax() > _EXP_BOUND:
             return nn.functional.softplus(x).sub_(LOG2)
         y = torch.exp(x)
         return torch.add(y.new_tensor(0.5), y, alpha=0.5, out=y).log_()
