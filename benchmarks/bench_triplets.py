@@ -14,10 +14,8 @@ build's time minus the concatenation's, as a share of the step.
 
 from __future__ import annotations
 
-import re
 import statistics
 import time
-import warnings
 
 from _common import backbone_sizes, environment, parser, table
 
@@ -34,8 +32,6 @@ def main() -> None:
     from cdssl.graphs import GraphCache, build_cache
     from cdssl.pretrain import DenoisingModule
 
-    # training_step logs through Lightning, which has no trainer to log to here
-    warnings.filterwarnings("ignore", message=re.escape("You are trying to `self.log()`"))
     torch.set_num_threads(args.threads)
     args.backbone = "m3gnet"
     environment(args)
