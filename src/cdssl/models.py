@@ -344,15 +344,180 @@ def readout_m3gnet(model: M3GNet, batch: GraphBatch, node, edge) -> torch.Tensor
     return torch.sigmoid(out) if model.task_type == "classification" else out
 
 
+# TensorNet's per-edge messages in compact form. A 3 x 3 feature tensor is a scalar part
+# t I, a skew part (vector a: A[2,1], A[0,2], A[1,0], as MatGL's vector_to_skewtensor
+# writes a vector) and a symmetric traceless part (s00, s11, s22, s01, s02, s12): 10
+# numbers per channel where MatGL carries three full 3 x 3 tensors (27), so the per-edge
+# gather, product and scatter of a message pass move 10 numbers, not 27. The message
+# passing is linear in the components, so summing compact messages at the receiving
+# atom and expanding there equals MatGL's per-edge full tensors summed.
+_COMPACT = 10
+# component groups of the compact layout (scalar, skew, traceless) and the radial
+# feature (f_I, f_A, f_S) that multiplies each
+_GROUPS = ((0, 1, 0), (1, 4, 1), (4, 10, 2))
+
+
+def _compact_maps() -> tuple[torch.Tensor, torch.Tensor]:
+    """``(expand, project)``: the row-major 3 x 3 tensor is ``compact @ expand`` (10 x 9),
+    and ``full @ project`` (9 x 10) the compact form of any 3 x 3 tensor (exact for the
+    sum of a scalar, a skew and a symmetric traceless part, which every tensor is). In
+    float64, so that 1/3 rounds once, to the compute dtype."""
+    expand = torch.zeros(_COMPACT, 9, dtype=torch.float64)
+    expand[0, [0, 4, 8]] = 1.0
+    for k, (plus, minus) in enumerate(((7, 5), (2, 6), (3, 1)), start=1):
+        expand[k, plus], expand[k, minus] = 1.0, -1.0
+    for k, entries in enumerate(([0], [4], [8], [1, 3], [2, 6], [5, 7]), start=4):
+        expand[k, entries] = 1.0
+    project = torch.zeros(9, _COMPACT, dtype=torch.float64)
+    project[[0, 4, 8], 0] = 1.0 / 3.0
+    for k, (plus, minus) in enumerate(((7, 5), (2, 6), (3, 1)), start=1):
+        project[plus, k], project[minus, k] = 0.5, -0.5
+    for k, diagonal in enumerate((0, 4, 8), start=4):
+        project[diagonal, k] = 1.0
+        project[[0, 4, 8], k] -= 1.0 / 3.0
+    for k, pair in enumerate(([1, 3], [2, 6], [5, 7]), start=7):
+        project[pair, k] = 0.5
+    return expand, project
+
+
+_EXPAND, _PROJECT = _compact_maps()
+
+
+def _to_compact(full: torch.Tensor) -> torch.Tensor:
+    """(atoms, units, 3, 3) -> (atoms, 10, units), channels last so a row gathers whole."""
+    n, units = full.shape[:2]
+    return (full.reshape(n, units, 9) @ _PROJECT.to(full)).transpose(1, 2).contiguous()
+
+
+def _to_full(compact: torch.Tensor) -> torch.Tensor:
+    """(atoms, 10, units) -> (atoms, units, 3, 3)."""
+    n, _, units = compact.shape
+    return (compact.transpose(1, 2) @ _EXPAND.to(compact)).view(n, units, 3, 3)
+
+
+class _GroupProduct(torch.autograd.Function):
+    """``out[:, k] = radial[:, group(k)] * compact[:, k]``: each of the three radial
+    features (edges, 3, units) times its component group of a compact tensor (edges, 10,
+    units or 1), written slice by slice into one output; materialising the radial
+    features repeated to 10 rows first would be two passes over an edge-sized tensor (and
+    its backward an index_put), this is one."""
+
+    @staticmethod
+    def forward(ctx, radial: torch.Tensor, compact: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(radial, compact)
+        out = radial.new_empty((radial.shape[0], _COMPACT, max(radial.shape[2], compact.shape[2])))
+        for lo, hi, r in _GROUPS:
+            torch.mul(compact[:, lo:hi], radial[:, r : r + 1], out=out[:, lo:hi])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        radial, compact = ctx.saved_tensors
+        grad_radial = grad_compact = None
+        if ctx.needs_input_grad[0]:
+            grad_radial = torch.cat(
+                [(grad[:, lo:hi] * compact[:, lo:hi]).sum(1, keepdim=True) for lo, hi, _ in _GROUPS], dim=1
+            )
+        if ctx.needs_input_grad[1]:
+            grad_compact = grad.new_empty(grad.shape)
+            for lo, hi, r in _GROUPS:
+                torch.mul(grad[:, lo:hi], radial[:, r : r + 1], out=grad_compact[:, lo:hi])
+            if compact.shape[2] == 1:
+                grad_compact = grad_compact.sum(2, keepdim=True)
+        return grad_radial, grad_compact
+
+
+def _channel_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """MatGL's tensor linear: ``linear`` over the channels of (atoms, units, 3, 3)."""
+    return linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _edge_geometry(vec: torch.Tensor) -> torch.Tensor:
+    """(edges, 10, 1): the compact form of MatGL's per-edge identity, skew tensor and
+    symmetric traceless tensor of the unit bond vector (``vector_to_skewtensor``,
+    ``vector_to_symtensor``)."""
+    v = vec / torch.norm(vec, dim=1, keepdim=True).clamp(min=1e-6)
+    outer = v[:, :, None] * v[:, None, :]
+    trace = outer.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True)
+    sym = torch.cat([outer.diagonal(dim1=-2, dim2=-1) - trace, outer[:, 0, 1:], outer[:, 1, 2:]], dim=1)
+    return torch.cat([torch.ones_like(trace), v, sym], dim=1)[:, :, None]
+
+
+def _tensor_embedding(emb, batch: GraphBatch, edge_attr, dist, vec) -> torch.Tensor:
+    """MatGL's ``TensorEmbedding.forward`` with compact messages, and ``emb2`` on the
+    pair ``[x_src, x_dst]`` split by block (each atom's half multiplied once per atom)."""
+    from matgl.utils.cutoff import cosine_cutoff
+
+    src = batch.edge_index[0]
+    x = emb.emb(batch.node_type)
+    units = x.shape[1]
+    projections = (emb.distance_proj1, emb.distance_proj2, emb.distance_proj3)
+    weight = torch.cat([p.weight for p in projections])
+    bias = torch.cat([p.bias for p in projections])
+    # W1 | W2 | W3 of MatGL, (edges, 3, units)
+    radial = (torch.addmm(bias, edge_attr, weight.T) * cosine_cutoff(dist, emb.cutoff)[:, None]).view(-1, 3, units)
+    w_src, w_dst = emb.emb2.weight.split([units, units], dim=1)
+    bag = _bag_index(list(batch.edge_index), [x.shape[0], x.shape[0]])
+    pair = _gathered_sum([torch.addmm(emb.emb2.bias, x, w_src.T), x @ w_dst.T], bag)
+    message = _GroupProduct.apply(radial * pair[:, None, :], _edge_geometry(vec))
+    full = _to_full(x.new_zeros((x.shape[0], _COMPACT, units)).index_add_(0, src, message))
+    scalars, skew, traceless = decompose_tensor(full)
+    norm = emb.init_norm(tensor_norm(full))
+    for linear in emb.linears_scalar:
+        norm = emb.act(linear(norm))
+    norm = norm.reshape(-1, units, 3)[..., None, None]
+    parts = (
+        _channel_linear(linear, part)
+        for linear, part in zip(emb.linears_tensor, (scalars, skew, traceless), strict=True)
+    )
+    return sum(norm[:, :, k] * part for k, part in enumerate(parts))
+
+
+def _tensornet_interaction(layer, batch: GraphBatch, dist, edge_attr, X) -> torch.Tensor:
+    """MatGL's ``TensorNetInteraction.forward`` with compact messages: the per-atom work
+    is MatGL's, the per-edge gather, product and sum move 10 numbers per channel."""
+    from matgl.utils.cutoff import cosine_cutoff
+
+    src, dst = batch.edge_index
+    units = layer.units
+    *hidden, last = layer.linears_scalar
+    for linear in hidden:
+        edge_attr = layer.act(linear(edge_attr))
+    # the last Linear's outputs reordered from (unit, feature) to (feature, unit), so each
+    # radial feature is one contiguous row per edge: same weights, same values
+    weight = last.weight.view(units, 3, -1).transpose(0, 1).reshape(3 * units, -1)
+    bias = last.bias.view(units, 3).T.reshape(-1)
+    radial = layer.act(torch.addmm(bias, edge_attr, weight.T)) * cosine_cutoff(dist, layer.cutoff)[:, None]
+    X = X / (tensor_norm(X) + 1)[..., None, None]
+    parts = [
+        _channel_linear(linear, p) for linear, p in zip(layer.linears_tensor[:3], decompose_tensor(X), strict=True)
+    ]
+    Y = parts[0] + parts[1] + parts[2]
+    compact = _to_compact(Y)
+    message = _GroupProduct.apply(radial.view(-1, 3, units), _gather(compact, dst))
+    msg = _to_full(compact.new_zeros(compact.shape).index_add_(0, src, message))
+    if layer.equivariance_invariance_group == "O(3)":
+        parts = decompose_tensor(msg @ Y + Y @ msg)
+    elif layer.equivariance_invariance_group == "SO(3)":
+        parts = decompose_tensor(2 * (Y @ msg))
+    else:
+        raise ValueError("equivariance_invariance_group must be 'O(3)' or 'SO(3)'")
+    normp1 = (tensor_norm(parts[0] + parts[1] + parts[2]) + 1)[..., None, None]
+    dX = sum(_channel_linear(linear, p / normp1) for linear, p in zip(layer.linears_tensor[3:], parts, strict=True))
+    return X + dX + dX @ dX
+
+
 def encode_tensornet(model: TensorNet, batch: GraphBatch, pos: torch.Tensor | None = None) -> torch.Tensor:
     """TensorNet's per-atom features (``forward_features``' readout input) at positions
-    ``pos`` on the batch's own edges (TensorNet has no edge outputs)."""
+    ``pos`` on the batch's own edges (TensorNet has no edge outputs). MatGL's layers and
+    weights, with compact per-edge messages (``_tensor_embedding``,
+    ``_tensornet_interaction``); tests hold it equal to ``forward_features``."""
     at = batch.pos if pos is None else pos
     vec, dist = compute_pair_vector_and_distance(at, batch.edge_index, batch.pbc_offshift)
     edge_attr = model.bond_expansion(dist)
-    x, _ = model.tensor_embedding(batch.node_type, batch.edge_index, edge_attr, dist, vec, None)
+    x = _tensor_embedding(model.tensor_embedding, batch, edge_attr, dist, vec)
     for layer in model.layers:
-        x = layer(batch.edge_index, dist, edge_attr, x)
+        x = _tensornet_interaction(layer, batch, dist, edge_attr, x)
     scalars, skew, traceless = decompose_tensor(x)
     x = torch.cat((tensor_norm(scalars), tensor_norm(skew), tensor_norm(traceless)), dim=-1)
     return model.linear(model.out_norm(x))
