@@ -9,12 +9,14 @@ from cdssl.graphs import GraphCache
 from cdssl.models import build_model, predict, state_attr
 
 
-@pytest.mark.parametrize("backbone", ["megnet", "m3gnet"])
+@pytest.mark.parametrize("backbone", ["megnet", "m3gnet", "tensornet"])
 @pytest.mark.parametrize("mode", ["ssl", "sl"])
 @pytest.mark.parametrize("indices", [[4], list(range(24))], ids=["one graph", "batch"])
 def test_forward_and_gradients_equal_matgl(small_cache_path, test_config, backbone, mode, indices):
     """predict() (MEGNet's split edge update; M3GNet's split gated MLPs, triplet terms
-    computed once per batch) is the MatGL model's own forward, values and gradients."""
+    computed once per batch; TensorNet's compact messages) is the MatGL model's own
+    forward, values and gradients (TensorNet's gradients to float32 rounding at each
+    tensor's scale: its sums run in another order, test below)."""
     torch.manual_seed(0)
     model = build_model(_backbone(test_config, backbone), mode)
     batch = GraphCache.load(small_cache_path, 5.0).collate(indices)
@@ -26,7 +28,10 @@ def test_forward_and_gradients_equal_matgl(small_cache_path, test_config, backbo
     g_ref = torch.autograd.grad((ref**2).sum(), params)
     g_ours = torch.autograd.grad((predict(model, batch) ** 2).sum(), params)
     for a, b in zip(g_ref, g_ours, strict=True):
-        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+        if backbone == "tensornet":
+            assert torch.allclose(a, b, atol=1e-5 * a.abs().max().item(), rtol=1e-4)
+        else:
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
 def _backbone(test_config, backbone: str) -> dict:

@@ -523,6 +523,12 @@ def encode_tensornet(model: TensorNet, batch: GraphBatch, pos: torch.Tensor | No
     return model.linear(model.out_norm(x))
 
 
+def readout_tensornet(model: TensorNet, batch: GraphBatch, node: torch.Tensor) -> torch.Tensor:
+    """TensorNet's intensive readout and final layer, as in ``TensorNet.forward``."""
+    out = model.final_layer(model.readout(node, batch.batch))
+    return torch.sigmoid(out) if model.task_type == "classification" else out
+
+
 def edge_features(model: nn.Module, batch: GraphBatch, pos: torch.Tensor) -> torch.Tensor:
     """What the pretext head reads for each edge, at shaken positions ``pos``.
 
@@ -594,6 +600,8 @@ def predict(model: nn.Module, batch: GraphBatch) -> torch.Tensor:
         return readout_megnet(model, batch, *encode_megnet(model, batch)).reshape(-1)
     if isinstance(model, M3GNet) and model.is_intensive:
         return readout_m3gnet(model, batch, *encode_m3gnet(model, batch)).reshape(-1)
+    if isinstance(model, TensorNet) and model.is_intensive:
+        return readout_tensornet(model, batch, encode_tensornet(model, batch)).reshape(-1)
     return model(batch).reshape(-1)
 
 
