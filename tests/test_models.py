@@ -273,3 +273,28 @@ def test_the_gathered_sum_is_the_sum_of_the_gathers_values_and_gradients(dtype):
     grad = torch.randn_like(ref)
     for a, b in zip(torch.autograd.grad(ours, tables, grad), torch.autograd.grad(ref, tables, grad), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_narrow_linear_is_the_linear_layer_with_its_gradients_to_float32_rounding(bias, input_grad):
+    """M3GNet's 9-input layers (radial weights, three-body bond update) run as
+    _NarrowLinear: the Linear's values, and gradients of the input (row-major, as the
+    gathers after it read it), weight and bias equal autograd's to float32 rounding."""
+    from cdssl.models import _narrow_linear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(9, 64, bias=bias)
+    x = torch.randn(5000, 9, requires_grad=input_grad)
+    grad = torch.randn(5000, 64)
+    ours = _narrow_linear(x, layer.weight, layer.bias)
+    ref = layer(x)
+    assert torch.equal(ours, ref)
+    inputs = [t for t in (x, layer.weight, layer.bias) if t is not None and t.requires_grad]
+    g_ours = torch.autograd.grad(ours, inputs, grad)
+    g_ref = torch.autograd.grad(ref, inputs, grad)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, atol=1e-5 * b.abs().max().item(), rtol=0.0)
+    if input_grad:
+        assert g_ours[0].is_contiguous()

@@ -10,6 +10,7 @@ backbone's layers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -265,13 +266,61 @@ def _gated_mlp_split(mlp, node: torch.Tensor, edge: torch.Tensor, bag: torch.Ten
     return h_l * h_g
 
 
+class _NarrowLinear(torch.autograd.Function):
+    """``x @ weight.T + bias`` for a layer with few inputs (M3GNet's 9 radial or
+    three-body basis functions) on edge-many rows, with its backward's products turned
+    wide. Autograd's Linear backward forms the weight's gradient as (out x rows) @ (rows x
+    in) and the input's as (rows x out) @ (out x in), products only 9 wide; here they are
+    (in x rows) @ (rows x out) and (in x out) @ (out x rows), transposed back: wide
+    products, which the CPU's matmul runs several times faster (the M3GNet step's gain:
+    docs/benchmarks.md). The forward is the Linear's; gradients equal to float32 rounding
+    (the products sum in another order)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            # contiguous: the gathers and sums downstream read rows
+            grad_x = torch.mm(weight.t(), grad.t()).t().contiguous()
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.mm(x.t(), grad).t()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def _narrow_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return _NarrowLinear.apply(x, weight, bias)
+
+
+def _narrow_gated_mlp(mlp, x: torch.Tensor) -> torch.Tensor:
+    """MatGL's ``GatedMLP`` on few inputs (the three-body bond update), each branch's first
+    Linear a ``_narrow_linear`` (kept apart: one 9 -> 128 forward product was slower than
+    two 9 -> 64 ones in the step's profile), then each branch's own layers."""
+    h_l, h_g = (_narrow_linear(x, branch[0].weight, branch[0].bias) for branch in (mlp.layers, mlp.gates))
+    for layer in list(mlp.layers)[1:]:
+        h_l = layer(h_l)
+    for layer in list(mlp.gates)[1:]:
+        h_g = layer(h_g)
+    return h_l * h_g
+
+
 def _m3gnet_layer(layer, batch: GraphBatch, edge, node, rbf, bag, nodes_needed: bool = True):
     """``M3GNetBlock.forward`` without a crystal state, with the split gated MLPs; the node
     update is skipped where nothing reads it (the last block under the edge loss)."""
     conv = layer.conv
-    edge = edge + _gated_mlp_split(conv.edge_update_func, node, edge, bag) * conv.edge_weight_func(rbf)
+    edge_weight = _narrow_linear(rbf, conv.edge_weight_func.weight, conv.edge_weight_func.bias)
+    edge = edge + _gated_mlp_split(conv.edge_update_func, node, edge, bag) * edge_weight
     if nodes_needed:
-        message = _gated_mlp_split(conv.node_update_func, node, edge, bag) * conv.node_weight_func(rbf)
+        node_weight = _narrow_linear(rbf, conv.node_weight_func.weight, conv.node_weight_func.bias)
+        message = _gated_mlp_split(conv.node_update_func, node, edge, bag) * node_weight
         node = node + _sum_into(message, batch.edge_index[0], node.shape[0])
     if layer.dropout is not None:
         edge, node = layer.dropout(edge), layer.dropout(node)
@@ -283,7 +332,7 @@ def _three_body(interaction, triplets: dict[str, torch.Tensor], node, edge):
     (``_triplet_terms``) instead of once per block."""
     atoms = _gather(interaction.update_network_atom(node), triplets["end_atom"])
     bonds = _sum_into(triplets["weighted_basis"] * atoms, triplets["bond_ij"], edge.shape[0])
-    return edge + interaction.update_network_bond(bonds)
+    return edge + _narrow_gated_mlp(interaction.update_network_bond, bonds)
 
 
 def _triplet_terms(model: M3GNet, batch: GraphBatch, vec, dist, line: dict) -> dict[str, torch.Tensor]:
@@ -317,6 +366,10 @@ def encode_m3gnet(
     """
     if model.include_state:
         raise ValueError("cdssl's M3GNet path has no crystal state (include_state=False, MatGL's default)")
+    # 64-bit edge indices from here on: with the cache's int32 ones torch's CPU index_add
+    # over M3GNet's narrow rows (9 three-body values per triplet and edge) takes a slower
+    # path (docs/benchmarks.md); the numbers are the same either way (tests)
+    batch = dataclasses.replace(batch, edge_index=batch.edge_index.long())
     at = batch.pos if pos is None else pos
     vec, dist = compute_pair_vector_and_distance(at, batch.edge_index, batch.pbc_offshift)
     if pos is None:
