@@ -279,9 +279,10 @@ class GraphCache:
         edge_sel = _ranges(self.edge_ptr[idx], n_edges)
         node_offset = torch.cumsum(n_nodes, 0) - n_nodes
         edge_index = d["edge_index"][:, edge_sel] + torch.repeat_interleave(node_offset, n_edges)
-        # int32, as MatGL's own collate makes them: the networks' gathers and scatters run
-        # faster on 32-bit indices on the CPU (docs/benchmarks.md), and on one thread every
-        # output and gradient is bit for bit that of int64 indices (tests/test_models.py)
+        # int32, as MatGL's own collate makes them: MatGL's layers ran faster on them on
+        # the CPU (docs/benchmarks.md; the M3GNet path converts to int64, which its narrow
+        # three-body sums run faster on), and on one thread every output and gradient is
+        # bit for bit that of int64 indices (tests/test_models.py)
         edge_index = edge_index.to(torch.int32)
         return GraphBatch(
             node_type=d["node_type"][node_sel],

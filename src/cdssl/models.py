@@ -272,8 +272,8 @@ class _NarrowLinear(torch.autograd.Function):
     wide. Autograd's Linear backward forms the weight's gradient as (out x rows) @ (rows x
     in) and the input's as (rows x out) @ (out x in), products only 9 wide; here they are
     (in x rows) @ (rows x out) and (in x out) @ (out x rows), transposed back: wide
-    products, which the CPU's matmul runs several times faster (the M3GNet step's gain:
-    docs/benchmarks.md). The forward is the Linear's; gradients equal to float32 rounding
+    products, which the CPU's matmul runs several times faster
+    (benchmarks/bench_narrow.py). The forward is the Linear's; gradients equal to float32 rounding
     (the products sum in another order)."""
 
     @staticmethod
@@ -367,8 +367,9 @@ def encode_m3gnet(
     if model.include_state:
         raise ValueError("cdssl's M3GNet path has no crystal state (include_state=False, MatGL's default)")
     # 64-bit edge indices from here on: with the cache's int32 ones torch's CPU index_add
-    # over M3GNet's narrow rows (9 three-body values per triplet and edge) takes a slower
-    # path (docs/benchmarks.md); the numbers are the same either way (tests)
+    # over M3GNet's narrow rows (9 three-body values per triplet and edge), the gathers'
+    # backward, runs several times slower (benchmarks/bench_narrow.py); the numbers are
+    # the same either way (tests/test_models.py)
     batch = dataclasses.replace(batch, edge_index=batch.edge_index.long())
     at = batch.pos if pos is None else pos
     vec, dist = compute_pair_vector_and_distance(at, batch.edge_index, batch.pbc_offshift)
