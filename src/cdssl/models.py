@@ -116,9 +116,12 @@ class _SoftPlus2(torch.autograd.Function):
 def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A MatGL ``MLP`` on ``x``, its layers in order, each ``SoftPlus2`` as ``_SoftPlus2``;
     any other module (``Identity`` where a block has no dense layers) is called as is."""
-    if not isinstance(mlp, MLP):
-        return mlp(x)
-    for layer in mlp.layers:
+    return _layers(mlp.layers, x) if isinstance(mlp, MLP) else mlp(x)
+
+
+def _layers(layers, x: torch.Tensor) -> torch.Tensor:
+    """MatGL layers in order on ``x``, each ``SoftPlus2`` as ``_SoftPlus2``."""
+    for layer in layers:
         x = _SoftPlus2.apply(x) if isinstance(layer, SoftPlus2) else layer(x)
     return x
 
@@ -167,9 +170,7 @@ def _edge_update(conv, bag: torch.Tensor, edge: torch.Tensor, node: torch.Tensor
     h = _gathered_sum([node @ w_src.T, node @ w_dst.T, torch.addmm(first.bias, state, w_state.T)], bag)
     # in place: the sum's backward does not read it
     h.addmm_(edge, w_edge.T)
-    for layer in rest:
-        h = _SoftPlus2.apply(h) if isinstance(layer, SoftPlus2) else layer(h)
-    return h
+    return _layers(rest, h)
 
 
 def _block(block, batch: GraphBatch, edge, node, state, bag, nodes_needed: bool = True):
@@ -258,7 +259,13 @@ def _gated_mlp_split(mlp, node: torch.Tensor, edge: torch.Tensor, bag: torch.Ten
         h, start = nn.functional.silu(h), 2
     # split, not two slices: its backward is one concatenation, a slice's a zero-filled
     # full-width tensor per branch
-    h_l, h_g = h.split(width, dim=1)
+    return _gated_rest(mlp, *h.split(width, dim=1), start)
+
+
+def _gated_rest(mlp, h_l: torch.Tensor, h_g: torch.Tensor, start: int) -> torch.Tensor:
+    """A ``GatedMLP`` from its layer ``start`` on, each branch on its own input, then the
+    gate: what follows the split first layers of ``_gated_mlp_split`` and
+    ``_narrow_gated_mlp``."""
     for layer in list(mlp.layers)[start:]:
         h_l = layer(h_l)
     for layer in list(mlp.gates)[start:]:
@@ -305,11 +312,7 @@ def _narrow_gated_mlp(mlp, x: torch.Tensor) -> torch.Tensor:
     Linear a ``_narrow_linear`` (kept apart: one 9 -> 128 forward product was slower than
     two 9 -> 64 ones in the step's profile), then each branch's own layers."""
     h_l, h_g = (_narrow_linear(x, branch[0].weight, branch[0].bias) for branch in (mlp.layers, mlp.gates))
-    for layer in list(mlp.layers)[1:]:
-        h_l = layer(h_l)
-    for layer in list(mlp.gates)[1:]:
-        h_g = layer(h_g)
-    return h_l * h_g
+    return _gated_rest(mlp, h_l, h_g, 1)
 
 
 def _m3gnet_layer(layer, batch: GraphBatch, edge, node, rbf, bag, nodes_needed: bool = True):
