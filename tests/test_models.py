@@ -235,27 +235,22 @@ def test_m3gnet_without_triplets_gives_matgl_s_prediction(small_cache_path, test
     assert torch.allclose(predict(model, batch), model(batch).reshape(-1), atol=1e-5)
 
 
-def test_softplus2_is_matgl_s_to_float32_rounding_with_its_gradient_exactly():
-    """The log form of SoftPlus2 gives MatGL's values to float32 rounding and MatGL's
-    gradients exactly, far into both tails; an input beyond the exp bound (where exp
-    overflows float32), or in half precision, takes MatGL's own form, so no value turns
-    infinite."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_softplus2_is_matgl_s_bit_for_bit_values_and_gradient(dtype):
+    """cdssl's SoftPlus2 node gives MatGL's module's values and gradients exactly, far
+    into both tails and past softplus's linear threshold (20) and float32's exp overflow
+    (88.7)."""
     from matgl.layers._activations import SoftPlus2
 
     from cdssl.models import _SoftPlus2
 
     torch.manual_seed(0)
-    body = torch.cat([torch.randn(4096) * 6, torch.tensor([0.0, -30.0, -100.0, 19.9, 20.1, 79.0])])
-    for x in (body, torch.cat([body, torch.tensor([85.0, 100.0])])):
-        x = x.reshape(-1, 2).requires_grad_(True)
-        ours, ref = _SoftPlus2.apply(x), SoftPlus2()(x)
-        assert torch.isfinite(ours).all()
-        assert torch.allclose(ours, ref, rtol=0, atol=4e-6)
-        grad = torch.randn_like(ref)
-        assert torch.equal(*(torch.autograd.grad(y, x, grad)[0] for y in (ours, ref)))
-    # float16's exp overflows above 11: half precision takes MatGL's form
-    half = torch.tensor([12.0, 30.0, -3.0, 0.5], dtype=torch.float16)
-    assert torch.equal(_SoftPlus2.apply(half), SoftPlus2()(half))
+    tails = torch.tensor([0.0, -30.0, -100.0, 19.9, 20.0, 20.1, 79.0, 85.0, 100.0, 1e4])
+    x = torch.cat([torch.randn(4096) * 6, tails]).to(dtype).reshape(-1, 2).requires_grad_(True)
+    ours, ref = _SoftPlus2.apply(x), SoftPlus2()(x)
+    assert torch.equal(ours, ref)
+    grad = torch.randn_like(ref)
+    assert torch.equal(*(torch.autograd.grad(y, x, grad)[0] for y in (ours, ref)))
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
@@ -273,6 +268,59 @@ def test_the_gathered_sum_is_the_sum_of_the_gathers_values_and_gradients(dtype):
     grad = torch.randn_like(ref)
     for a, b in zip(torch.autograd.grad(ours, tables, grad), torch.autograd.grad(ref, tables, grad), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("strided", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_is_the_linear_layer_with_its_gradients(bias, strided):
+    """Edge-many float32 rows take oneDNN's inner product (``_linear``, and
+    ``_add_linear`` for the split edge update's per-edge block, whose weight is a strided
+    block of the layer's): values and the gradients of input, weight, bias and the added
+    sum equal autograd's Linear to float32 rounding at each tensor's scale. Fewer rows,
+    float64, and oneDNN switched off take the plain Linear."""
+    from cdssl import models
+    from cdssl.models import _add_linear, _linear, _onednn
+
+    if models._ONEDNN_LINEAR is None:
+        pytest.skip("torch built without oneDNN")
+    torch.manual_seed(0)
+    rows = models._ONEDNN_MIN_ROWS + 3
+    layer = torch.nn.Linear(256, 128, bias=bias)
+    weight = layer.weight[:, 64:128] if strided else layer.weight[:, :64].contiguous().requires_grad_(True)
+    if not strided:
+        layer.weight = torch.nn.Parameter(weight.detach().clone())
+    x = torch.randn(rows, 64, requires_grad=True)
+    h = torch.randn(rows, 128, requires_grad=True)
+    grad = torch.randn(rows, 128)
+    leaves = (x, layer.weight, *([layer.bias] if bias else []))
+    w = layer.weight[:, 64:128] if strided else layer.weight
+
+    def close(ours, ref):
+        for a, b in zip(ours, ref, strict=True):
+            assert a.shape == b.shape
+            assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+    ours = _linear(x, w, layer.bias)
+    assert type(ours.grad_fn).__name__ == "_OneDNNLinearBackward"
+    ref = torch.nn.functional.linear(x, w, layer.bias)
+    close([ours], [ref])
+    close(torch.autograd.grad(ours, leaves, grad), torch.autograd.grad(ref, leaves, grad))
+
+    # a block of a layer's weight gives the values the block copied out gives (oneDNN,
+    # handed the strided block itself, sums in another order)
+    assert torch.equal(_linear(x, w, layer.bias), _linear(x, w.detach().contiguous(), layer.bias))
+
+    ours = _add_linear(h * 1, x, w)
+    assert type(ours.grad_fn).__name__ == "_OneDNNLinearBackward"
+    ref = h + x @ w.T
+    close([ours], [ref])
+    both = (x, h, layer.weight)
+    close(torch.autograd.grad(ours, both, grad), torch.autograd.grad(ref, both, grad))
+
+    assert _onednn(x) and not _onednn(x[:-4]) and not _onednn(x.double())
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not _onednn(x)
+        assert type(_linear(x, w, layer.bias).grad_fn).__name__ != "_OneDNNLinearBackward"
 
 
 @pytest.mark.parametrize("bias", [True, False])

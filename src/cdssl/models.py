@@ -81,31 +81,21 @@ def state_attr(batch: GraphBatch, model: MEGNet) -> torch.Tensor:
 
 
 LOG2 = math.log(2.0)
-# exp overflows float32 (and float64's range is wider) above about 88.7: beyond this
-# bound, and in the half-precision types whose exp overflows far sooner, the log form
-# below is not used
-_EXP_BOUND = 80.0
-_LOG_FORM_DTYPES = (torch.float32, torch.float64)
 
 
 class _SoftPlus2(torch.autograd.Function):
-    """MatGL's ``SoftPlus2``, ``softplus(x) - log 2``, computed on the CPU as
-    ``log(1/2 + exp(x)/2)``: the same function in three passes over the tensor (exp into a
-    new tensor, then a multiply-add and a log in place) instead of torch's softplus, whose
-    CPU kernel evaluates log1p, and a subtraction into a second new tensor; forward and
-    backward 1.33x MatGL's on an edge-sized tensor (benchmarks/bench_activation.py). Values agree
-    with MatGL's to float32 rounding; the backward is torch's softplus backward on the
-    saved input, so gradients are computed exactly as MatGL's are. Elsewhere (a GPU, where
-    the bound's check would synchronise, half precision, or an input beyond the bound) it
-    is MatGL's."""
+    """MatGL's ``SoftPlus2``, ``softplus(x) - log 2``, with the same values and gradients
+    bit for bit, as one autograd node: the shift is made in place on softplus's output
+    (MatGL's module subtracts into a second new tensor, and its backward passes the
+    gradient through the subtraction first), and the backward is torch's softplus
+    backward on the saved input. A log form, ``log(1/2 + exp(x)/2)``, ran faster on one
+    Intel CPU but slower on an AVX-512 AMD one, where torch's log kernel is slow, and
+    changes values at float32 rounding (benchmarks/bench_activation.py times all three)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
-        if x.device.type != "cpu" or x.dtype not in _LOG_FORM_DTYPES or x.numel() == 0 or x.amax() > _EXP_BOUND:
-            return nn.functional.softplus(x).sub_(LOG2)
-        y = torch.exp(x)
-        return torch.add(y.new_tensor(0.5), y, alpha=0.5, out=y).log_()
+        return nn.functional.softplus(x).sub_(LOG2)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -120,10 +110,79 @@ def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _layers(layers, x: torch.Tensor) -> torch.Tensor:
-    """MatGL layers in order on ``x``, each ``SoftPlus2`` as ``_SoftPlus2``."""
+    """MatGL layers in order on ``x``, each ``SoftPlus2`` as ``_SoftPlus2`` and each
+    ``Linear`` as ``_linear``."""
     for layer in layers:
-        x = _SoftPlus2.apply(x) if isinstance(layer, SoftPlus2) else layer(x)
+        if isinstance(layer, SoftPlus2):
+            x = _SoftPlus2.apply(x)
+        elif type(layer) is nn.Linear:
+            x = _linear(x, layer.weight, layer.bias)
+        else:
+            x = layer(x)
     return x
+
+
+# oneDNN's inner product (the kernel torch's own compiler emits for a CPU Linear): on
+# edge-many rows its forward and input-gradient products run 10-35% faster than the MKL
+# sgemm that an eager Linear calls on the CPUs measured (benchmarks/bench_edge_ops.py);
+# the weight's gradient stays on MKL, faster there. Below _ONEDNN_MIN_ROWS rows, building
+# oneDNN's kernel for a new shape costs more than it saves.
+_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+_ONEDNN_MIN_ROWS = 4096
+
+
+def _onednn(x: torch.Tensor) -> bool:
+    """Whether ``_linear`` takes oneDNN for ``x``: float32 rows on the CPU, edge-many,
+    with oneDNN built in and not switched off (``torch.backends.mkldnn.flags``)."""
+    return (
+        _ONEDNN_LINEAR is not None
+        and torch.backends.mkldnn.enabled
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() == 2
+        and x.shape[0] >= _ONEDNN_MIN_ROWS
+    )
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``x @ weight.T + bias``, plus ``other`` where given, with the forward and the
+    input's gradient as oneDNN inner products and the weight's gradient as the MKL
+    product autograd's Linear forms. Where the sums run in the same order (inputs and
+    outputs up to 128 wide, many rows: MEGNet's and M3GNet's layers) the values and
+    gradients are the Linear's bit for bit; elsewhere to float32 rounding (tested)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor | None):
+        # contiguous: oneDNN sums a strided weight (a split layer's block) in another order
+        weight = weight.contiguous()
+        ctx.save_for_backward(x, weight)
+        if other is None:
+            return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+        return _ONEDNN_LINEAR.binary(x, other, weight, bias, "add")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b, need_other = ctx.needs_input_grad
+        grad_x = _ONEDNN_LINEAR(grad, weight.t(), None, "none", [], "") if need_x else None
+        grad_w = grad.t().mm(x) if need_w else None
+        grad_b = grad.sum(0) if need_b else None
+        return grad_x, grad_w, grad_b, (grad if need_other else None)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A Linear layer's ``x @ weight.T + bias``, on oneDNN where ``_onednn`` says so."""
+    if _onednn(x):
+        return _OneDNNLinear.apply(x, weight, bias, None)
+    return nn.functional.linear(x, weight, bias)
+
+
+def _add_linear(h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``h + x @ weight.T``, in place on ``h`` off oneDNN (``h`` is a sum whose backward
+    does not read it)."""
+    if _onednn(x):
+        return _OneDNNLinear.apply(x, weight, None, h)
+    return h.addmm_(x, weight.T)
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -140,20 +199,48 @@ def _sum_into(x: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
 
 def _bag_index(indices: list[torch.Tensor], sizes: list[int]) -> torch.Tensor:
     """Each edge's rows in the stacked tables of ``_gathered_sum``: the k-th index shifted
-    by the rows of the tables before it, one column per table. Built once per batch."""
+    by the rows of the tables before it, one column per table, as int64 (the dtype that
+    the gradient's ``index_add_`` runs fastest with, benchmarks/bench_narrow.py). Built
+    once per batch."""
     columns, offset = [], 0
     for index, size in zip(indices, sizes, strict=True):
+        index = index.long()
         columns.append(index + offset if offset else index)
         offset += size
     return torch.stack(columns, dim=1)
 
 
+class _GatheredSum(torch.autograd.Function):
+    """``sum_k tables[k][bag[:, k]]`` per row: forward one ``embedding_bag`` sum over the
+    stacked tables; backward one ``index_add_`` of the gradient per column, where torch's
+    ``embedding_bag`` backward sorts the whole bag first and runs about 3x slower on the
+    CPU (benchmarks/bench_edge_ops.py). Gradients equal to float32 rounding (tested); at a
+    pretraining batch's shapes the same bit for bit (docs/benchmarks.md)."""
+
+    @staticmethod
+    def forward(ctx, bag: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(bag)
+        ctx.sizes = [t.shape[0] for t in tables]
+        return nn.functional.embedding_bag(bag, torch.cat(tables), mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (bag,) = ctx.saved_tensors
+        if not any(ctx.needs_input_grad[1:]):
+            return None, *(None for _ in ctx.sizes)
+        stacked = grad.new_zeros((sum(ctx.sizes), grad.shape[1]))
+        for column in bag.t():
+            stacked.index_add_(0, column, grad)
+        return None, *stacked.split(ctx.sizes)
+
+
 def _gathered_sum(tables: list[torch.Tensor], bag: torch.Tensor) -> torch.Tensor:
     """``sum_k tables[k][index_k]`` per edge (``bag`` from ``_bag_index``), as one
-    ``embedding_bag`` sum over the stacked tables: one pass writing an edge-sized tensor,
-    where a gather and an add per table would each be a pass (and the gathers' backward an
-    ``index_add`` each); its gain is measured in the step benchmarks (docs/benchmarks.md)."""
-    return nn.functional.embedding_bag(bag, torch.cat(tables), mode="sum")
+    ``embedding_bag`` sum over the stacked tables (``_GatheredSum``): one pass writing an
+    edge-sized tensor, where a gather and an add per table would each be a pass (and the
+    gathers' backward an ``index_add`` each); its gain is measured in the step benchmarks
+    (docs/benchmarks.md)."""
+    return _GatheredSum.apply(bag, *tables)
 
 
 def _edge_update(conv, bag: torch.Tensor, edge: torch.Tensor, node: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
@@ -168,9 +255,7 @@ def _edge_update(conv, bag: torch.Tensor, edge: torch.Tensor, node: torch.Tensor
     d_node, d_edge = node.shape[1], edge.shape[1]
     w_src, w_dst, w_edge, w_state = first.weight.split([d_node, d_node, d_edge, state.shape[1]], dim=1)
     h = _gathered_sum([node @ w_src.T, node @ w_dst.T, torch.addmm(first.bias, state, w_state.T)], bag)
-    # in place: the sum's backward does not read it
-    h.addmm_(edge, w_edge.T)
-    return _layers(rest, h)
+    return _layers(rest, _add_linear(h, edge, w_edge))
 
 
 def _block(block, batch: GraphBatch, edge, node, state, bag, nodes_needed: bool = True):
@@ -250,9 +335,7 @@ def _gated_mlp_split(mlp, node: torch.Tensor, edge: torch.Tensor, bag: torch.Ten
     if first_l.bias is not None:
         # the bias rides on the source rows: (W_s v + b)[src] = (W_s v)[src] + b
         from_src = from_src + torch.cat([first_l.bias, first_g.bias])
-    h = _gathered_sum([from_src, node @ w_dst.T], bag)
-    # in place: the sum's backward does not read it
-    h.addmm_(edge, w_edge.T)
+    h = _add_linear(_gathered_sum([from_src, node @ w_dst.T], bag), edge, w_edge)
     start = 1
     if isinstance(mlp.layers[1], nn.SiLU) and isinstance(mlp.gates[1], nn.SiLU):
         # both branches' first activation, as one pass over the joint tensor
@@ -266,11 +349,7 @@ def _gated_rest(mlp, h_l: torch.Tensor, h_g: torch.Tensor, start: int) -> torch.
     """A ``GatedMLP`` from its layer ``start`` on, each branch on its own input, then the
     gate: what follows the split first layers of ``_gated_mlp_split`` and
     ``_narrow_gated_mlp``."""
-    for layer in list(mlp.layers)[start:]:
-        h_l = layer(h_l)
-    for layer in list(mlp.gates)[start:]:
-        h_g = layer(h_g)
-    return h_l * h_g
+    return _layers(list(mlp.layers)[start:], h_l) * _layers(list(mlp.gates)[start:], h_g)
 
 
 class _NarrowLinear(torch.autograd.Function):
