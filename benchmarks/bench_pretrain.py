@@ -8,7 +8,9 @@ coordinates and lattice (as ModelLightningModule does, then perturbed), the mode
 forward (readout included; M3GNet builds its triplets from the shaken positions there),
 and the same linear head: on the last block's ``feature_dict`` edge features (MEGNet,
 M3GNet) or on TensorNet's ``forward_features`` atom features with the shaken length's
-expansion. On a GPU (``--device cuda``) the same comparison runs there.
+expansion. The paths take turns, one pass over the data each, ``--passes`` times; each
+path's median pass is reported. On a GPU (``--device cuda``) the same comparison runs
+there.
 """
 
 from __future__ import annotations
@@ -44,22 +46,30 @@ def main() -> None:
     environment(args, dev)
     t = table(args.n, args.max_sites)
 
-    def run(step, batches, label: str = "") -> float:
-        start = time.perf_counter()
-        for b in batches[:2]:  # warm-up (and compilation, if any)
-            step(b)
+    def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        if label:
-            print(f"# {label}: {time.perf_counter() - start:.1f} s of warm-up, not counted in graphs/s")
-        rates = []
-        for _ in range(args.passes):
+
+    def interleaved(paths: dict) -> dict[str, float]:
+        """Graphs/s of each path (name -> (step, batches, label)): after two warm-up batches
+        each (and compilation, if any), ``--passes`` rounds of one timed pass over the data
+        per path in turn, so that a change in the machine's speed during the run reaches
+        every path alike; the median pass of each."""
+        for step, batches, label in paths.values():
             start = time.perf_counter()
-            graphs = sum(step(b) for b in batches)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            rates.append(graphs / (time.perf_counter() - start))
-        return statistics.median(rates)
+            for b in batches[:2]:
+                step(b)
+            sync()
+            if label:
+                print(f"# {label}: {time.perf_counter() - start:.1f} s of warm-up, not counted in graphs/s")
+        rates: dict[str, list[float]] = {name: [] for name in paths}
+        for _ in range(args.passes):
+            for name, (step, batches, _) in paths.items():
+                start = time.perf_counter()
+                graphs = sum(step(b) for b in batches)
+                sync()
+                rates[name].append(graphs / (time.perf_counter() - start))
+        return {name: statistics.median(r) for name, r in rates.items()}
 
     # plain MatGL
     torch.manual_seed(0)
@@ -80,14 +90,12 @@ def main() -> None:
         opt.step()
         return n
 
-    plain = run(plain_step, plain_batches)
-
     # cdssl
     cache = GraphCache(build_cache(t, 5.0, 1)[0])
     order = list(range(len(cache)))
     batches = [order[i : i + args.batch] for i in range(0, len(order), args.batch)]
 
-    def ours(compiled: bool) -> float:
+    def ours(compiled: bool):
         torch.manual_seed(0)
         module = DenoisingModule(sizes, 5.0, 0.5, 1e-3).to(dev)
         if compiled:
@@ -103,26 +111,27 @@ def main() -> None:
             opt.step()
             return batch.num_graphs
 
-        rate = run(step, batches, "torch.compile" if compiled else "")
-        if args.profile and not compiled:
-            from torch.profiler import profile
+        return step
 
-            with profile() as prof:
-                for b in batches:
-                    step(b)
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-            every = cache.collate(order)
-            print(
-                f"# per structure: {every.edge_index.shape[1] / len(order):.1f} edges, "
-                f"{every.pos.shape[0] / len(order):.1f} atoms"
-            )
-        return rate
-
-    base = "plain MatGL loop (forward + head)"
-    rows = [(base, plain), ("cdssl DenoisingModule step", ours(False))]
+    base, name = "plain MatGL loop (forward + head)", "cdssl DenoisingModule step"
+    paths = {base: (plain_step, plain_batches, ""), name: (ours(False), batches, "")}
     if args.compile:
-        rows.append(("cdssl step, torch.compile", ours(True)))
-    report(rows, base, "graphs/s")
+        paths["cdssl step, torch.compile"] = (ours(True), batches, "torch.compile")
+    rates = interleaved(paths)
+    if args.profile:
+        from torch.profiler import profile
+
+        step = paths[name][0]
+        with profile() as prof:
+            for b in batches:
+                step(b)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        every = cache.collate(order)
+        print(
+            f"# per structure: {every.edge_index.shape[1] / len(order):.1f} edges, "
+            f"{every.pos.shape[0] / len(order):.1f} atoms"
+        )
+    report(list(rates.items()), base, "graphs/s")
 
 
 if __name__ == "__main__":
