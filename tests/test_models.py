@@ -270,59 +270,6 @@ def test_the_gathered_sum_is_the_sum_of_the_gathers_values_and_gradients(dtype):
         assert torch.allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("strided", [False, True])
-@pytest.mark.parametrize("bias", [True, False])
-def test_onednn_linear_is_the_linear_layer_with_its_gradients(bias, strided):
-    """Edge-many float32 rows take oneDNN's inner product (``_linear``, and
-    ``_add_linear`` for the split edge update's per-edge block, whose weight is a strided
-    block of the layer's): values and the gradients of input, weight, bias and the added
-    sum equal autograd's Linear to float32 rounding at each tensor's scale. Fewer rows,
-    float64, and oneDNN switched off take the plain Linear."""
-    from cdssl import models
-    from cdssl.models import _add_linear, _linear, _onednn
-
-    if models._ONEDNN_LINEAR is None:
-        pytest.skip("torch built without oneDNN")
-    torch.manual_seed(0)
-    rows = models._ONEDNN_MIN_ROWS + 3
-    layer = torch.nn.Linear(256, 128, bias=bias)
-    weight = layer.weight[:, 64:128] if strided else layer.weight[:, :64].contiguous().requires_grad_(True)
-    if not strided:
-        layer.weight = torch.nn.Parameter(weight.detach().clone())
-    x = torch.randn(rows, 64, requires_grad=True)
-    h = torch.randn(rows, 128, requires_grad=True)
-    grad = torch.randn(rows, 128)
-    leaves = (x, layer.weight, *([layer.bias] if bias else []))
-    w = layer.weight[:, 64:128] if strided else layer.weight
-
-    def close(ours, ref):
-        for a, b in zip(ours, ref, strict=True):
-            assert a.shape == b.shape
-            assert (a - b).abs().max() <= 1e-5 * b.abs().max()
-
-    ours = _linear(x, w, layer.bias)
-    assert type(ours.grad_fn).__name__ == "_OneDNNLinearBackward"
-    ref = torch.nn.functional.linear(x, w, layer.bias)
-    close([ours], [ref])
-    close(torch.autograd.grad(ours, leaves, grad), torch.autograd.grad(ref, leaves, grad))
-
-    # a block of a layer's weight gives the values the block copied out gives (oneDNN,
-    # handed the strided block itself, sums in another order)
-    assert torch.equal(_linear(x, w, layer.bias), _linear(x, w.detach().contiguous(), layer.bias))
-
-    ours = _add_linear(h * 1, x, w)
-    assert type(ours.grad_fn).__name__ == "_OneDNNLinearBackward"
-    ref = h + x @ w.T
-    close([ours], [ref])
-    both = (x, h, layer.weight)
-    close(torch.autograd.grad(ours, both, grad), torch.autograd.grad(ref, both, grad))
-
-    assert _onednn(x) and not _onednn(x[:-4]) and not _onednn(x.double())
-    with torch.backends.mkldnn.flags(enabled=False):
-        assert not _onednn(x)
-        assert type(_linear(x, w, layer.bias).grad_fn).__name__ != "_OneDNNLinearBackward"
-
-
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("input_grad", [True, False])
 def test_narrow_linear_is_the_linear_layer_with_its_gradients_to_float32_rounding(bias, input_grad):

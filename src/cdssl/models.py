@@ -110,79 +110,10 @@ def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _layers(layers, x: torch.Tensor) -> torch.Tensor:
-    """MatGL layers in order on ``x``, each ``SoftPlus2`` as ``_SoftPlus2`` and each
-    ``Linear`` as ``_linear``."""
+    """MatGL layers in order on ``x``, each ``SoftPlus2`` as ``_SoftPlus2``."""
     for layer in layers:
-        if isinstance(layer, SoftPlus2):
-            x = _SoftPlus2.apply(x)
-        elif type(layer) is nn.Linear:
-            x = _linear(x, layer.weight, layer.bias)
-        else:
-            x = layer(x)
+        x = _SoftPlus2.apply(x) if isinstance(layer, SoftPlus2) else layer(x)
     return x
-
-
-# oneDNN's inner product (the kernel torch's own compiler emits for a CPU Linear): on
-# edge-many rows its forward and input-gradient products run 10-35% faster than the MKL
-# sgemm that an eager Linear calls on the CPUs measured (benchmarks/bench_edge_ops.py);
-# the weight's gradient stays on MKL, faster there. Below _ONEDNN_MIN_ROWS rows, building
-# oneDNN's kernel for a new shape costs more than it saves.
-_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-_ONEDNN_MIN_ROWS = 4096
-
-
-def _onednn(x: torch.Tensor) -> bool:
-    """Whether ``_linear`` takes oneDNN for ``x``: float32 rows on the CPU, edge-many,
-    with oneDNN built in and not switched off (``torch.backends.mkldnn.flags``)."""
-    return (
-        _ONEDNN_LINEAR is not None
-        and torch.backends.mkldnn.enabled
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and x.dim() == 2
-        and x.shape[0] >= _ONEDNN_MIN_ROWS
-    )
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    """``x @ weight.T + bias``, plus ``other`` where given, with the forward and the
-    input's gradient as oneDNN inner products and the weight's gradient as the MKL
-    product autograd's Linear forms. Where the sums run in the same order (inputs and
-    outputs up to 128 wide, many rows: MEGNet's and M3GNet's layers) the values and
-    gradients are the Linear's bit for bit; elsewhere to float32 rounding (tested)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor | None):
-        # contiguous: oneDNN sums a strided weight (a split layer's block) in another order
-        weight = weight.contiguous()
-        ctx.save_for_backward(x, weight)
-        if other is None:
-            return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
-        return _ONEDNN_LINEAR.binary(x, other, weight, bias, "add")
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b, need_other = ctx.needs_input_grad
-        grad_x = _ONEDNN_LINEAR(grad, weight.t(), None, "none", [], "") if need_x else None
-        grad_w = grad.t().mm(x) if need_w else None
-        grad_b = grad.sum(0) if need_b else None
-        return grad_x, grad_w, grad_b, (grad if need_other else None)
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """A Linear layer's ``x @ weight.T + bias``, on oneDNN where ``_onednn`` says so."""
-    if _onednn(x):
-        return _OneDNNLinear.apply(x, weight, bias, None)
-    return nn.functional.linear(x, weight, bias)
-
-
-def _add_linear(h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``h + x @ weight.T``, in place on ``h`` off oneDNN (``h`` is a sum whose backward
-    does not read it)."""
-    if _onednn(x):
-        return _OneDNNLinear.apply(x, weight, None, h)
-    return h.addmm_(x, weight.T)
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -255,7 +186,9 @@ def _edge_update(conv, bag: torch.Tensor, edge: torch.Tensor, node: torch.Tensor
     d_node, d_edge = node.shape[1], edge.shape[1]
     w_src, w_dst, w_edge, w_state = first.weight.split([d_node, d_node, d_edge, state.shape[1]], dim=1)
     h = _gathered_sum([node @ w_src.T, node @ w_dst.T, torch.addmm(first.bias, state, w_state.T)], bag)
-    return _layers(rest, _add_linear(h, edge, w_edge))
+    # in place: the sum's backward does not read it
+    h.addmm_(edge, w_edge.T)
+    return _layers(rest, h)
 
 
 def _block(block, batch: GraphBatch, edge, node, state, bag, nodes_needed: bool = True):
@@ -335,7 +268,9 @@ def _gated_mlp_split(mlp, node: torch.Tensor, edge: torch.Tensor, bag: torch.Ten
     if first_l.bias is not None:
         # the bias rides on the source rows: (W_s v + b)[src] = (W_s v)[src] + b
         from_src = from_src + torch.cat([first_l.bias, first_g.bias])
-    h = _add_linear(_gathered_sum([from_src, node @ w_dst.T], bag), edge, w_edge)
+    h = _gathered_sum([from_src, node @ w_dst.T], bag)
+    # in place: the sum's backward does not read it
+    h.addmm_(edge, w_edge.T)
     start = 1
     if isinstance(mlp.layers[1], nn.SiLU) and isinstance(mlp.gates[1], nn.SiLU):
         # both branches' first activation, as one pass over the joint tensor
