@@ -1,20 +1,22 @@
-"""MEGNet's edge-many primitives: Linear layers on MKL and on oneDNN, and the gathered sum's backward.
+"""MEGNet's edge-many primitives: the gathered sum's backward, and Linear layers on MKL and on oneDNN.
 
     .venv/bin/python benchmarks/bench_edge_ops.py --threads 1 [--vary]
 
 At the shapes of one pretraining batch of the step benchmarks (128 crystals: 24,448
 edges, 998 atoms; MEGNet's edge layers 100 -> 128 -> 64 in the encoder, 64 -> 128 ->
-128 -> 64 in a block's update), each primitive as autograd runs it eagerly and as the
-cdssl path runs it: a Linear's forward and backward (input gradient, except for the
-encoder's first layer, whose input is the distance expansion) through
-``cdssl.models._linear`` (oneDNN's inner product for the forward and the input's
-gradient); the split edge update's per-edge block added onto the gathered sum
-(``h.addmm_`` against ``_add_linear``); and the gathered sum, forward and backward, as
-torch's ``embedding_bag`` and as ``_GatheredSum`` (one ``index_add_`` per column in the
-backward). ``--vary`` gives every call a new row count, as a training run's batches do, so
-oneDNN builds its kernel for each shape inside the timing. Each pair is checked equal
-(the largest difference is printed) and timed in calls per second, the median of
-``--repeats`` interleaved.
+128 -> 64 in a block's update), each primitive as torch runs it and the alternative:
+the gathered sum of the split edge update, forward and backward, as torch's
+``embedding_bag`` and as ``cdssl.models._GatheredSum`` (one ``index_add_`` per column in
+the backward); a Linear's forward and backward (input gradient, except for the encoder's
+first layer, whose input is the distance expansion) as autograd runs it (MKL's product)
+and with the forward and the input's gradient as oneDNN inner products
+(``torch.ops.mkldnn._linear_pointwise``, the kernel torch's own compiler emits for a CPU
+Linear); and the split edge update's per-edge block added onto the gathered sum
+(``h.addmm_``, and oneDNN's ``binary`` form). The oneDNN layer is not used by the
+pipeline: ``--vary`` gives every call a new row count, as a training run's batches have,
+and prints the process's resident memory, which grows with every row count oneDNN has
+built a kernel for. Each pair is checked equal (the largest difference is printed) and
+timed in calls per second, the median of ``--repeats`` interleaved.
 """
 
 from __future__ import annotations
@@ -35,9 +37,40 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--vary", action="store_true", help="a new row count at every call (up to 2%% fewer rows)")
     args = p.parse_args()
+    import psutil
     import torch
 
-    from cdssl.models import _add_linear, _bag_index, _gathered_sum, _linear, _onednn
+    from cdssl.models import _bag_index, _gathered_sum
+
+    linear_pointwise = torch.ops.mkldnn._linear_pointwise
+
+    class OneDNNLinear(torch.autograd.Function):
+        """x @ weight.T + bias (+ other): forward and input gradient on oneDNN, the weight's
+        gradient as autograd's MKL product."""
+
+        @staticmethod
+        def forward(ctx, x, weight, bias, other):
+            # contiguous: oneDNN sums a strided weight (a split layer's block) in another order
+            weight = weight.contiguous()
+            ctx.save_for_backward(x, weight)
+            if other is None:
+                return linear_pointwise(x, weight, bias, "none", [], "")
+            return linear_pointwise.binary(x, other, weight, bias, "add")
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, weight = ctx.saved_tensors
+            need_x, need_w, need_b, need_other = ctx.needs_input_grad
+            grad_x = linear_pointwise(grad, weight.t(), None, "none", [], "") if need_x else None
+            grad_w = grad.t().mm(x) if need_w else None
+            grad_b = grad.sum(0) if need_b else None
+            return grad_x, grad_w, grad_b, (grad if need_other else None)
+
+    def onednn_linear(x, weight, bias):
+        return OneDNNLinear.apply(x, weight, bias, None)
+
+    def onednn_add(h, x, weight):
+        return OneDNNLinear.apply(x, weight, None, h)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -64,6 +97,9 @@ def main() -> None:
         calls["timing"] = False
         return [(name, 1.0 / statistics.median(t)) for name, t in times.items()]
 
+    def memory() -> None:
+        print(f"# resident memory of this process: {psutil.Process().memory_info().rss / 2**20:.0f} MiB")
+
     def worst(a, b) -> float:
         return max((x - y).abs().max().item() / y.abs().max().item() for x, y in zip(a, b, strict=True))
 
@@ -72,7 +108,6 @@ def main() -> None:
         x_all = torch.randn(args.edges, d_in, requires_grad=input_grad)
         grad_all = torch.randn(args.edges, d_out)
         leaves = (x_all, layer.weight, layer.bias) if input_grad else (layer.weight, layer.bias)
-        assert _onednn(x_all), "this torch has no oneDNN, or it is switched off"
 
         def run(fn, d_out=d_out, x_all=x_all, grad_all=grad_all, leaves=leaves, layer=layer):
             n = rows()
@@ -80,11 +115,12 @@ def main() -> None:
 
         pair = {
             "autograd's Linear (MKL)": lambda run=run: run(torch.nn.functional.linear),
-            "cdssl _linear (oneDNN)": lambda run=run: run(_linear),
+            "oneDNN inner product": lambda run=run: run(onednn_linear),
         }
-        same = worst(run(_linear), run(torch.nn.functional.linear))
+        same = worst(run(onednn_linear), run(torch.nn.functional.linear))
         print(f"\n## Linear {d_in} -> {d_out}, forward and backward (largest gradient difference {same:.1e})")
         report(rate(pair), "autograd's Linear (MKL)", "calls/s")
+        memory()
 
     # the split edge update: the gathered sum plus the edge block of the first conv layer,
     # whose weight is a strided block of the layer's 256 inputs
@@ -100,11 +136,12 @@ def main() -> None:
 
     pair = {
         "h.addmm_ (MKL)": lambda: add(lambda h, e, w: h.addmm_(e, w.T)),
-        "cdssl _add_linear (oneDNN)": lambda: add(_add_linear),
+        "oneDNN binary inner product": lambda: add(onednn_add),
     }
-    same = worst(add(_add_linear), add(lambda h, e, w: h.addmm_(e, w.T)))
+    same = worst(add(onednn_add), add(lambda h, e, w: h.addmm_(e, w.T)))
     print(f"\n## the edge block 64 -> 128 added onto the gathered sum (largest gradient difference {same:.1e})")
     report(rate(pair), "h.addmm_ (MKL)", "calls/s")
+    memory()
 
     src = torch.randint(0, args.atoms, (args.edges,)).sort().values.int()
     dst = torch.randint(0, args.atoms, (args.edges,)).int()

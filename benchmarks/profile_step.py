@@ -15,7 +15,6 @@ pass of the same structures after a warm-up batch:
 
 from __future__ import annotations
 
-import math
 import re
 import tempfile
 import time
@@ -24,11 +23,10 @@ from collections import defaultdict
 from _common import backbone_sizes, device, environment, matgl_loader, parser, plain_pretext_loss, table
 
 KINDS = {
-    # mkldnn::_linear_pointwise: the oneDNN inner product of cdssl's edge-many layers
-    "dense matmul": r"^(aten::(mm|addmm_?|bmm|matmul|linear|baddbmm|addmv|mv|dot)|mkldnn::_linear_pointwise)$",
+    "dense matmul": r"^aten::(mm|addmm_?|bmm|matmul|linear|baddbmm|addmv|mv|dot)$",
     "gather / scatter": r"^aten::(index|index_select|index_add_?|scatter_add_?|scatter_|_index_put_impl_|index_put_"
     r"|gather|scatter|scatter_reduce|_?embedding.*|segment_reduce|_segment_reduce.*)$",
-    # exp and log: the M3GNet path's radial and cutoff terms, and the log form that
+    # exp and log: M3GNet's radial and cutoff terms, and the SoftPlus2 log form that
     # benchmarks/bench_activation.py compares
     "activations": r"^aten::(silu|sigmoid|softplus|tanh|exp|log)(_backward)?_?$",
     "copies, fills, allocation": r"^aten::(copy_|fill_|zero_|zeros|empty.*|cat|clone|contiguous|to|_to_copy|stack)$",
@@ -40,14 +38,6 @@ def op_kind(name: str) -> str | None:
         if re.match(pattern, name):
             return kind
     return "other elementwise and reductions" if name.startswith("aten::") else None
-
-
-def _linear_pointwise_flops(*args, **kwargs) -> int:
-    """FlopCounterMode's count for ``mkldnn::_linear_pointwise`` (arguments as shapes), which
-    torch has no formula for: (x, weight, bias, attr, scalars, algorithm), or, for the
-    ``binary`` overload that adds a tensor, (x, other, weight, bias, attr)."""
-    x, weight = args[0], (args[2] if len(args) == 5 else args[1])
-    return 2 * math.prod(x[:-1]) * weight[0] * weight[1]
 
 
 class ModuleRanges:
@@ -157,12 +147,9 @@ def matmul_rate(rows: int, widths: list[tuple[int, int]], dev) -> float:
 
 
 def step_flops(step, item) -> int:
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    linear_pointwise = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    mapping = {linear_pointwise: _linear_pointwise_flops} if linear_pointwise is not None else {}
-    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    counter = FlopCounterMode(display=False)
     with counter:
         step(item)
     return counter.get_total_flops()
