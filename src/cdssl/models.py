@@ -144,9 +144,10 @@ def _bag_index(indices: list[torch.Tensor], sizes: list[int]) -> torch.Tensor:
 class _GatheredSum(torch.autograd.Function):
     """``sum_k tables[k][bag[:, k]]`` per row: forward one ``embedding_bag`` sum over the
     stacked tables; backward one ``index_add_`` of the gradient per column, where torch's
-    ``embedding_bag`` backward sorts the whole bag first and runs about 3x slower on the
-    CPU (benchmarks/bench_edge_ops.py). Gradients equal to float32 rounding (tested); at a
-    pretraining batch's shapes the same bit for bit (docs/benchmarks.md)."""
+    ``embedding_bag`` backward sorts the whole bag first: forward and backward together
+    about 2x as fast on the CPU (benchmarks/bench_edge_ops.py). Gradients equal to float32
+    rounding (tested); at a pretraining batch's shapes the same bit for bit
+    (docs/benchmarks.md)."""
 
     @staticmethod
     def forward(ctx, bag: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
