@@ -224,6 +224,45 @@ def test_batches_carry_32_bit_edge_indices_with_the_64_bit_results_bit_for_bit(s
     assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
 
 
+def test_megnet_encodes_each_bond_once_and_every_edge_as_matgl_does(small_cache_path, test_config):
+    """_reverse_pairs keys the two directions of a bond alike and nothing else: every key
+    of the cached crystals (self-images included) holds an edge and its reverse, the
+    atoms swapped and the shift negated. With one direction dropped, the other keeps a
+    row of its own and MEGNet's prediction is still MatGL's, values and gradients; with a
+    shift beyond the key's range nothing pairs. (Fails with the self-image sign rule or
+    the flip for the higher-numbered source removed, or the shift keyed in 5 A steps,
+    which merges bonds.)"""
+    from cdssl.models import _reverse_pairs
+
+    torch.manual_seed(0)
+    batch = GraphCache.load(small_cache_path, 5.0).collate(list(range(24)))
+    src, dst = batch.edge_index.long()
+    first, row = _reverse_pairs(batch.edge_index, batch.pbc_offshift, batch.pos.shape[0])
+    assert torch.equal(torch.bincount(row), torch.full((len(first),), 2))
+    assert bool((src == dst).any()), "no self-image edge in the cached crystals: the test checks less than it says"
+    partner = torch.empty_like(row)
+    order = torch.argsort(row, stable=True)
+    partner[order[0::2]], partner[order[1::2]] = order[1::2], order[0::2]
+    assert torch.equal(src[partner], dst) and torch.equal(dst[partner], src)
+    assert torch.allclose(batch.pbc_offshift[partner], -batch.pbc_offshift, atol=1e-5)
+    assert torch.equal(row[first], torch.arange(len(first)))
+
+    # one direction of the first bond gone
+    keep = torch.ones(len(src), dtype=torch.bool)
+    keep[0] = False
+    lopsided = dataclasses.replace(batch, edge_index=batch.edge_index[:, keep], pbc_offshift=batch.pbc_offshift[keep])
+    first, row = _reverse_pairs(lopsided.edge_index, lopsided.pbc_offshift, batch.pos.shape[0])
+    assert torch.equal(torch.bincount(torch.bincount(row)), torch.tensor([0, 1, len(first) - 1]))
+    model = build_model(test_config, "sl")
+    params = [p for p in model.parameters() if p.requires_grad]
+    ref = model(lopsided, state_attr=state_attr(lopsided, model)).reshape(-1)
+    _assert_same_values_and_gradients(predict(model, lopsided), ref, params, atol=1e-5, rtol=1e-4)
+
+    far = batch.pbc_offshift.clone()
+    far[0, 0] = 2048.0
+    assert _reverse_pairs(batch.edge_index, far, batch.pos.shape[0]) is None
+
+
 def test_m3gnet_without_triplets_gives_matgl_s_prediction(small_cache_path, test_config):
     """A three-body cutoff below every bond leaves no triplet (empty gathers and sums)."""
     from cdssl.models import build_network, model_kwargs

@@ -141,6 +141,48 @@ def _bag_index(indices: list[torch.Tensor], sizes: list[int]) -> torch.Tensor:
     return torch.stack(columns, dim=1)
 
 
+# Shifts are keyed in steps of 1/64 A: far finer than two images of one atom pair lie apart
+# (a lattice vector), far coarser than the float32 rounding of a shift. 17 bits per
+# component keep the three in one int64 key: shifts up to 1024 A.
+_SHIFT_STEPS_PER_A = 64
+_SHIFT_LIMIT = 2**16
+
+
+def _reverse_pairs(
+    edge_index: torch.Tensor, shift: torch.Tensor, n_nodes: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One edge of each reverse pair, and each edge's row among those: ``(first, row)``.
+
+    A periodic radius graph holds every bond twice, i -> j through the cell shift s and
+    j -> i through -s, one length for both; whatever is a function of the length alone
+    (MEGNet's Gaussian expansion and edge encoder) is computed once per pair and gathered
+    back by ``row``. An edge's key is its unordered atom pair and its shift as seen from
+    the lower-numbered atom (for an atom and its own image, the sign that makes the first
+    nonzero component positive), in steps of ``1/_SHIFT_STEPS_PER_A``: the two edges of a
+    bond share a key, two different bonds never do. An edge whose reverse is missing keeps
+    a row of its own. None where nothing pairs (or a shift is beyond the key's range): then
+    every edge is computed.
+    """
+    n_edges = edge_index.shape[1]
+    steps = torch.round(shift * _SHIFT_STEPS_PER_A).long()
+    if n_edges == 0 or bool((steps.abs() >= _SHIFT_LIMIT).any()):
+        return None
+    src, dst = edge_index.long()
+    lead = torch.where(steps[:, 0] != 0, steps[:, 0], torch.where(steps[:, 1] != 0, steps[:, 1], steps[:, 2]))
+    flip = (src > dst) | ((src == dst) & (lead < 0))
+    steps = torch.where(flip[:, None], -steps, steps) + _SHIFT_LIMIT
+    shift_key = (steps[:, 0] * (2 * _SHIFT_LIMIT) + steps[:, 1]) * (2 * _SHIFT_LIMIT) + steps[:, 2]
+    # the shifts a batch holds, numbered densely, so that atom pair and shift fit one int64
+    _, shift_id = torch.unique(shift_key, return_inverse=True)
+    pair = torch.minimum(src, dst) * n_nodes + torch.maximum(src, dst)
+    keys, row = torch.unique(pair * (int(shift_id.max()) + 1) + shift_id, return_inverse=True)
+    if len(keys) == n_edges:
+        return None
+    edges = torch.arange(n_edges, device=row.device)
+    first = torch.full((len(keys),), n_edges, device=row.device).scatter_reduce_(0, row, edges, "amin")
+    return first, row
+
+
 class _GatheredSum(torch.autograd.Function):
     """``sum_k tables[k][bag[:, k]]`` per row: forward one ``embedding_bag`` sum over the
     stacked tables; backward one ``index_add_`` of the gradient per column, where torch's
@@ -223,13 +265,22 @@ def encode_megnet(
     uses), on MatGL's own modules and weights; ``pos`` lets the caller feed perturbed
     positions with the original edges. Tests hold it equal to ``MEGNet.forward``.
     ``nodes_needed=False`` (the edge loss) skips the last block's node and state updates
-    and returns the node and state before it.
+    and returns the node and state before it. The edge encoder runs once per bond
+    (``_reverse_pairs``): the two directions' lengths differ by float32 rounding at most,
+    as MatGL computes them.
     """
     pos = batch.pos if pos is None else pos
-    _, dist = compute_pair_vector_and_distance(pos, batch.edge_index, batch.pbc_offshift)
+    edge_index, shift = batch.edge_index, batch.pbc_offshift
+    # the edge encoder reads the length alone: once per bond, not once per direction
+    pairs = _reverse_pairs(edge_index, shift, pos.shape[0])
+    if pairs is not None:
+        edge_index, shift = edge_index[:, pairs[0]], shift[pairs[0]]
+    _, dist = compute_pair_vector_and_distance(pos, edge_index, shift)
     edge_attr = model.bond_expansion(dist)
     node, edge, state = model.embedding(batch.node_type, edge_attr, state_attr(batch, model))
     edge = _mlp(model.edge_encoder, edge)
+    if pairs is not None:
+        edge = _gather(edge, pairs[1])
     node = _mlp(model.node_encoder, node)
     state = _mlp(model.state_encoder, state).reshape(batch.num_graphs, -1)
     src, dst = batch.edge_index
