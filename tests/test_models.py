@@ -263,6 +263,40 @@ def test_megnet_encodes_each_bond_once_and_every_edge_as_matgl_does(small_cache_
     assert _reverse_pairs(batch.edge_index, far, batch.pos.shape[0]) is None
 
 
+def test_megnet_block_means_are_matgl_s_scatter_means_bit_for_bit(small_cache_path, test_config):
+    """The node and state updates' means over counts built once per batch (_Means) are
+    MatGL's scatter_mean, which counts again at every call, bit for bit, also for an atom
+    with no edge of its own (mean 0, as MatGL's count of at least one gives); and
+    MEGNet's prediction on such a batch is still MatGL's. (Fails with the counts not
+    clamped to one, or each edge's graph taken from its destination atom.)"""
+    from matgl.utils.maths import scatter_mean
+
+    from cdssl.models import _mean_into, _Means
+
+    torch.manual_seed(0)
+    batch = GraphCache.load(small_cache_path, 5.0).collate(list(range(24)))
+    # atom 0 sends no edge; edges from atom 1 go to another crystal's atom
+    keep = batch.edge_index[0] != 0
+    edge_index = batch.edge_index[:, keep].clone()
+    edge_index[1, edge_index[0] == 1] = batch.pos.shape[0] - 1
+    odd = dataclasses.replace(batch, edge_index=edge_index, pbc_offshift=batch.pbc_offshift[keep])
+    means = _Means.of(odd, torch.float32)
+    n_atoms, n_edges = odd.pos.shape[0], edge_index.shape[1]
+    on_edges, on_atoms = torch.randn(n_edges, 8), torch.randn(n_atoms, 8)
+    src, graph = edge_index[0].long(), odd.batch.long()
+    for x, ours, index, size in [
+        (on_edges, (means.src, means.per_atom), src, n_atoms),
+        (on_edges, (means.edge_graph, means.edges_per_graph), graph[src], odd.num_graphs),
+        (on_atoms, (means.node_graph, means.atoms_per_graph), graph, odd.num_graphs),
+    ]:
+        assert torch.equal(_mean_into(x, *ours), scatter_mean(x, index, dim_size=size, dim=0))
+    assert not bool(_mean_into(on_edges, means.src, means.per_atom)[0].any())
+    model = build_model(test_config, "ssl")
+    params = [p for p in model.parameters() if p.requires_grad]
+    ref = model(odd, state_attr=state_attr(odd, model)).reshape(-1)
+    _assert_same_values_and_gradients(predict(model, odd), ref, params, atol=1e-5, rtol=1e-4)
+
+
 def test_m3gnet_without_triplets_gives_matgl_s_prediction(small_cache_path, test_config):
     """A three-body cutoff below every bond leaves no triplet (empty gathers and sums)."""
     from cdssl.models import build_network, model_kwargs

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from matgl.graph._compute import compute_pair_vector_and_distance, compute_theta_and_phi, create_line_graph
@@ -234,10 +234,49 @@ def _edge_update(conv, bag: torch.Tensor, edge: torch.Tensor, node: torch.Tensor
     return _layers(rest, h)
 
 
-def _block(block, batch: GraphBatch, edge, node, state, bag, nodes_needed: bool = True):
-    """``MEGNetBlock.forward`` calling MatGL's own layers, with the split edge update; the
-    node and state updates are skipped where nothing reads them (the last block under the
-    edge loss), and the block's input node and state are returned instead."""
+class _Means(NamedTuple):
+    """One MEGNet batch's mean reductions, built once and shared by the blocks: each
+    edge's source atom and graph, each atom's graph (int64, which ``index_add`` runs
+    fastest with), and how many rows each mean divides by (at least 1, as in MatGL's
+    ``scatter_mean``, which counts them again at every call)."""
+
+    src: torch.Tensor
+    edge_graph: torch.Tensor
+    node_graph: torch.Tensor
+    per_atom: torch.Tensor
+    edges_per_graph: torch.Tensor
+    atoms_per_graph: torch.Tensor
+
+    @classmethod
+    def of(cls, batch: GraphBatch, dtype: torch.dtype) -> _Means:
+        src, node_graph = batch.edge_index[0].long(), batch.batch.long()
+        edge_graph = node_graph[src]
+
+        def count(index: torch.Tensor, size: int) -> torch.Tensor:
+            return torch.bincount(index, minlength=size).clamp_(min=1).to(dtype).unsqueeze(1)
+
+        n_atoms, n_graphs = batch.node_type.shape[0], batch.num_graphs
+        return cls(
+            src,
+            edge_graph,
+            node_graph,
+            count(src, n_atoms),
+            count(edge_graph, n_graphs),
+            count(node_graph, n_graphs),
+        )
+
+
+def _mean_into(x: torch.Tensor, index: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` averaged into ``count``'s rows by ``index`` (one of ``_Means``)."""
+    return _sum_into(x, index, count.shape[0]) / count
+
+
+def _block(block, batch: GraphBatch, edge, node, state, bag, means: _Means, nodes_needed: bool = True):
+    """``MEGNetBlock.forward`` calling MatGL's own layers, with the split edge update and
+    the node and state updates' means over ``means`` (MatGL's values: the same sums
+    divided by the same counts); the node and state updates are skipped where nothing
+    reads them (the last block under the edge loss), and the block's input node and state
+    are returned instead."""
     inputs = (edge, node, state)
     edge, node, state = _mlp(block.edge_func, edge), _mlp(block.node_func, node), _mlp(block.state_func, state)
     conv = block.conv
@@ -246,9 +285,11 @@ def _block(block, batch: GraphBatch, edge, node, state, bag, nodes_needed: bool 
         if block.dropout is not None:
             edge = block.dropout(edge)
         return (edge + inputs[0] if block.skip else edge), inputs[1], inputs[2]
-    node = conv.node_update_(batch.edge_index, edge, node, state[batch.batch], node.shape[0])
-    state = conv.state_update_(edge, node, state, batch.edge_batch, batch.batch, batch.num_graphs)
-    state = state.reshape(batch.num_graphs, -1)
+    edge_mean = _mean_into(edge, means.src, means.per_atom)
+    node = _mlp(conv.node_func, torch.hstack([node, edge_mean, _gather(state, means.node_graph)]))
+    graph_edges = _mean_into(edge, means.edge_graph, means.edges_per_graph)
+    graph_atoms = _mean_into(node, means.node_graph, means.atoms_per_graph)
+    state = _mlp(conv.state_func, torch.hstack([state, graph_edges, graph_atoms]))
     if block.dropout is not None:
         edge, node, state = block.dropout(edge), block.dropout(node), block.dropout(state)
     if block.skip:
@@ -283,11 +324,13 @@ def encode_megnet(
         edge = _gather(edge, pairs[1])
     node = _mlp(model.node_encoder, node)
     state = _mlp(model.state_encoder, state).reshape(batch.num_graphs, -1)
-    src, dst = batch.edge_index
-    bag = _bag_index([src, dst, batch.edge_batch], [node.shape[0], node.shape[0], batch.num_graphs])
+    means = _Means.of(batch, edge.dtype)
+    bag = _bag_index(
+        [means.src, batch.edge_index[1], means.edge_graph], [node.shape[0], node.shape[0], batch.num_graphs]
+    )
     last = len(model.blocks) - 1
     for i, block in enumerate(model.blocks):
-        edge, node, state = _block(block, batch, edge, node, state, bag, nodes_needed or i < last)
+        edge, node, state = _block(block, batch, edge, node, state, bag, means, nodes_needed or i < last)
     return node, edge, state
 
 
