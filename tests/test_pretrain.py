@@ -13,6 +13,7 @@ import torch
 
 from cdssl.config import model_kwargs, pretrain_settings
 from cdssl.graphs import GraphCache
+from cdssl.models import _reverse_pairs
 from cdssl.pretext import (
     denoising_target,
     edge_lengths,
@@ -51,9 +52,12 @@ def test_the_network_sees_noisy_lengths_on_the_original_edges_and_predicts_the_c
     module.model.bond_expansion.register_forward_hook(lambda mod, args, out: seen.append(args[0].detach()))
     pred, target = module._step(batch, torch.Generator().manual_seed(1))
     noisy = perturb(pos_before, 0.5, torch.Generator().manual_seed(1))
-    assert len(seen) == 1 and seen[0].shape == (edges_before.shape[1],) and pred.shape == seen[0].shape
-    assert torch.allclose(seen[0], edge_lengths(noisy, batch), atol=1e-5)
-    assert not torch.allclose(seen[0], edge_lengths(pos_before, batch), atol=1e-2)
+    # MEGNet expands each bond's length once, for both its directions (_reverse_pairs)
+    first, row = _reverse_pairs(edges_before, shift_before, pos_before.shape[0])
+    assert len(seen) == 1 and seen[0].shape == first.shape and pred.shape == row.shape == (edges_before.shape[1],)
+    lengths = seen[0][row]
+    assert torch.allclose(lengths, edge_lengths(noisy, batch), atol=1e-5)
+    assert not torch.allclose(lengths, edge_lengths(pos_before, batch), atol=1e-2)
     assert torch.allclose(target, denoising_target(batch))
     # the batch itself is left as it was: the next epoch shakes the clean positions again
     assert torch.equal(batch.edge_index, edges_before) and torch.equal(batch.pbc_offshift, shift_before)
