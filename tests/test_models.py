@@ -229,7 +229,7 @@ def test_megnet_encodes_each_bond_once_and_every_edge_as_matgl_does(small_cache_
     of the cached crystals (self-images included) holds an edge and its reverse, the
     atoms swapped and the shift negated. With one direction dropped, the other keeps a
     row of its own and MEGNet's prediction is still MatGL's, values and gradients; with a
-    shift beyond the key's range nothing pairs. (Fails with the self-image sign rule or
+    shift or a batch beyond the key's range nothing pairs. (Fails with the self-image sign rule or
     the flip for the higher-numbered source removed, or the shift keyed in 5 A steps,
     which merges bonds.)"""
     from cdssl.models import _reverse_pairs
@@ -261,6 +261,8 @@ def test_megnet_encodes_each_bond_once_and_every_edge_as_matgl_does(small_cache_
     far = batch.pbc_offshift.clone()
     far[0, 0] = 2048.0
     assert _reverse_pairs(batch.edge_index, far, batch.pos.shape[0]) is None
+    # atom pairs times shifts beyond an int64 key: nothing pairs rather than keys wrapping
+    assert _reverse_pairs(batch.edge_index, batch.pbc_offshift, 2**31) is None
 
 
 def test_megnet_block_means_are_matgl_s_scatter_means_bit_for_bit(small_cache_path, test_config):

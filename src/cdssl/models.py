@@ -160,8 +160,8 @@ def _reverse_pairs(
     the lower-numbered atom (for an atom and its own image, the sign that makes the first
     nonzero component positive), in steps of ``1/_SHIFT_STEPS_PER_A``: the two edges of a
     bond share a key, two different bonds never do. An edge whose reverse is missing keeps
-    a row of its own. None where nothing pairs (or a shift is beyond the key's range): then
-    every edge is computed.
+    a row of its own. None where nothing pairs (or a shift or the batch is beyond the key's
+    range): then every edge is computed.
     """
     n_edges = edge_index.shape[1]
     steps = torch.round(shift * _SHIFT_STEPS_PER_A).long()
@@ -174,8 +174,11 @@ def _reverse_pairs(
     shift_key = (steps[:, 0] * (2 * _SHIFT_LIMIT) + steps[:, 1]) * (2 * _SHIFT_LIMIT) + steps[:, 2]
     # the shifts a batch holds, numbered densely, so that atom pair and shift fit one int64
     _, shift_id = torch.unique(shift_key, return_inverse=True)
+    n_shifts = int(shift_id.max()) + 1
+    if n_nodes * n_nodes * n_shifts >= 2**63:
+        return None
     pair = torch.minimum(src, dst) * n_nodes + torch.maximum(src, dst)
-    keys, row = torch.unique(pair * (int(shift_id.max()) + 1) + shift_id, return_inverse=True)
+    keys, row = torch.unique(pair * n_shifts + shift_id, return_inverse=True)
     if len(keys) == n_edges:
         return None
     edges = torch.arange(n_edges, device=row.device)
@@ -271,7 +274,7 @@ def _mean_into(x: torch.Tensor, index: torch.Tensor, count: torch.Tensor) -> tor
     return _sum_into(x, index, count.shape[0]) / count
 
 
-def _block(block, batch: GraphBatch, edge, node, state, bag, means: _Means, nodes_needed: bool = True):
+def _block(block, edge, node, state, bag, means: _Means, nodes_needed: bool = True):
     """``MEGNetBlock.forward`` calling MatGL's own layers, with the split edge update and
     the node and state updates' means over ``means`` (MatGL's values: the same sums
     divided by the same counts); the node and state updates are skipped where nothing
@@ -330,7 +333,7 @@ def encode_megnet(
     )
     last = len(model.blocks) - 1
     for i, block in enumerate(model.blocks):
-        edge, node, state = _block(block, batch, edge, node, state, bag, means, nodes_needed or i < last)
+        edge, node, state = _block(block, edge, node, state, bag, means, nodes_needed or i < last)
     return node, edge, state
 
 
